@@ -1,0 +1,79 @@
+"""Shared test fixtures.
+
+Kernel tests carry ``@pytest.mark.kernel`` (or use the ``kernel`` fixture).  They
+skip with a reason when not run as root, except when PYBPF_REQUIRE_KERNEL=1
+(CI sets it): then a missing kernel is a failure, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROGRAMS = ROOT / "programs"
+REQUIRE_KERNEL = os.environ.get("PYBPF_REQUIRE_KERNEL") == "1"
+
+
+def _kernel_unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (CAP_BPF, CAP_PERFMON) for the kernel"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return "kernel has no BTF at /sys/kernel/btf/vmlinux"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _kernel_unavailable_reason()
+    if reason is None:
+        return
+    for item in items:
+        if "kernel" in item.keywords:
+            if REQUIRE_KERNEL:
+                item.add_marker(pytest.mark.xfail(reason=reason, run=False, strict=True))
+            else:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_runtest_setup(item):
+    if REQUIRE_KERNEL and "kernel" in item.keywords and _kernel_unavailable_reason():
+        pytest.fail(f"PYBPF_REQUIRE_KERNEL=1 but {_kernel_unavailable_reason()}")
+
+
+def open_fds() -> set[int]:
+    """The file descriptors this process has open now."""
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+@pytest.fixture
+def no_fd_leak():
+    """Fails the test if it leaves file descriptors open."""
+    before = open_fds()
+    yield
+    leaked = open_fds() - before
+    details = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not leaked, f"file descriptors leaked: {details}"
+
+
+def program(name: str) -> str:
+    """Path of a committed object under programs/ (e.g. program('user_ringbuf'))."""
+    return str(PROGRAMS / f"{name}.o")
+
+
+@pytest.fixture
+def not_supported_skip():
+    """Turns pybpf.NotSupportedError into a skip (the only allowed skip reason)."""
+    import pybpf
+
+    class _Ctx:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, et, ev, tb):
+            if et is not None and issubclass(et, pybpf.NotSupportedError):
+                pytest.skip(f"not supported by this kernel: {ev}")
+            return False
+
+    return _Ctx()
