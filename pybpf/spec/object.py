@@ -1,0 +1,646 @@
+"""ObjectSpec: a clang-compiled BPF object parsed into programs, maps, variables.
+
+Nothing here touches the kernel: parsing is deterministic and testable
+anywhere.  The steps follow libbpf's bpf_object__open: read the ELF sections
+and symbols, parse and fix ``.BTF`` (DATASEC sizes and offsets), parse
+``.BTF.ext``, collect BTF-defined maps from ``.maps``, make internal maps of
+``.data*``/``.rodata*``/``.bss*``, split executable sections into functions
+(programs in program sections, subprograms in ``.text``) and attach each ELF
+relocation to the function it patches.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from ..errors import BTFError, Error, ObjectError
+from . import insn as I
+from .btf import BTF, LINKAGE_EXTERN, LINKAGE_GLOBAL, LINKAGE_STATIC, Kind, VarSecinfo
+from .btf_ext import BTFExt, parse_btf_ext
+from .sections import SectionDef, attach_target, match_section
+
+# ELF constants
+SHT_PROGBITS = 1
+SHT_SYMTAB = 2
+SHT_NOBITS = 8
+SHT_REL = 9
+SHF_WRITE = 0x1
+SHF_ALLOC = 0x2
+SHF_EXECINSTR = 0x4
+STT_NOTYPE = 0
+STT_OBJECT = 1
+STT_FUNC = 2
+STT_SECTION = 3
+STB_LOCAL = 0
+STB_GLOBAL = 1
+STB_WEAK = 2
+STV_DEFAULT = 0
+STV_INTERNAL = 1
+STV_HIDDEN = 2
+SHN_UNDEF = 0
+EM_BPF = 247
+
+BPF_OBJ_NAME_LEN = 16
+
+# map types used while parsing (values from include/uapi/linux/bpf.h)
+MAP_TYPE_ARRAY = 2
+MAP_TYPE_RINGBUF = 27
+MAP_TYPE_USER_RINGBUF = 31
+BPF_F_RDONLY_PROG = 1 << 7
+BPF_F_MMAPABLE = 1 << 10
+
+# members a BTF-defined map may have (libbpf parse_btf_map_def)
+_MAP_DEF_MEMBERS = ("type", "max_entries", "map_flags", "numa_node", "map_extra", "key_size", "value_size",
+                    "key", "value", "pinning", "values")
+
+
+@dataclass
+class Symbol:
+    """An ELF symbol (``section`` is its section index, 0 for undefined)."""
+
+    name: str
+    section: int
+    value: int
+    size: int
+    type: int
+    bind: int
+    visibility: int
+
+
+@dataclass
+class Relocation:
+    """An ELF relocation inside a function: ``insn`` is the instruction index
+    relative to the function's first instruction."""
+
+    insn: int
+    symbol: Symbol
+    type: int
+
+
+@dataclass
+class FunctionSpec:
+    """A BPF function: a program's entry function or a ``.text`` subprogram."""
+
+    name: str
+    section: str
+    sec_insn_off: int          # index of the first instruction in its ELF section
+    insns: bytes
+    relocations: list = field(default_factory=list)
+    linkage: int = LINKAGE_GLOBAL
+
+    @property
+    def insn_cnt(self) -> int:
+        return len(self.insns) // I.INSN_SIZE
+
+
+@dataclass
+class ProgramSpec:
+    """A program: an entry function in a program section, plus what its section name says.
+
+    ``autoload`` (False for sections starting with ``?``) and ``attach_target``
+    may be changed before loading.
+    """
+
+    name: str
+    section: str
+    sec_def: SectionDef
+    function: FunctionSpec
+    license: str = ""
+    kern_version: int = 0
+    autoload: bool = True
+    attach_target: str = ""
+
+    @property
+    def prog_type(self):
+        from ..kernel.constants import ProgType
+        return ProgType[self.sec_def.prog_type]
+
+    @property
+    def expected_attach_type(self):
+        from ..kernel.constants import AttachType
+        return AttachType[self.sec_def.attach_type] if self.sec_def.attach_type else None
+
+    @property
+    def insns(self) -> bytes:
+        return self.function.insns
+
+    def __repr__(self) -> str:
+        return f"<ProgramSpec {self.name} section={self.section!r} type={self.sec_def.prog_type}>"
+
+
+@dataclass
+class MapSpec:
+    """A map to create: from a BTF-defined ``.maps`` entry or an internal data section.
+
+    Internal maps (``.data``, ``.rodata``, ``.bss``) have ``section`` set and
+    ``data`` holding the initial image of the section.  ``max_entries`` and
+    ``value_size`` may be changed before loading.
+    """
+
+    name: str
+    type: int
+    key_size: int = 0
+    value_size: int = 0
+    max_entries: int = 0
+    flags: int = 0
+    key_type_id: int = 0
+    value_type_id: int = 0
+    pinning: int = 0
+    map_extra: int = 0
+    numa_node: int = 0
+    section: str = ".maps"
+    data: Optional[bytearray] = None
+    btf_var_id: int = 0      # the VAR (for .maps) or DATASEC (internal) type id
+    inner: Optional["MapSpec"] = None
+
+    @property
+    def internal(self) -> bool:
+        """True for maps made from ``.data``/``.rodata``/``.bss`` sections."""
+        return self.section != ".maps"
+
+    @property
+    def readonly(self) -> bool:
+        """True for ``.rodata`` maps: frozen after load, read-only to programs and user space."""
+        return bool(self.flags & BPF_F_RDONLY_PROG)
+
+    def __repr__(self) -> str:
+        return (f"<MapSpec {self.name} type={self.type} key_size={self.key_size} "
+                f"value_size={self.value_size} max_entries={self.max_entries}>")
+
+
+def _encode_value(value, size: int, signed: bool, what: str) -> bytes:
+    """bytes of exactly ``size``, or an int encoded little-endian at ``size`` bytes."""
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, int):
+        if size not in (1, 2, 4, 8):
+            raise Error(f"{what} is {size} bytes: give bytes, not an int")
+        try:
+            return value.to_bytes(size, "little", signed=signed or value < 0)
+        except OverflowError:
+            raise Error(f"{what}: {value} does not fit in {size} bytes") from None
+    if isinstance(value, str):
+        value = value.encode()
+        if len(value) < size:
+            value = value + b"\0" * (size - len(value))
+    try:
+        raw = bytes(value)
+    except TypeError:
+        raise Error(f"{what}: cannot encode {type(value).__name__} (give bytes or an int)") from None
+    if len(raw) != size:
+        raise Error(f"{what} is {size} bytes but {len(raw)} bytes were given")
+    return raw
+
+
+def _decode_value(raw: bytes, btf: Optional[BTF], type_id: int):
+    """An int for integer/enum/pointer variables, bytes otherwise."""
+    if btf is not None and type_id:
+        t = btf.resolve(type_id)
+        if t is not None and t.kind in (Kind.INT, Kind.ENUM, Kind.ENUM64, Kind.PTR) and len(raw) in (1, 2, 4, 8):
+            return int.from_bytes(raw, "little", signed=t.signed)
+    return bytes(raw)
+
+
+@dataclass
+class VariableSpec:
+    """A global variable in ``.data``/``.rodata``/``.bss``, from the object's BTF.
+
+    Before loading, :meth:`set` changes the initial value the map is created
+    with (this is how ``const volatile`` ``.rodata`` parameters are set).
+    """
+
+    name: str
+    map: MapSpec
+    offset: int
+    size: int
+    type_id: int
+    btf: Optional[BTF] = None
+
+    @property
+    def section(self) -> str:
+        return self.map.section
+
+    @property
+    def type_name(self) -> str:
+        return self.btf.type_name(self.type_id) if self.btf and self.type_id else "?"
+
+    def _signed(self) -> bool:
+        if self.btf is None or not self.type_id:
+            return False
+        t = self.btf.resolve(self.type_id)
+        return bool(t and t.signed)
+
+    def get(self):
+        """The initial value: an int for integer variables, bytes otherwise."""
+        assert self.map.data is not None
+        return _decode_value(self.map.data[self.offset:self.offset + self.size], self.btf, self.type_id)
+
+    def set(self, value) -> None:
+        """Set the initial value: bytes of the variable's size, or an int encoded at its size."""
+        raw = _encode_value(value, self.size, self._signed(), f"variable {self.name!r}")
+        assert self.map.data is not None
+        self.map.data[self.offset:self.offset + self.size] = raw
+
+    def __repr__(self) -> str:
+        return f"<VariableSpec {self.name} {self.type_name} in {self.section}+{self.offset} size={self.size}>"
+
+
+def object_name(path: str) -> str:
+    """libbpf's object name: the file's base name up to its first dot."""
+    base = os.path.basename(path)
+    return base.split(".", 1)[0] or base
+
+
+def internal_map_name(obj_name: str, section: str) -> str:
+    """libbpf's internal map name: up to 8 characters of the object name + the section name,
+    at most 15 characters, characters the kernel refuses replaced by '_' (``user_rin.bss``)."""
+    sfx_len = max(7, len(section))
+    if "." in section[1:]:
+        pfx_len = 0          # e.g. .data.custom: libbpf uses the section name alone
+    else:
+        pfx_len = min(BPF_OBJ_NAME_LEN - sfx_len - 1, len(obj_name))
+    name = (obj_name[:max(pfx_len, 0)] + section)[:BPF_OBJ_NAME_LEN - 1]
+    return "".join(c if (c.isalnum() or c in "_.") else "_" for c in name)
+
+
+class ObjectSpec:
+    """A parsed BPF object: ``programs``, ``maps``, ``variables`` (name → spec),
+    its ``btf`` and ``btf_ext``.  Nothing is in the kernel yet: call :meth:`load`."""
+
+    def __init__(self, data: bytes, *, path: str = "<memory>", name: Optional[str] = None):
+        self.path = path
+        self.name = name or object_name(path)
+        self.license = ""
+        self.kern_version = 0
+        self.btf: Optional[BTF] = None
+        self.btf_ext: Optional[BTFExt] = None
+        self.maps: dict[str, MapSpec] = {}
+        self.programs: dict[str, ProgramSpec] = {}
+        self.variables: dict[str, VariableSpec] = {}
+        self.functions: dict[str, FunctionSpec] = {}     # every function, keyed by (section, start) internally
+        self._funcs_by_pos: dict[tuple[str, int], FunctionSpec] = {}
+        try:
+            self._parse(data)
+        except Error as e:
+            if str(e).startswith(self.path):
+                raise
+            raise type(e)(f"{self.path}: {e}") from None
+
+    @classmethod
+    def from_file(cls, path: Union[str, os.PathLike]) -> "ObjectSpec":
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ObjectError(f"cannot read BPF object {path}: {e.strerror}") from None
+        return cls(data, path=path)
+
+    # -- ELF ---------------------------------------------------------------------------
+
+    def _parse(self, data: bytes) -> None:
+        if len(data) < 4 or data[:4] != b"\x7fELF":
+            raise ObjectError("not an ELF file (no \\x7fELF magic); expected a BPF object built with "
+                              "clang -target bpf")
+        try:
+            elf = ELFFile(io.BytesIO(data))
+            if elf.elfclass != 64 or not elf.little_endian:
+                raise ObjectError(f"ELF{elf.elfclass} {'little' if elf.little_endian else 'big'}-endian "
+                                  f"object: only 64-bit little-endian BPF objects are supported")
+            machine = elf["e_machine"]
+            if machine not in ("EM_BPF", EM_BPF):
+                raise ObjectError(f"not a BPF object: ELF machine is {machine} (compile with clang -target bpf)")
+            sections = []
+            for sec in elf.iter_sections():
+                sh = sec.header
+                if sh["sh_type"] == "SHT_NOBITS":
+                    body = b""
+                else:
+                    end = sh["sh_offset"] + sh["sh_size"]
+                    if end > len(data):
+                        raise ObjectError(f"section {sec.name!r} runs past the end of the file "
+                                          f"({end} > {len(data)} bytes): the file is truncated")
+                    body = sec.data()
+                sections.append((sec.name, sh, body))
+            symbols = self._read_symbols(elf)
+        except ObjectError:
+            raise
+        except (ELFError, struct.error, ValueError, KeyError, IndexError, UnicodeDecodeError, AssertionError) as e:
+            raise ObjectError(f"malformed ELF file ({type(e).__name__}: {e}); the file may be truncated "
+                              f"or not a BPF object") from None
+        self._sections = sections
+        self._symbols = symbols
+        by_name = {name: i for i, (name, _, _) in enumerate(sections)}
+        self._sec_index = by_name
+
+        for name, sh, body in sections:
+            if name == "license":
+                self.license = body.split(b"\0", 1)[0].decode("ascii", "replace")
+            elif name == "version" and len(body) == 4:
+                self.kern_version = struct.unpack("<I", body)[0]
+            elif name == "maps":
+                raise ObjectError("legacy 'maps' section (struct bpf_map_def) is not supported, as in libbpf "
+                                  "1.0: declare maps in SEC(\".maps\") with __uint/__type (BTF-defined maps)")
+
+        if ".BTF" in by_name:
+            self.btf = BTF(sections[by_name[".BTF"]][2], source=".BTF")
+            self._fixup_btf()
+            if ".BTF.ext" in by_name:
+                self.btf_ext = parse_btf_ext(sections[by_name[".BTF.ext"]][2], self.btf)
+
+        self._collect_functions()
+        self._collect_maps()
+        self._collect_internal_maps()
+        self._collect_relocations()
+        self._drop_unused_internal_maps()
+
+    def _type_str(self, sh, key: str) -> str:
+        v = sh[key]
+        return v if isinstance(v, str) else str(v)
+
+    @staticmethod
+    def _read_symbols(elf) -> list[Symbol]:
+        symtab = elf.get_section_by_name(".symtab")
+        if symtab is None:
+            raise ObjectError("no .symtab section: the object was stripped of symbols (do not strip BPF "
+                              "objects with --strip-all; llvm-strip -g is fine)")
+        out = []
+        for s in symtab.iter_symbols():
+            shndx = s["st_shndx"]
+            if isinstance(shndx, str):
+                shndx = 0 if shndx == "SHN_UNDEF" else -1
+            info = s["st_info"]
+            stype = {"STT_NOTYPE": STT_NOTYPE, "STT_OBJECT": STT_OBJECT, "STT_FUNC": STT_FUNC,
+                     "STT_SECTION": STT_SECTION}.get(info["type"], 99)
+            bind = {"STB_LOCAL": STB_LOCAL, "STB_GLOBAL": STB_GLOBAL, "STB_WEAK": STB_WEAK}.get(info["bind"], 99)
+            vis = s["st_other"]["visibility"]
+            vis = {"STV_DEFAULT": STV_DEFAULT, "STV_INTERNAL": STV_INTERNAL, "STV_HIDDEN": STV_HIDDEN}.get(vis, 3)
+            out.append(Symbol(s.name, shndx, s["st_value"], s["st_size"], stype, bind, vis))
+        return out
+
+    def _section_symbol_name(self, sym: Symbol) -> str:
+        if sym.type == STT_SECTION and 0 < sym.section < len(self._sections):
+            return self._sections[sym.section][0]
+        return sym.name
+
+    # -- BTF fix-ups -----------------------------------------------------------------------
+
+    def _fixup_btf(self) -> None:
+        """clang leaves DATASEC sizes 0 and global VAR offsets 0: fill them from the ELF
+        section sizes and symbol values (libbpf btf_fixup_datasec), then sort the variables."""
+        btf = self.btf
+        assert btf is not None
+        sym_by_name = {s.name: s for s in self._symbols if s.type == STT_OBJECT and s.section > 0}
+        for t in btf:
+            if t.kind != Kind.DATASEC or t.name in (".kconfig", ".ksyms"):
+                continue
+            size = t.size_or_type
+            fixed_size = False
+            if size == 0:
+                idx = self._sec_index.get(t.name)
+                if idx is None:
+                    raise BTFError(f"DATASEC {t.name!r} has no ELF section of that name")
+                size = self._sections[idx][1]["sh_size"]
+                if size == 0:
+                    raise BTFError(f"DATASEC {t.name!r}: its ELF section is empty")
+                fixed_size = True
+            infos = []
+            for si in t.secinfos:
+                var = btf[si.type_id]
+                offset = si.offset
+                if var.kind == Kind.VAR and var.linkage not in (LINKAGE_STATIC, LINKAGE_EXTERN):
+                    sym = sym_by_name.get(var.name)
+                    if sym is None:
+                        raise BTFError(f"variable {var.name!r} of {t.name} has no ELF symbol")
+                    if fixed_size:
+                        offset = sym.value
+                    # a global with hidden/internal visibility is static to the kernel
+                    if sym.visibility in (STV_HIDDEN, STV_INTERNAL):
+                        btf.set_linkage(var, LINKAGE_STATIC)
+                infos.append(VarSecinfo(si.type_id, offset, si.size))
+            infos.sort(key=lambda s: s.offset)
+            btf.set_datasec(t, size, infos)
+
+    # -- functions and programs ---------------------------------------------------------------
+
+    def _collect_functions(self) -> None:
+        for idx, (name, sh, body) in enumerate(self._sections):
+            if sh["sh_type"] != "SHT_PROGBITS" or not (sh["sh_flags"] & SHF_EXECINSTR) or not body:
+                continue
+            if len(body) % I.INSN_SIZE:
+                raise ObjectError(f"section {name!r} is {len(body)} bytes, not a whole number of instructions")
+            funcs = sorted((s for s in self._symbols if s.section == idx and s.type == STT_FUNC),
+                           key=lambda s: s.value)
+            if not funcs:
+                raise ObjectError(f"executable section {name!r} has no function symbols")
+            sec_def = None
+            if name != ".text":
+                sec_def = match_section(name)
+                if sec_def is None:
+                    raise ObjectError(
+                        f"program section {name!r} (function {funcs[0].name}) has an unknown section name: "
+                        f"pybpf cannot tell its program type. Use one of libbpf's section names, e.g. "
+                        f"SEC(\"tracepoint/<category>/<name>\"), SEC(\"kprobe/<function>\"), SEC(\"xdp\"), "
+                        f"SEC(\"syscall\")")
+            for s in funcs:
+                if s.value % I.INSN_SIZE or s.value + s.size > len(body) or s.size == 0:
+                    raise ObjectError(f"function {s.name!r} in {name!r} has a bad offset or size "
+                                      f"({s.value}, {s.size})")
+                linkage = LINKAGE_STATIC if s.bind == STB_LOCAL else LINKAGE_GLOBAL
+                fn = FunctionSpec(s.name, name, s.value // I.INSN_SIZE, body[s.value:s.value + s.size],
+                                  linkage=linkage)
+                self._funcs_by_pos[(name, fn.sec_insn_off)] = fn
+                if name == ".text":
+                    self.functions[s.name] = fn
+                    continue
+                if s.name in self.programs:
+                    raise ObjectError(f"two programs are called {s.name!r}")
+                self.programs[s.name] = ProgramSpec(
+                    s.name, name, sec_def, fn, license=self.license, kern_version=self.kern_version,
+                    autoload=not name.startswith("?"), attach_target=attach_target(name, sec_def))
+
+    def function_at(self, section: str, insn_index: int) -> Optional[FunctionSpec]:
+        """The function that starts at instruction ``insn_index`` of ``section``."""
+        return self._funcs_by_pos.get((section, insn_index))
+
+    def _function_containing(self, section: str, insn_index: int) -> Optional[FunctionSpec]:
+        for (sec, start), fn in self._funcs_by_pos.items():
+            if sec == section and start <= insn_index < start + fn.insn_cnt:
+                return fn
+        return None
+
+    # -- maps ------------------------------------------------------------------------------------
+
+    def _collect_maps(self) -> None:
+        idx = self._sec_index.get(".maps")
+        if idx is None:
+            return
+        btf = self.btf
+        if btf is None:
+            raise ObjectError(".maps section but no .BTF: BTF-defined maps need the object built with -g")
+        datasecs = btf.by_name(".maps", Kind.DATASEC)
+        if not datasecs:
+            raise BTFError(".maps section has no DATASEC '.maps' in BTF")
+        for si in datasecs[0].secinfos:
+            var = btf[si.type_id]
+            if var.kind != Kind.VAR:
+                raise BTFError(f".maps DATASEC entry [{si.type_id}] is a {var.kind.name}, not a VAR")
+            self.maps[var.name] = self._parse_map_def(var.name, var.size_or_type, var.id)
+
+    def _parse_map_def(self, name: str, type_id: int, var_id: int, inner: bool = False) -> MapSpec:
+        btf = self.btf
+        assert btf is not None
+        st = btf.resolve(type_id)
+        if st is None or st.kind != Kind.STRUCT:
+            raise BTFError(f"map {name!r}: its definition is not a struct (got {btf.type_name(type_id)})")
+        spec = MapSpec(name=name, type=0, btf_var_id=var_id)
+        for m in st.members:
+            if m.name not in _MAP_DEF_MEMBERS:
+                raise ObjectError(f"map {name!r}: unknown attribute {m.name!r} in its definition "
+                                  f"(known: {', '.join(_MAP_DEF_MEMBERS)})")
+            mt = btf.resolve(m.type_id)
+            if m.name in ("key", "value"):
+                if mt is None or mt.kind != Kind.PTR:
+                    raise BTFError(f"map {name!r}: __type({m.name}, ...) must be a pointer member")
+                target = mt.size_or_type
+                size = btf.size_of(target)
+                setattr(spec, f"{m.name}_size", size)
+                setattr(spec, f"{m.name}_type_id", target)
+            elif m.name == "values":
+                if mt is None or mt.kind != Kind.ARRAY:
+                    raise BTFError(f"map {name!r}: 'values' must be an array")
+                ptr = btf.resolve(mt.elem_type)
+                if ptr is not None and ptr.kind == Kind.PTR:
+                    inner_t = btf.resolve(ptr.size_or_type)
+                    if inner_t is not None and inner_t.kind == Kind.STRUCT:
+                        spec.inner = self._parse_map_def(name + ".inner", ptr.size_or_type, 0, inner=True)
+            else:
+                # __uint(name, N) is a pointer to an array of N elements
+                if mt is None or mt.kind != Kind.PTR:
+                    raise BTFError(f"map {name!r}: attribute {m.name!r} is not declared with __uint()")
+                arr = btf.resolve(mt.size_or_type)
+                if arr is None or arr.kind != Kind.ARRAY:
+                    raise BTFError(f"map {name!r}: attribute {m.name!r} is not declared with __uint()")
+                value = arr.nelems
+                attr = {"map_flags": "flags"}.get(m.name, m.name)
+                if attr in ("key_size", "value_size") and getattr(spec, attr) and getattr(spec, attr) != value:
+                    raise ObjectError(f"map {name!r}: {attr} {value} conflicts with its __type size "
+                                      f"{getattr(spec, attr)}")
+                setattr(spec, attr, value)
+        if not spec.type and not inner:
+            raise ObjectError(f"map {name!r} has no type: add __uint(type, BPF_MAP_TYPE_...)")
+        return spec
+
+    def _collect_internal_maps(self) -> None:
+        for name, sh, body in self._sections:
+            kind = self._data_section_kind(name, sh)
+            if kind is None:
+                continue
+            size = sh["sh_size"]
+            if size == 0:
+                continue
+            flags = BPF_F_MMAPABLE
+            if kind == ".rodata":
+                flags |= BPF_F_RDONLY_PROG
+            data = bytearray(size) if kind == ".bss" else bytearray(body)
+            datasec = self.btf.by_name(name, Kind.DATASEC) if self.btf else []
+            m = MapSpec(name=internal_map_name(self.name, name), type=MAP_TYPE_ARRAY, key_size=4,
+                        value_size=size, max_entries=1, flags=flags, section=name, data=data,
+                        btf_var_id=datasec[0].id if datasec else 0,
+                        value_type_id=datasec[0].id if datasec else 0)
+            self.maps[m.name] = m
+            if datasec:
+                for si in datasec[0].secinfos:
+                    var = self.btf[si.type_id]
+                    if var.kind != Kind.VAR:
+                        continue
+                    if si.offset + si.size > size:
+                        raise BTFError(f"variable {var.name!r} [{si.offset}, {si.offset + si.size}) lies outside "
+                                       f"its {size}-byte section {name}")
+                    self.variables[var.name] = VariableSpec(var.name, m, si.offset, si.size,
+                                                            var.size_or_type, self.btf)
+
+    @staticmethod
+    def _data_section_kind(name: str, sh) -> Optional[str]:
+        if sh["sh_type"] == "SHT_NOBITS" and (name == ".bss" or name.startswith(".bss.")):
+            return ".bss"
+        if sh["sh_type"] != "SHT_PROGBITS" or sh["sh_flags"] & SHF_EXECINSTR:
+            return None
+        for k in (".data", ".rodata"):
+            if name == k or name.startswith(k + "."):
+                return k
+        return None
+
+    def internal_map_for_section(self, section: str) -> Optional[MapSpec]:
+        for m in self.maps.values():
+            if m.section == section:
+                return m
+        return None
+
+    # -- relocations ---------------------------------------------------------------------------
+
+    def _collect_relocations(self) -> None:
+        self._referenced_sections: set[str] = set()
+        for idx, (name, sh, body) in enumerate(self._sections):
+            if sh["sh_type"] != "SHT_REL":
+                continue
+            target_idx = sh["sh_info"]
+            if not 0 < target_idx < len(self._sections):
+                raise ObjectError(f"relocation section {name!r} targets a section index {target_idx} "
+                                  f"that does not exist")
+            target, tsh, _ = self._sections[target_idx]
+            if not (tsh["sh_flags"] & SHF_EXECINSTR):
+                continue  # .rel.BTF, .rel.BTF.ext: addends are in place; .rel.data: pointers in data
+            if len(body) % 16:
+                raise ObjectError(f"relocation section {name!r} is truncated")
+            for off in range(0, len(body), 16):
+                r_offset, r_info = struct.unpack_from("<QQ", body, off)
+                sym_idx, rtype = r_info >> 32, r_info & 0xFFFFFFFF
+                if sym_idx >= len(self._symbols):
+                    raise ObjectError(f"relocation at {target}+{r_offset} refers to symbol #{sym_idx}, "
+                                      f"which does not exist")
+                sym = self._symbols[sym_idx]
+                if r_offset % I.INSN_SIZE:
+                    raise ObjectError(f"relocation at {target}+{r_offset} is not on an instruction boundary")
+                insn_index = r_offset // I.INSN_SIZE
+                fn = self._function_containing(target, insn_index)
+                if fn is None:
+                    raise ObjectError(f"relocation at {target}+{r_offset} is outside every function")
+                fn.relocations.append(Relocation(insn_index - fn.sec_insn_off, sym, rtype))
+                if 0 < sym.section < len(self._sections):
+                    self._referenced_sections.add(self._sections[sym.section][0])
+
+    def _drop_unused_internal_maps(self) -> None:
+        """Skip data sections no instruction refers to and no variable lives in (e.g. an
+        unused .rodata.str1.1), as loader.md allows: they would be maps nobody can reach."""
+        used_by_vars = {v.map.name for v in self.variables.values()}
+        for name in [n for n, m in self.maps.items() if m.internal]:
+            m = self.maps[name]
+            if m.section not in self._referenced_sections and name not in used_by_vars:
+                del self.maps[name]
+
+    # -- convenience ---------------------------------------------------------------------------
+
+    def section_data(self, name: str) -> bytes:
+        return self._sections[self._sec_index[name]][2]
+
+    def symbol_section(self, sym: Symbol) -> str:
+        if 0 < sym.section < len(self._sections):
+            return self._sections[sym.section][0]
+        return ""
+
+    def load(self, **kwargs):
+        """Create the maps and load the programs into the kernel; returns a :class:`pybpf.Object`."""
+        from ..loader import load_spec
+        return load_spec(self, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"<ObjectSpec {self.path}: {len(self.programs)} programs, {len(self.maps)} maps, "
+                f"{len(self.variables)} variables>")
