@@ -3,6 +3,8 @@
  * count syscalls (optionally for one process), an XDP program and a socket
  * filter for BPF_PROG_TEST_RUN.
  */
+/* No CO-RE here: pybpf applies CO-RE relocations from issue 4 on; ctx structs are UAPI anyway. */
+#define BPF_NO_PRESERVE_ACCESS_INDEX
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 

@@ -1,6 +1,48 @@
-"""pybpf: a pure-Python eBPF loader (no libbpf)."""
+"""pybpf: a pure-Python eBPF loader (no libbpf).
+
+    spec = pybpf.open("prog.o")          # parse only: ObjectSpec
+    with pybpf.load("prog.o") as obj:    # maps created, programs loaded
+        obj.attach()
+        obj.maps["counts"].items()
+
+Layers, one way: ``pybpf.spec`` (ELF/BTF, pure) -> ``pybpf.kernel`` (the bpf()
+syscall and UAPI layouts) -> ``pybpf.loader`` (relocate, create, load) ->
+runtime objects (``Object``, ``Map``, ``Program``, ``Link``, ``RingBuffer``,
+``UserRingBuffer``) -> front ends (``python -m pybpf``).
+"""
+
+from __future__ import annotations
+
+import os as _os
 
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
+from .collection import Object, Variable
+from .links import Link
+from .maps import Map
+from .programs import Program, TestRunResult
+from .spec.object import MapSpec, ObjectSpec, ProgramSpec, VariableSpec
 
-__all__ = list(_errors_all)
+
+def open(path) -> ObjectSpec:  # noqa: A001 - the public name the API promises
+    """Parse a BPF object file; nothing is put in the kernel yet."""
+    return ObjectSpec.from_file(_os.fspath(path))
+
+
+def load(path) -> Object:
+    """Parse and load a BPF object: ``pybpf.open(path).load()``."""
+    return open(path).load()
+
+
+def __getattr__(name):
+    # the ring buffers pull in the C helper only when used
+    if name in ("RingBuffer", "UserRingBuffer"):
+        from . import ringbuf
+        return getattr(ringbuf, name)
+    raise AttributeError(f"module 'pybpf' has no attribute {name!r}")
+
+
+__all__ = list(_errors_all) + [
+    "open", "load", "Object", "Variable", "Map", "Program", "TestRunResult", "Link",
+    "ObjectSpec", "ProgramSpec", "MapSpec", "VariableSpec", "RingBuffer", "UserRingBuffer",
+]

@@ -1,0 +1,175 @@
+"""Object: everything one BPF object put in the kernel (maps, programs, links)."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Mapping, Optional
+
+from .errors import ClosedError, Error
+from .maps import Map
+from .programs import Program
+from .spec.object import ObjectSpec, VariableSpec, _decode_value, _encode_value
+
+
+class Variable:
+    """A global variable of a loaded object, read and written in the kernel's map.
+
+    ``.data`` and ``.bss`` variables are read and written through the
+    memory-mapped map (visible to the running programs at once); ``.rodata``
+    is frozen: reading works, writing raises :class:`pybpf.Error`.
+    """
+
+    def __init__(self, spec: VariableSpec, map: Map):
+        self.spec = spec
+        self.map = map
+        self.name = spec.name
+        self.size = spec.size
+        self.offset = spec.offset
+
+    @property
+    def readonly(self) -> bool:
+        return self.map.spec.readonly
+
+    def get(self):
+        """The current value: an int for integer variables, bytes otherwise."""
+        mm = self.map.mmap()
+        return _decode_value(mm[self.offset:self.offset + self.size], self.spec.btf, self.spec.type_id)
+
+    def set(self, value) -> None:
+        """Write the variable (bytes of its size, or an int encoded at its size)."""
+        if self.readonly:
+            raise Error(f"variable {self.name!r} is in {self.spec.section}, which is read-only once loaded; "
+                        f"set it before loading: pybpf.open(path).variables[{self.name!r}].set(...)")
+        raw = _encode_value(value, self.size, self.spec._signed(), f"variable {self.name!r}")
+        mm = self.map.mmap()
+        mm[self.offset:self.offset + self.size] = raw
+
+    def __repr__(self) -> str:
+        return f"<Variable {self.name} {self.spec.type_name} in {self.spec.section}>"
+
+
+class _ReadOnlyDict(Mapping):
+    def __init__(self, d: dict, what: str):
+        self._d = d
+        self._what = what
+
+    def __getitem__(self, key):
+        try:
+            return self._d[key]
+        except KeyError:
+            known = ", ".join(sorted(self._d)) or "none"
+            raise KeyError(f"no {self._what} {key!r} (this object has: {known})") from None
+
+    def __iter__(self) -> Iterator:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __repr__(self) -> str:
+        return f"{{{', '.join(f'{k!r}: {v!r}' for k, v in self._d.items())}}}"
+
+
+class Object:
+    """A loaded BPF object: ``maps``, ``programs``, ``variables`` (name → object) and ``links``.
+
+    Use it as a context manager, or call :meth:`close`: that detaches every
+    link and releases every fd and mmap the object holds.
+    """
+
+    def __init__(self, spec: ObjectSpec):
+        self.spec = spec
+        self.name = spec.name
+        self._maps: dict[str, Map] = {}
+        self._programs: dict[str, Program] = {}
+        self._variables: dict[str, Variable] = {}
+        self._links: list = []
+        self._btf_fd = -1
+        self._closed = False
+        self.maps: Mapping[str, Map] = _ReadOnlyDict(self._maps, "map")
+        self.programs: Mapping[str, Program] = _ReadOnlyDict(self._programs, "program")
+        self.variables: Mapping[str, Variable] = _ReadOnlyDict(self._variables, "variable")
+
+    # -- built by the loader ---------------------------------------------------------
+
+    def _add_map(self, spec, fd: int) -> Map:
+        from .loader import _ringbuf_size
+        from .kernel.constants import MapType
+        max_entries = spec.max_entries
+        if spec.type in (MapType.RINGBUF, MapType.USER_RINGBUF):
+            max_entries = _ringbuf_size(max_entries)
+        m = Map(fd, spec, max_entries=max_entries, btf=self.spec.btf)
+        self._maps[spec.name] = m
+        for v in self.spec.variables.values():
+            if v.map is spec:
+                self._variables[v.name] = Variable(v, m)
+        return m
+
+    def _add_program(self, spec, fd: int, linked) -> Program:
+        p = Program(fd, spec, linked, owner=self)
+        self._programs[spec.name] = p
+        return p
+
+    # -- API ------------------------------------------------------------------------------
+
+    @property
+    def links(self) -> list:
+        """Links made by :meth:`attach` and ``Program.attach``; closed with the object."""
+        return list(self._links)
+
+    def attach(self) -> list:
+        """Attach every program whose section says where (tracepoints, raw tracepoints, probes).
+
+        Returns the new links.  Programs that need a target the section does not
+        give (xdp, socket, syscall...) are left alone.  If one attach fails, the
+        links made by this call are closed and the error propagates.
+        """
+        if self._closed:
+            raise ClosedError(f"object {self.name!r} is closed")
+        made = []
+        try:
+            for p in self._programs.values():
+                if p.spec.sec_def.attach is None:
+                    continue
+                made.append(p.attach())
+        except BaseException:
+            for link in made:
+                link.close()
+                self._links.remove(link)
+            raise
+        return made
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Detach all links, close all programs and maps and the BTF fd. Idempotent."""
+        self._closed = True
+        for link in self._links:
+            link.close()
+        self._links.clear()
+        for p in self._programs.values():
+            p.close()
+        for m in self._maps.values():
+            m.close()
+        if self._btf_fd >= 0:
+            fd, self._btf_fd = self._btf_fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> "Object":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            if not self._closed:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (f"<Object {self.name}: {len(self._programs)} programs, {len(self._maps)} maps, "
+                f"{len(self._links)} links{' (closed)' if self._closed else ''}>")

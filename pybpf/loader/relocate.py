@@ -1,0 +1,201 @@
+"""Linking a program: append the subprograms it calls and resolve its relocations.
+
+Pure: it takes an :class:`ObjectSpec` and returns instructions plus the list of
+places that need a map fd, so it is testable without a kernel (like aya-obj).
+The rules are libbpf's (bpf_object__relocate and friends):
+
+- ``call`` with src_reg BPF_PSEUDO_CALL and a relocation against an executable
+  section: the callee is instruction ``sym.st_value / 8 + imm + 1`` of that
+  section (clang writes imm = -1 for function symbols and the offset for
+  section symbols, so one formula covers both);
+- ``ld_imm64`` relocated against an executable section is a callback address:
+  src_reg becomes BPF_PSEUDO_FUNC and the callee is ``(sym.st_value + imm) / 8``;
+- a ``call``/callback without relocation is relative inside its own section;
+- after appending the callee, imm = callee index - instruction index - 1;
+- ``ld_imm64`` against a ``.maps`` symbol: BPF_PSEUDO_MAP_FD with the map's fd;
+- ``ld_imm64`` against ``.data``/``.rodata``/``.bss``: BPF_PSEUDO_MAP_VALUE, the
+  map's fd in the first imm and the offset (symbol value + addend) in the second.
+
+func_info and line_info records are rebased from byte offsets in their ELF
+section to instruction indexes in the linked program.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..errors import ObjectError
+from ..spec import insn as I
+from ..spec.object import STT_SECTION, FunctionSpec, ObjectSpec, ProgramSpec, Symbol
+
+
+@dataclass
+class MapRef:
+    """An ld_imm64 at ``insn`` that needs the fd of map ``map_name``.
+
+    ``offset`` is None for BPF_PSEUDO_MAP_FD, else the byte offset into the map
+    value (BPF_PSEUDO_MAP_VALUE)."""
+
+    insn: int
+    map_name: str
+    offset: Optional[int] = None
+
+
+@dataclass
+class LinkedProgram:
+    """A program ready to load once map fds are known."""
+
+    name: str
+    insns: bytearray
+    map_refs: list = field(default_factory=list)
+    func_info: list = field(default_factory=list)    # [(insn, type_id)]
+    line_info: list = field(default_factory=list)    # [(insn, file_name_off, line_off, line_col)]
+    func_info_rec_size: int = 8
+    line_info_rec_size: int = 16
+    layout: list = field(default_factory=list)       # [(FunctionSpec, first insn in this program)]
+
+    @property
+    def insn_cnt(self) -> int:
+        return len(self.insns) // I.INSN_SIZE
+
+    def with_map_fds(self, fds: dict) -> bytearray:
+        """A copy of the instructions with every map reference patched with ``fds[map_name]``."""
+        out = bytearray(self.insns)
+        for ref in self.map_refs:
+            I.set_imm(out, ref.insn, fds[ref.map_name])
+            if ref.offset is None:
+                I.set_src_reg(out, ref.insn, I.PSEUDO_MAP_FD)
+            else:
+                I.set_src_reg(out, ref.insn, I.PSEUDO_MAP_VALUE)
+                I.set_imm(out, ref.insn + 1, ref.offset)
+        return out
+
+    def function_at(self, insn: int) -> Optional[tuple]:
+        """(FunctionSpec, start) of the function containing instruction ``insn``."""
+        best = None
+        for fn, start in self.layout:
+            if start <= insn < start + fn.insn_cnt:
+                best = (fn, start)
+        return best
+
+
+def link_program(spec: ObjectSpec, prog: ProgramSpec) -> LinkedProgram:
+    """Link ``prog``: append called subprograms, rebase BTF line/func info, collect map references."""
+    return _Linker(spec, prog).link()
+
+
+class _Linker:
+    def __init__(self, spec: ObjectSpec, prog: ProgramSpec):
+        self.spec = spec
+        self.prog = prog
+        self.insns = bytearray()
+        self.placed: dict[int, int] = {}
+        self.layout: list[tuple[FunctionSpec, int]] = []
+        self.map_refs: list[MapRef] = []
+
+    def fail(self, fn: FunctionSpec, local: int, what: str) -> ObjectError:
+        return ObjectError(f"program {self.prog.name!r}: {fn.name}+{local} (section {fn.section}): {what}")
+
+    def place(self, fn: FunctionSpec) -> int:
+        start = self.placed.get(id(fn))
+        if start is None:
+            start = len(self.insns) // I.INSN_SIZE
+            self.insns += fn.insns
+            self.placed[id(fn)] = start
+            self.layout.append((fn, start))
+        return start
+
+    def callee(self, fn: FunctionSpec, local: int, section: str, target: int) -> int:
+        target_fn = self.spec.function_at(section, target)
+        if target_fn is None:
+            raise self.fail(fn, local, f"call/callback target is instruction {target} of {section}, "
+                                       f"which is not the start of a function")
+        return self.place(target_fn)
+
+    def link(self) -> LinkedProgram:
+        spec = self.spec
+        self.place(self.prog.function)
+        i = 0
+        while i < len(self.layout):       # the layout grows as callees are appended
+            fn, start = self.layout[i]
+            relocs = {r.insn: r for r in fn.relocations}
+            local = 0
+            while local < fn.insn_cnt:
+                idx = start + local
+                r = relocs.get(local)
+                if r is not None:
+                    self.relocate(fn, local, idx, r)
+                elif I.is_pseudo_call(self.insns, idx) or I.is_pseudo_func(self.insns, idx):
+                    imm = I.get_imm(self.insns, idx)
+                    new = self.callee(fn, local, fn.section, fn.sec_insn_off + local + imm + 1)
+                    I.set_imm(self.insns, idx, new - idx - 1)
+                local += 2 if I.is_ld_imm64(self.insns, idx) else 1
+            i += 1
+        linked = LinkedProgram(self.prog.name, self.insns, self.map_refs, layout=self.layout)
+        self.rebase_btf_ext(linked)
+        return linked
+
+    def relocate(self, fn: FunctionSpec, local: int, idx: int, r) -> None:
+        spec = self.spec
+        sym: Symbol = r.symbol
+        section = spec.symbol_section(sym)
+        if sym.section == 0:
+            raise self.fail(fn, local, f"refers to extern symbol {sym.name!r} (.kconfig, .ksyms or kfunc); "
+                                       f"pybpf does not resolve externs yet")
+        if r.type not in (I.R_BPF_64_64, I.R_BPF_64_32):
+            raise self.fail(fn, local, f"unsupported relocation type {r.type} against {sym.name or section!r}")
+        code = self.insns[idx * I.INSN_SIZE]
+        exec_section = any(f.section == section for f in spec._funcs_by_pos.values())
+        imm = I.get_imm(self.insns, idx)
+        if code == I.CALL:
+            if not exec_section:
+                raise self.fail(fn, local, f"call relocated against non-code section {section!r}")
+            new = self.callee(fn, local, section, sym.value // I.INSN_SIZE + imm + 1)
+            I.set_src_reg(self.insns, idx, I.PSEUDO_CALL)
+            I.set_imm(self.insns, idx, new - idx - 1)
+            return
+        if code != I.LD_IMM64:
+            raise self.fail(fn, local, f"relocation against {sym.name or section!r} on an instruction that is "
+                                       f"neither ld_imm64 nor call (opcode 0x{code:02x})")
+        if exec_section:
+            new = self.callee(fn, local, section, (sym.value + imm) // I.INSN_SIZE)
+            I.set_src_reg(self.insns, idx, I.PSEUDO_FUNC)
+            I.set_imm(self.insns, idx, new - idx - 1)
+            return
+        if section == ".maps":
+            name = sym.name if sym.type != STT_SECTION else ""
+            if name not in spec.maps:
+                raise self.fail(fn, local, f"refers to map symbol {sym.name!r}, which is not a map in .maps")
+            self.map_refs.append(MapRef(idx, name))
+            return
+        m = spec.internal_map_for_section(section)
+        if m is None:
+            raise self.fail(fn, local, f"refers to {sym.name or section!r} in section {section!r}, which is not "
+                                       f"a map, a global variable section or code")
+        offset = imm + (0 if sym.type == STT_SECTION else sym.value)
+        if not 0 <= offset < max(m.value_size, 1):
+            raise self.fail(fn, local, f"offset {offset} is outside section {section} ({m.value_size} bytes)")
+        self.map_refs.append(MapRef(idx, m.name, offset))
+
+    def rebase_btf_ext(self, linked: LinkedProgram) -> None:
+        ext = self.spec.btf_ext
+        if ext is None:
+            return
+        linked.func_info_rec_size = ext.func_info_rec_size
+        linked.line_info_rec_size = ext.line_info_rec_size
+        for fn, start in self.layout:
+            lo = fn.sec_insn_off * I.INSN_SIZE
+            hi = lo + len(fn.insns)
+            base = start - fn.sec_insn_off
+            for rec in ext.func_info.get(fn.section, ()):
+                if lo <= rec.insn_off < hi:
+                    linked.func_info.append((rec.insn_off // I.INSN_SIZE + base, rec.type_id))
+            for rec in ext.line_info.get(fn.section, ()):
+                if lo <= rec.insn_off < hi:
+                    linked.line_info.append((rec.insn_off // I.INSN_SIZE + base, rec.file_name_off,
+                                             rec.line_off, rec.line_col))
+            for rec in ext.core_relos.get(fn.section, ()):
+                if lo <= rec.insn_off < hi:
+                    raise ObjectError(f"program {self.prog.name!r}: {fn.name} uses CO-RE relocations "
+                                      f"(BPF_CORE_READ, preserve_access_index), which pybpf does not apply yet")

@@ -1,0 +1,234 @@
+"""Map: a kernel BPF map owned through its file descriptor."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Iterator, Optional
+
+from .errors import ClosedError, Error
+from .kernel import syscall as sc
+from .kernel.constants import MapType
+
+_PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH,
+                           MapType.PERCPU_CGROUP_STORAGE})
+# maps that have no key/value interface from user space
+_NO_ELEMENTS = frozenset({MapType.RINGBUF, MapType.USER_RINGBUF})
+
+
+def _type_name(t: int) -> str:
+    try:
+        return MapType(t).name
+    except ValueError:
+        return str(t)
+
+
+class Map:
+    """A BPF map in the kernel.
+
+    Attributes: ``name``, ``type`` (:class:`~pybpf.kernel.constants.MapType`),
+    ``key_size``, ``value_size``, ``max_entries``, ``flags``, ``fd``.  Keys and
+    values are bytes; ints are accepted (and returned) where the map's BTF type
+    is an integer.  Per-CPU maps take and return a list with one value per
+    possible CPU.  Close it (or the :class:`~pybpf.Object` that owns it) to
+    release the fd.
+    """
+
+    def __init__(self, fd: int, spec, *, max_entries: Optional[int] = None, btf=None):
+        self._fd = fd
+        self.spec = spec
+        self.name: str = spec.name
+        try:
+            self.type = MapType(spec.type)
+        except ValueError:
+            self.type = spec.type
+        self.key_size: int = spec.key_size
+        self.value_size: int = spec.value_size
+        self.max_entries: int = max_entries if max_entries is not None else spec.max_entries
+        self.flags: int = spec.flags
+        self._btf = btf
+        self._mmap: Optional[mmap.mmap] = None
+        if self.type in _PERCPU_TYPES:
+            from .loader import possible_cpus
+            self._ncpus = possible_cpus()
+        else:
+            self._ncpus = 0
+
+    # -- lifetime --------------------------------------------------------------------
+
+    @property
+    def fd(self) -> int:
+        """The map's file descriptor (raises ClosedError once closed)."""
+        if self._fd < 0:
+            raise ClosedError(f"map {self.name!r} is closed")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        """Release the fd (and the mmap of an internal map). Idempotent."""
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:
+                pass  # a memoryview is still exported; the mapping goes when it does
+            self._mmap = None
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> "Map":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self._fd}"
+        return (f"<Map {self.name} {_type_name(self.type)} key_size={self.key_size} "
+                f"value_size={self.value_size} max_entries={self.max_entries} {state}>")
+
+    # -- encoding --------------------------------------------------------------------
+
+    def _int_type(self, type_id: int) -> Optional[bool]:
+        """None if not an integer BTF type, else its signedness."""
+        if self._btf is None or not type_id:
+            return None
+        from .spec.btf import Kind
+        t = self._btf.resolve(type_id)
+        if t is not None and t.kind in (Kind.INT, Kind.ENUM, Kind.ENUM64):
+            return t.signed
+        return None
+
+    def _encode(self, value, size: int, type_id: int, what: str) -> bytearray:
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, int):
+            signed = self._int_type(type_id)
+            try:
+                return bytearray(value.to_bytes(size, "little", signed=bool(signed) or value < 0))
+            except OverflowError:
+                raise Error(f"map {self.name!r}: {what} {value} does not fit in {size} bytes") from None
+        try:
+            raw = bytearray(value)
+        except TypeError:
+            raise Error(f"map {self.name!r}: {what} must be bytes or an int, not {type(value).__name__}") from None
+        if len(raw) != size:
+            raise Error(f"map {self.name!r}: {what} is {size} bytes, got {len(raw)}")
+        return raw
+
+    def _decode(self, raw: bytes, type_id: int):
+        signed = self._int_type(type_id)
+        if signed is not None and len(raw) in (1, 2, 4, 8):
+            return int.from_bytes(raw, "little", signed=signed)
+        return bytes(raw)
+
+    def _key(self, key) -> bytearray:
+        return self._encode(key, self.key_size, self.spec.key_type_id, "key")
+
+    def _value_buffer(self) -> bytearray:
+        if self._ncpus:
+            return bytearray(((self.value_size + 7) & ~7) * self._ncpus)
+        return bytearray(self.value_size)
+
+    def _decode_value(self, buf: bytearray):
+        if self._ncpus:
+            stride = (self.value_size + 7) & ~7
+            return [self._decode(buf[i * stride:i * stride + self.value_size], self.spec.value_type_id)
+                    for i in range(self._ncpus)]
+        return self._decode(buf, self.spec.value_type_id)
+
+    def _encode_value(self, value) -> bytearray:
+        if self._ncpus:
+            if not isinstance(value, (list, tuple)) or len(value) != self._ncpus:
+                raise Error(f"map {self.name!r} is per-CPU: give a list of {self._ncpus} values "
+                            f"(one per possible CPU)")
+            stride = (self.value_size + 7) & ~7
+            out = bytearray(stride * self._ncpus)
+            for i, v in enumerate(value):
+                out[i * stride:i * stride + self.value_size] = self._encode(
+                    v, self.value_size, self.spec.value_type_id, "value")
+            return out
+        return self._encode(value, self.value_size, self.spec.value_type_id, "value")
+
+    def _check_elements(self) -> None:
+        if self.type in _NO_ELEMENTS:
+            raise Error(f"map {self.name!r} is a {_type_name(self.type)}: use pybpf.RingBuffer / "
+                        f"pybpf.UserRingBuffer, it has no keys or values")
+
+    # -- element access ------------------------------------------------------------------
+
+    def lookup(self, key, default=None):
+        """The value under ``key``, or ``default`` when there is none."""
+        self._check_elements()
+        buf = self._value_buffer()
+        if not sc.map_lookup_elem(self.fd, self._key(key), buf):
+            return default
+        return self._decode_value(buf)
+
+    def __getitem__(self, key):
+        self._check_elements()
+        buf = self._value_buffer()
+        if not sc.map_lookup_elem(self.fd, self._key(key), buf):
+            raise KeyError(key)
+        return self._decode_value(buf)
+
+    def update(self, key, value, flags: int = 0) -> None:
+        """Store ``value`` under ``key`` (``flags``: BPF_ANY, BPF_NOEXIST, BPF_EXIST)."""
+        self._check_elements()
+        sc.map_update_elem(self.fd, self._key(key), self._encode_value(value), flags)
+
+    __setitem__ = update
+
+    def delete(self, key) -> bool:
+        """Delete ``key``; False if it was not there."""
+        self._check_elements()
+        return sc.map_delete_elem(self.fd, self._key(key))
+
+    def __delitem__(self, key) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def keys(self) -> Iterator:
+        """Iterate over the keys (BPF_MAP_GET_NEXT_KEY)."""
+        self._check_elements()
+        prev = None
+        nxt = bytearray(self.key_size)
+        while sc.map_get_next_key(self.fd, prev, nxt):
+            yield self._decode(bytes(nxt), self.spec.key_type_id)
+            prev = bytearray(nxt)
+
+    __iter__ = keys
+
+    def items(self) -> Iterator[tuple]:
+        """Iterate over (key, value) pairs; keys deleted meanwhile are skipped."""
+        for k in self.keys():
+            v = self.lookup(k, _MISSING)
+            if v is not _MISSING:
+                yield k, v
+
+    def values(self) -> Iterator:
+        for _, v in self.items():
+            yield v
+
+    # -- internal maps (.data/.rodata/.bss) ------------------------------------------------
+
+    def _write_initial(self, data: bytes) -> None:
+        sc.map_update_elem(self.fd, bytearray(4), bytearray(data))
+
+    def mmap(self) -> mmap.mmap:
+        """The value of a BPF_F_MMAPABLE array map, memory-mapped (read-only for frozen .rodata)."""
+        if self._mmap is None:
+            from .kernel.constants import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG
+            if not self.flags & BPF_F_MMAPABLE:
+                raise Error(f"map {self.name!r} is not mmapable (no BPF_F_MMAPABLE)")
+            size = max(self.value_size * self.max_entries, 1)
+            size = (size + mmap.PAGESIZE - 1) & ~(mmap.PAGESIZE - 1)
+            prot = mmap.PROT_READ if self.flags & BPF_F_RDONLY_PROG else mmap.PROT_READ | mmap.PROT_WRITE
+            self._mmap = mmap.mmap(self.fd, size, mmap.MAP_SHARED, prot)
+        return self._mmap
+
+
+_MISSING = object()

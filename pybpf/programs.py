@@ -1,0 +1,130 @@
+"""Program: a loaded BPF program, with test runs and attach."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import ClosedError, Error
+from .kernel import syscall as sc
+from .kernel.attrs import TestRunAttr
+from .kernel.constants import Cmd, ProgType
+
+# program types whose BPF_PROG_TEST_RUN takes only a context: no data, no repeat
+# (the kernel's bpf_prog_test_run_syscall / _raw_tp return EINVAL otherwise)
+_CTX_ONLY = frozenset({ProgType.SYSCALL, ProgType.RAW_TRACEPOINT, ProgType.TRACING})
+
+
+@dataclass
+class TestRunResult:
+    """What BPF_PROG_TEST_RUN returned: ``retval``, ``duration`` (ns per run), the
+    output packet ``data`` and the output context ``ctx``."""
+
+    __test__ = False  # not a pytest test class
+    retval: int
+    duration: int
+    data: bytes
+    ctx: bytes
+
+
+class Program:
+    """A BPF program in the kernel: ``name``, ``section``, ``type``, ``fd``."""
+
+    def __init__(self, fd: int, spec, linked=None, owner=None):
+        self._fd = fd
+        self.spec = spec
+        self.name: str = spec.name
+        self.section: str = spec.section
+        self.type = spec.prog_type
+        self.linked = linked
+        self._owner = owner
+
+    @property
+    def fd(self) -> int:
+        if self._fd < 0:
+            raise ClosedError(f"program {self.name!r} is closed")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        """Release the program's fd (links keep the program alive in the kernel). Idempotent."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> "Program":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self._fd}"
+        return f"<Program {self.name} section={self.section!r} {self.type.name} {state}>"
+
+    @property
+    def insn_cnt(self) -> int:
+        """Instructions in the loaded program (after linking subprograms)."""
+        return self.linked.insn_cnt if self.linked else len(self.spec.insns) // 8
+
+    def test_run(self, ctx: bytes = b"", data: bytes = b"", repeat: int = 1,
+                 data_out_size: Optional[int] = None, flags: int = 0, cpu: int = 0) -> TestRunResult:
+        """Run the program once (or ``repeat`` times) in the kernel with BPF_PROG_TEST_RUN.
+
+        ``ctx`` is the context (e.g. the argument struct of a SEC("syscall")
+        program, which the kernel copies back: see ``result.ctx``); ``data`` the
+        packet for networking programs.  Only what the program type accepts is
+        sent: syscall, raw_tp and tracing programs take a context alone.
+        """
+        ctx_in = bytearray(ctx)
+        ctx_buf = (ctypes.c_char * max(len(ctx_in), 1)).from_buffer(ctx_in if ctx_in else bytearray(1))
+        attr = TestRunAttr(prog_fd=self.fd, flags=flags, cpu=cpu)
+        if ctx_in:
+            attr.ctx_in = ctypes.addressof(ctx_buf)
+            attr.ctx_size_in = len(ctx_in)
+        ctx_out = None
+        data_out = None
+        if self.type in _CTX_ONLY:
+            if data:
+                raise Error(f"program {self.name!r} ({self.type.name}) takes no data in a test run, only ctx")
+        else:
+            data_in = bytearray(data)
+            self._data_in = (ctypes.c_char * max(len(data_in), 1)).from_buffer(data_in or bytearray(1))
+            if data_in:
+                attr.data_in = ctypes.addressof(self._data_in)
+                attr.data_size_in = len(data_in)
+                out_size = data_out_size if data_out_size is not None else len(data_in) + 256
+                data_out = ctypes.create_string_buffer(out_size)
+                attr.data_out = ctypes.addressof(data_out)
+                attr.data_size_out = out_size
+            if ctx_in:
+                ctx_out = ctypes.create_string_buffer(len(ctx_in))
+                attr.ctx_out = ctypes.addressof(ctx_out)
+                attr.ctx_size_out = len(ctx_in)
+            attr.repeat = repeat
+        sc.bpf(Cmd.PROG_TEST_RUN, attr)
+        out_data = data_out.raw[:attr.data_size_out] if data_out is not None else b""
+        if ctx_out is not None:
+            out_ctx = ctx_out.raw[:attr.ctx_size_out]
+        else:
+            out_ctx = bytes(ctx_in)   # ctx-only types: the kernel copies the context back into ctx_in
+        retval = attr.retval
+        if retval >= 1 << 31:
+            retval -= 1 << 32
+        return TestRunResult(retval, attr.duration, out_data, out_ctx)
+
+    def attach(self, target: Optional[str] = None):
+        """Attach by the program's section (tracepoint, raw_tp, ...) and return a :class:`~pybpf.Link`.
+
+        ``target`` overrides what the section names (e.g. ``"syscalls/sys_enter_getpid"``).
+        """
+        from .links import attach_program
+        link = attach_program(self, target)
+        if self._owner is not None:
+            self._owner._links.append(link)
+        return link
