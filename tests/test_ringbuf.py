@@ -1,0 +1,607 @@
+"""Ring buffers against the kernel: RINGBUF consumer and USER_RINGBUF producer.
+
+The BPF side is programs/ringbuf_test.bpf.c: ``produce`` writes numbered
+records into ``rb``; ``drain`` drains ``urb`` (counting into .bss globals) and
+can echo each sample back into ``rb``.  The cases follow the kernel's own
+selftests for these maps (ringbuf.c, user_ringbuf.c).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import threading
+import time
+import types
+
+import pytest
+
+import pybpf
+from pybpf.kernel.constants import BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, MapType
+from pybpf.ringbuf import RingBuffer, Sample, SampleSizeError, UserRingBuffer
+
+from conftest import program
+
+PAGE = mmap.PAGESIZE
+SIZE = 16384  # both rings in ringbuf_test.bpf.c
+FILL = bytes((i * 7 + 3) & 0xFF for i in range(4096))
+MAX_RECORD = 4 + 4096  # largest record produce handles
+
+
+# --- helpers ----------------------------------------------------------------
+
+def _s32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def produce(obj, count, size, discard_every=0, start_seq=0, flags=0) -> int:
+    """Runs ``produce``: returns the number of records submitted."""
+    ctx = struct.pack("<IIIIQ", count, size, discard_every, start_seq, flags)
+    return _s32(obj.programs["produce"].test_run(ctx=ctx).retval)
+
+
+def drain(obj, flags=0, echo=False) -> int:
+    """Runs ``drain``: returns bpf_user_ringbuf_drain's result."""
+    ctx = struct.pack("<QI4x", flags, 1 if echo else 0)
+    return _s32(obj.programs["drain"].test_run(ctx=ctx).retval)
+
+
+def var(obj, name):
+    return obj.variables[name].get()
+
+
+def seen(obj, first, count):
+    """The first u32 of drained samples first .. first+count-1 (mod 256)."""
+    raw = var(obj, "seen")
+    slots = struct.unpack("<256I", raw)
+    return [slots[(first + i) % 256] for i in range(count)]
+
+
+def record(seq: int, size: int) -> bytes:
+    """The bytes produce writes for record ``seq`` of ``size`` bytes."""
+    if size >= 4:
+        return struct.pack("<I", seq & 0xFFFFFFFF) + FILL[: size - 4]
+    return struct.pack("<I", seq & 0xFFFFFFFF)[:size]
+
+
+def bpf_map_mappings() -> int:
+    """How many bpf map mappings this process has (lines of /proc/self/maps)."""
+    with open("/proc/self/maps") as f:
+        return sum("bpf-map" in line for line in f)
+
+
+class Collect:
+    """A RingBuffer callback that copies every record."""
+
+    def __init__(self):
+        self.records: list[bytes] = []
+
+    def __call__(self, view):
+        self.records.append(bytes(view))
+
+
+@pytest.fixture
+def obj():
+    with pybpf.load(program("ringbuf_test")) as o:
+        o.variables["fill"].set(FILL)
+        yield o
+
+
+# --- RINGBUF: kernel -> user ------------------------------------------------
+
+@pytest.mark.kernel
+def test_records_in_order_with_exact_lengths_and_contents(obj):
+    got = Collect()
+    with RingBuffer(obj.maps["rb"], got) as rb:
+        expected = []
+        seq = 0
+        for size in (0, 1, 3, 4, 5, 8, 13, 64, 100, 1000, MAX_RECORD):
+            count = 3
+            assert produce(obj, count, size, start_seq=seq) == count
+            expected += [record(seq + i, size) for i in range(count)]
+            seq += count
+            assert rb.consume() == count
+        assert rb.consume() == 0
+    assert got.records == expected
+
+
+@pytest.mark.kernel
+def test_discarded_records_are_skipped(obj):
+    got = Collect()
+    with RingBuffer(obj.maps["rb"], got) as rb:
+        assert produce(obj, 20, 16, discard_every=3, start_seq=100) == 14
+        assert var(obj, "discarded") == 6
+        assert rb.consume() == 14
+    want = [100 + i for i in range(20) if (i + 1) % 3]
+    assert [struct.unpack_from("<I", r)[0] for r in got.records] == want
+    assert all(r == record(s, 16) for r, s in zip(got.records, want))
+
+
+@pytest.mark.kernel
+def test_wraps_around_the_ring_many_times(obj):
+    got = Collect()
+    sizes = (1237, 3, 777, 4099, 0, 2049)  # odd sizes: every alignment, wraps mid-record
+    seq = 0
+    nbytes = 0
+    expected = []
+    with RingBuffer(obj.maps["rb"], got) as rb:
+        for _round in range(50):
+            for size in sizes:
+                assert produce(obj, 3, size, start_seq=seq) == 3
+                assert rb.consume() == 3
+                expected += [record(seq + i, size) for i in range(3)]
+                seq += 3
+                nbytes += 3 * ((size + 8 + 7) & ~7)
+    assert var(obj, "reserve_failures") == 0
+    assert nbytes > 50 * SIZE
+    assert got.records == expected
+
+
+@pytest.mark.kernel
+def test_a_full_ring_drops_in_the_kernel_and_recovers(obj):
+    got = Collect()
+    with RingBuffer(obj.maps["rb"], got) as rb:
+        n = produce(obj, 1000, 100)  # 112 bytes each: 146 fit in 16 KiB
+        assert n == (SIZE // 112)
+        assert var(obj, "reserve_failures") == 1
+        assert rb.consume() == n
+        assert produce(obj, 5, 100, start_seq=n) == 5
+        assert rb.consume() == 5
+    assert [struct.unpack_from("<I", r)[0] for r in got.records] == list(range(n + 5))
+
+
+@pytest.mark.kernel
+def test_poll_times_out_with_nothing_to_read(obj):
+    with RingBuffer(obj.maps["rb"], Collect()) as rb:
+        t0 = time.monotonic()
+        assert rb.poll(150) == 0
+        elapsed = time.monotonic() - t0
+        assert 0.13 <= elapsed < 1.5
+        assert rb.poll(0) == 0
+
+
+@pytest.mark.kernel
+def test_poll_wakes_up_when_a_record_arrives(obj):
+    got = Collect()
+    with RingBuffer(obj.maps["rb"], got) as rb:
+        producer = threading.Timer(0.1, produce, (obj, 2, 16))
+        producer.start()
+        try:
+            t0 = time.monotonic()
+            n = rb.poll(5000)
+            elapsed = time.monotonic() - t0
+        finally:
+            producer.join()
+        n += rb.consume()  # the second record may land after the wakeup
+    assert n == 2
+    assert 0.05 <= elapsed < 2.5
+    assert got.records == [record(0, 16), record(1, 16)]
+
+
+@pytest.mark.kernel
+def test_no_wakeup_leaves_a_sleeping_poller_asleep_until_force_wakeup(obj):
+    got = Collect()
+    result = {}
+    with RingBuffer(obj.maps["rb"], got) as rb:
+        def poller():
+            t0 = time.monotonic()
+            result["n"] = rb.poll(10_000)
+            result["elapsed"] = time.monotonic() - t0
+
+        thread = threading.Thread(target=poller)
+        thread.start()
+        try:
+            time.sleep(0.2)  # the poller is asleep in epoll_wait
+            assert produce(obj, 3, 16, flags=BPF_RB_NO_WAKEUP) == 3
+            time.sleep(0.3)
+            assert thread.is_alive(), "BPF_RB_NO_WAKEUP woke the poller"
+            assert produce(obj, 1, 16, start_seq=3, flags=BPF_RB_FORCE_WAKEUP) == 1
+            thread.join(5)
+            assert not thread.is_alive(), "BPF_RB_FORCE_WAKEUP did not wake the poller"
+        finally:
+            thread.join()
+    assert result["n"] == 4
+    assert result["elapsed"] >= 0.45
+    assert got.records == [record(i, 16) for i in range(4)]
+
+
+@pytest.mark.kernel
+def test_ringbuf_mmap_permissions(obj):
+    fd = obj.maps["rb"].fd
+    # consumer page: read-write, exactly one page
+    with mmap.mmap(fd, PAGE, access=mmap.ACCESS_WRITE, offset=0):
+        pass
+    with pytest.raises(PermissionError):
+        mmap.mmap(fd, 2 * PAGE, access=mmap.ACCESS_WRITE, offset=0)
+    # producer page and data: read-only
+    with pytest.raises(PermissionError):
+        mmap.mmap(fd, PAGE, access=mmap.ACCESS_WRITE, offset=PAGE)
+    with pytest.raises(PermissionError):
+        mmap.mmap(fd, PAGE, access=mmap.ACCESS_WRITE, offset=2 * PAGE)
+    with mmap.mmap(fd, PAGE + 2 * SIZE, access=mmap.ACCESS_READ, offset=PAGE):
+        pass
+
+
+@pytest.mark.kernel
+def test_callback_exception_propagates_and_the_record_counts_as_consumed(obj):
+    calls = []
+
+    def callback(view):
+        seq = struct.unpack_from("<I", view)[0]
+        calls.append(seq)
+        if seq == 1:
+            raise KeyError("boom")
+
+    with RingBuffer(obj.maps["rb"], callback) as rb:
+        assert produce(obj, 4, 8) == 4
+        with pytest.raises(KeyError, match="boom"):
+            rb.consume()
+        assert calls == [0, 1]
+        assert rb.consume() == 2  # resumes after the failing record
+        assert calls == [0, 1, 2, 3]
+
+
+@pytest.mark.kernel
+def test_record_views_are_released_after_the_callback(obj):
+    kept = []
+    with RingBuffer(obj.maps["rb"], kept.append) as rb:
+        assert produce(obj, 2, 32) == 2
+        assert rb.consume() == 2
+    assert len(kept) == 2
+    for view in kept:
+        assert isinstance(view, memoryview)
+        with pytest.raises(ValueError):
+            bytes(view)
+
+
+@pytest.mark.kernel
+def test_record_views_are_read_only_memoryviews_of_the_payload(obj):
+    checks = []
+
+    def callback(view):
+        checks.append((view.readonly, view.nbytes, view.format, bytes(view[:4])))
+        with pytest.raises(TypeError):
+            view[0] = 1
+
+    with RingBuffer(obj.maps["rb"], callback) as rb:
+        assert produce(obj, 1, 20, start_seq=7) == 1
+        assert rb.consume() == 1
+    assert checks == [(True, 20, "B", struct.pack("<I", 7))]
+
+
+@pytest.mark.kernel
+def test_close_from_the_callback_stops_and_releases(no_fd_leak, obj):
+    calls = []
+    rb = RingBuffer(obj.maps["rb"], lambda view: (calls.append(1), rb.close()))
+    assert produce(obj, 3, 8) == 3
+    assert rb.consume() == 1
+    assert rb.closed
+    with pytest.raises(pybpf.ClosedError):
+        rb.consume()
+
+
+@pytest.mark.kernel
+def test_consume_from_the_callback_is_refused(obj):
+    def callback(view):
+        rb.consume()
+
+    with RingBuffer(obj.maps["rb"], callback) as rb:
+        assert produce(obj, 1, 8) == 1
+        with pytest.raises(pybpf.Error, match="own callback"):
+            rb.consume()
+
+
+@pytest.mark.kernel
+def test_ring_buffer_fileno_works_with_select(obj):
+    import select
+
+    with RingBuffer(obj.maps["rb"], Collect()) as rb:
+        assert rb.epoll_fd() == rb.fileno()
+        assert select.select([rb], [], [], 0)[0] == []
+        assert produce(obj, 1, 8) == 1
+        assert select.select([rb], [], [], 1)[0] == [rb]
+        assert rb.consume() == 1
+        assert select.select([rb], [], [], 0)[0] == []
+
+
+# --- USER_RINGBUF: user -> kernel -------------------------------------------
+
+@pytest.mark.kernel
+def test_user_ringbuf_mmap_permissions(obj):
+    fd = obj.maps["urb"].fd
+    with pytest.raises(PermissionError):
+        mmap.mmap(fd, PAGE, access=mmap.ACCESS_WRITE, offset=0)  # consumer page
+    with mmap.mmap(fd, PAGE, access=mmap.ACCESS_READ, offset=0):
+        pass
+    with mmap.mmap(fd, PAGE + 2 * SIZE, access=mmap.ACCESS_WRITE, offset=PAGE):
+        pass
+
+
+@pytest.mark.kernel
+def test_submitted_samples_reach_the_drain_in_order(obj):
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        for i in range(10):
+            sample = urb.reserve(4 + i)
+            assert isinstance(sample, Sample) and len(sample) == 4 + i
+            sample[:4] = struct.pack("<I", 1000 + i)
+            urb.submit(sample)
+        assert drain(obj) == 10
+        assert var(obj, "drained_count") == 10
+        assert var(obj, "drained_bytes") == sum(4 + i for i in range(10))
+        assert var(obj, "last_size") == 13
+        assert seen(obj, 0, 10) == [1000 + i for i in range(10)]
+        assert drain(obj) == 0
+        assert urb.free == SIZE
+
+
+@pytest.mark.kernel
+def test_reserve_of_size_minus_8_fills_the_ring_exactly(obj):
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        assert urb.max_sample == SIZE - 8
+        sample = urb.reserve(SIZE - 8)
+        assert urb.free == 0
+        with pytest.raises(pybpf.RingBufferFullError):
+            urb.reserve(0)
+        sample.data[:4] = struct.pack("<I", 0xABCD)
+        urb.submit(sample)
+        assert drain(obj) == 1
+        assert var(obj, "last_size") == SIZE - 8
+        assert seen(obj, 0, 1) == [0xABCD]
+        assert urb.free == SIZE
+        # and again, now that the positions are not at zero
+        urb.write(b"x" * 8)
+        sample = urb.reserve(SIZE - 16 - 8)  # the 8-byte sample took 16
+        assert urb.free == 0
+        urb.submit(sample)
+        assert drain(obj) == 2
+
+
+@pytest.mark.kernel
+def test_overfill_raises_ring_buffer_full_after_the_exact_count(obj):
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        per = SIZE // 32  # 24-byte samples take 32 bytes with the header
+        for i in range(per):
+            urb.write(struct.pack("<I", i) + bytes(20))
+        with pytest.raises(pybpf.RingBufferFullError, match=r"24-byte sample needs 32 bytes.*0 of 16384 free"):
+            urb.write(bytes(24))
+        assert drain(obj) == per
+        assert seen(obj, per - 256, 256) == list(range(per - 256, per))
+        urb.write(bytes(24))  # room again
+        assert drain(obj) == 1
+
+
+@pytest.mark.kernel
+def test_discarded_samples_are_ignored_by_the_drain(obj):
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        for i in range(10):
+            sample = urb.reserve(8)
+            sample[:4] = struct.pack("<I", i)
+            if i % 3 == 0:
+                urb.discard(sample)
+            else:
+                sample.submit()
+        assert drain(obj) == 6
+        assert var(obj, "drained_count") == 6
+        assert seen(obj, 0, 6) == [1, 2, 4, 5, 7, 8]
+        assert urb.free == SIZE  # discards were consumed too
+
+
+@pytest.mark.kernel
+def test_drain_stops_at_the_oldest_unsubmitted_sample(obj):
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        a, b, c = (urb.reserve(4) for _ in range(3))
+        for i, s in enumerate((a, b, c)):
+            s[:] = struct.pack("<I", i)
+        urb.submit(c)
+        assert drain(obj) == 0  # a is still BUSY
+        urb.submit(a)
+        assert drain(obj) == 1
+        urb.submit(b)
+        assert drain(obj) == 2
+        assert seen(obj, 0, 3) == [0, 1, 2]
+
+
+@pytest.mark.kernel
+def test_echo_round_trip(obj):
+    got = Collect()
+    payloads = [bytes([i]) * n for i, n in enumerate((1, 4, 7, 33, 500, 4100), start=1)]
+    with UserRingBuffer(obj.maps["urb"]) as urb, RingBuffer(obj.maps["rb"], got) as rb:
+        for p in payloads:
+            urb.write(p)
+        assert drain(obj, echo=True) == len(payloads)
+        assert var(obj, "echo_failures") == 0
+        assert rb.consume() == len(payloads)
+    assert got.records == payloads
+
+
+@pytest.mark.kernel
+def test_blocking_reserve_times_out_then_succeeds_after_a_drain(obj):
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        big = urb.reserve(SIZE - 200)
+        urb.submit(big)
+        t0 = time.monotonic()
+        with pytest.raises(pybpf.TimeoutError, match="within 200 ms"):
+            urb.reserve_blocking(1000, 200)
+        assert 0.18 <= time.monotonic() - t0 < 1.5
+
+        drainer = threading.Timer(0.15, drain, (obj,))
+        drainer.start()
+        try:
+            t0 = time.monotonic()
+            sample = urb.reserve_blocking(1000, 5000)
+            elapsed = time.monotonic() - t0
+        finally:
+            drainer.join()
+        assert 0.1 <= elapsed < 2.5
+        assert var(obj, "last_drain_ret") == 1
+        sample.submit()
+        assert drain(obj) == 1
+        assert var(obj, "last_size") == 1000
+
+
+@pytest.mark.kernel
+def test_blocking_reserve_on_a_completely_full_ring(obj):
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        urb.write(bytes(SIZE - 8))
+        assert urb.free == 0
+        drainer = threading.Timer(0.1, drain, (obj,))
+        drainer.start()
+        try:
+            sample = urb.reserve_blocking(SIZE - 8, 5000)
+        finally:
+            drainer.join()
+        urb.discard(sample)
+        assert drain(obj) == 0
+        assert urb.free == SIZE
+
+
+@pytest.mark.kernel
+def test_oversize_samples_are_refused_before_touching_the_ring(obj):
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        for n in (SIZE - 7, SIZE, 1 << 30, 1 << 31):
+            with pytest.raises(SampleSizeError, match=f"at most {SIZE - 8} bytes"):
+                urb.reserve(n)
+        with pytest.raises(ValueError):  # SampleSizeError is also a ValueError
+            urb.reserve(-1)
+        with pytest.raises(pybpf.Error):
+            urb.reserve_blocking(SIZE, 10)
+        assert urb.free == SIZE
+        assert drain(obj) == 0
+
+
+@pytest.mark.kernel
+def test_submit_twice_or_a_foreign_sample_is_refused(obj):
+    with pybpf.load(program("ringbuf_test")) as other_obj:
+        with UserRingBuffer(obj.maps["urb"]) as urb, UserRingBuffer(other_obj.maps["urb"]) as other:
+            sample = urb.reserve(8)
+            urb.submit(sample)
+            with pytest.raises(pybpf.Error, match="already submitted"):
+                urb.submit(sample)
+            with pytest.raises(pybpf.Error, match="already submitted"):
+                urb.discard(sample)
+            with pytest.raises(ValueError):
+                sample.data[0] = 1  # released at submit
+            foreign = other.reserve(8)
+            with pytest.raises(pybpf.Error, match="another ring buffer"):
+                urb.submit(foreign)
+            other.discard(foreign)
+            with pytest.raises(pybpf.Error, match="takes a Sample"):
+                urb.submit(b"12345678")
+        assert drain(obj) == 1
+
+
+@pytest.mark.kernel
+def test_sample_as_context_manager(obj):
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        with urb.reserve(4) as sample:
+            sample[:] = struct.pack("<I", 41)
+        with pytest.raises(RuntimeError):
+            with urb.reserve(4) as sample:
+                sample[:] = struct.pack("<I", 42)
+                raise RuntimeError
+        with urb.reserve(4) as sample:
+            sample[:] = struct.pack("<I", 43)
+        assert drain(obj) == 2
+        assert seen(obj, 0, 2) == [41, 43]
+
+
+@pytest.mark.kernel
+def test_concurrent_producers_are_serialized(obj):
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        def worker(base):
+            for i in range(50):
+                urb.write(struct.pack("<I", base + i) + bytes(4))
+
+        threads = [threading.Thread(target=worker, args=(k * 1000,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert drain(obj) == 200
+        assert var(obj, "drained_bytes") == 200 * 8
+
+
+@pytest.mark.kernel
+def test_drain_rejects_a_misaligned_producer_pos_and_an_oversize_header(obj):
+    # What the kernel does with what UserRingBuffer never writes (why reserve
+    # keeps producer_pos 8-aligned and refuses oversize samples).
+    fd = obj.maps["urb"].fd
+    with mmap.mmap(fd, PAGE + 2 * SIZE, access=mmap.ACCESS_WRITE, offset=PAGE) as prod:
+        struct.pack_into("<II", prod, PAGE, 4, 0)  # a committed 4-byte sample...
+        struct.pack_into("<Q", prod, 0, 12)  # ...published with an unaligned producer_pos
+        assert drain(obj) == -22  # -EINVAL
+        struct.pack_into("<II", prod, PAGE, SIZE, 0)  # a sample larger than the ring
+        struct.pack_into("<Q", prod, 0, 2 * SIZE)
+        assert drain(obj) == -7  # -E2BIG
+        assert var(obj, "last_drain_ret") == -7
+        assert var(obj, "drained_count") == 0
+
+
+# --- life cycle and errors --------------------------------------------------
+
+@pytest.mark.kernel
+def test_close_releases_every_fd_and_mapping(no_fd_leak, obj):
+    base = bpf_map_mappings()
+    rb = RingBuffer(obj.maps["rb"], Collect())
+    urb = UserRingBuffer(obj.maps["urb"])
+    assert bpf_map_mappings() == base + 4
+    urb.reserve(8)  # left pending: close still unmaps
+    rb.close()
+    urb.close()
+    assert bpf_map_mappings() == base
+    rb.close()  # idempotent
+    urb.close()
+    with RingBuffer(obj.maps["rb"], Collect()), UserRingBuffer(obj.maps["urb"]):
+        assert bpf_map_mappings() == base + 4
+    assert bpf_map_mappings() == base
+
+
+@pytest.mark.kernel
+def test_a_closed_buffer_raises_closed_error(obj):
+    rb = RingBuffer(obj.maps["rb"], Collect())
+    rb.close()
+    for call in (rb.consume, rb.poll, rb.fileno):
+        with pytest.raises(pybpf.ClosedError):
+            call()
+    urb = UserRingBuffer(obj.maps["urb"])
+    sample = urb.reserve(8)
+    urb.close()
+    assert urb.closed and rb.closed
+    with pytest.raises(pybpf.ClosedError):
+        urb.reserve(8)
+    with pytest.raises(pybpf.ClosedError):
+        urb.reserve_blocking(8, 10)
+    with pytest.raises(pybpf.ClosedError):
+        urb.write(b"1234")
+    with pytest.raises(pybpf.ClosedError):
+        urb.submit(sample)
+    with pytest.raises(ValueError):
+        sample.data[0] = 1  # released by close
+
+
+def test_wrong_map_type_raises_a_clear_error():
+    rb_like = types.SimpleNamespace(fd=-1, type=MapType.RINGBUF, max_entries=SIZE, name="rb")
+    urb_like = types.SimpleNamespace(fd=-1, type=MapType.USER_RINGBUF, max_entries=SIZE, name="urb")
+    hash_like = types.SimpleNamespace(fd=-1, type=MapType.HASH, max_entries=SIZE, name="h")
+    with pytest.raises(pybpf.Error, match="RingBuffer needs a RINGBUF map; map 'urb' is a USER_RINGBUF.*UserRingBuffer"):
+        RingBuffer(urb_like, print)
+    with pytest.raises(pybpf.Error, match="UserRingBuffer needs a USER_RINGBUF map; map 'rb' is a RINGBUF"):
+        UserRingBuffer(rb_like)
+    with pytest.raises(pybpf.Error, match="map 'h' is a HASH map"):
+        RingBuffer(hash_like, print)
+    with pytest.raises(pybpf.Error, match="needs a pybpf Map"):
+        UserRingBuffer(object())
+    bad_size = types.SimpleNamespace(fd=-1, type=MapType.RINGBUF, max_entries=3 * PAGE, name="odd")
+    with pytest.raises(pybpf.Error, match="power of two"):
+        RingBuffer(bad_size, print)
+    with pytest.raises(pybpf.Error, match="callable"):
+        RingBuffer(rb_like, None)
+
+
+@pytest.mark.kernel
+def test_wrong_map_type_on_real_maps(no_fd_leak, obj):
+    with pytest.raises(pybpf.Error, match="use UserRingBuffer"):
+        RingBuffer(obj.maps["urb"], print)
+    with pytest.raises(pybpf.Error, match="use RingBuffer"):
+        UserRingBuffer(obj.maps["rb"])
