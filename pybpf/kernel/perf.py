@@ -224,9 +224,10 @@ def _open_hint(err: int, attr: PerfEventAttr) -> str | None:
     if err in (_errno.EACCES, _errno.EPERM):
         return ("needs root or CAP_PERFMON (see /proc/sys/kernel/perf_event_paranoid)"
                 if os.geteuid() != 0 else "refused even for root (lockdown or LSM policy?)")
+    if attr.type == PERF_TYPE_TRACEPOINT and err in (_errno.ENOENT, _errno.ENODEV, _errno.EINVAL):
+        # the kernel answers EINVAL for a tracepoint id it does not know
+        return f"no tracepoint with id {attr.config}, or an invalid perf_event_attr"
     if err in (_errno.ENOENT, _errno.ENODEV):
-        if attr.type == PERF_TYPE_TRACEPOINT:
-            return f"no tracepoint with id {attr.config}"
         return f"no such event (type={attr.type}, config={attr.config})"
     if err == _errno.E2BIG:
         return f"perf_event_attr.size={attr.size} is larger than this kernel supports"

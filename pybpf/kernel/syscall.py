@@ -57,9 +57,12 @@ def command_name(cmd: int) -> str:
         return f"BPF_CMD_{int(cmd)}"
 
 
-def _permission_hint() -> str:
+def _permission_hint(cmd: int) -> str:
     if os.geteuid() != 0:
         return "needs root (CAP_BPF, CAP_PERFMON)"
+    if cmd in (Cmd.MAP_UPDATE_ELEM, Cmd.MAP_DELETE_ELEM, Cmd.MAP_UPDATE_BATCH,
+               Cmd.MAP_DELETE_BATCH, Cmd.MAP_LOOKUP_AND_DELETE_ELEM):
+        return "the map is frozen or read-only for user space"
     return ("refused even for root: kernel lockdown, an LSM policy, or an operation "
             "this kernel does not allow")
 
@@ -89,7 +92,7 @@ def _raw_bpf(cmd: int, attr: ctypes.Structure, size: int | None) -> tuple[int, i
 def _error(cmd: int, err: int, message: str | None = None) -> errors.SyscallError:
     name = command_name(cmd)
     if err in (_errno.EPERM, _errno.EACCES):
-        hint = _permission_hint()
+        hint = _permission_hint(cmd)
         return errors.PermissionError(name, err, f"{message}; {hint}" if message else hint)
     return errors.SyscallError(name, err, message)
 
