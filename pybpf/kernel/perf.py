@@ -281,6 +281,6 @@ def ioctl(fd: int, request: int, arg: int = 0) -> int:
         raise cls(name, exc.errno, hint) from None
 
 
-__all__ = [name for name in dir() if name.startswith(("PERF_", "FLAG_BITS"))] + [
-    "PerfEventAttr", "perf_event_open", "ioctl",
+__all__ = [name for name in dir() if name.startswith("PERF_")] + [
+    "FLAG_BITS", "PerfEventAttr", "perf_event_open", "ioctl",
 ]
