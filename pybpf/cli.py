@@ -1,0 +1,358 @@
+"""``python -m pybpf``: the command-line front end, built on the public API only.
+
+    python -m pybpf load programs/user_ringbuf.o
+
+``load`` loads an object, attaches every program whose section says where,
+and streams the records of its ring buffers (decoded by BTF type when the
+type is known, hex otherwise) until Ctrl-C.  When the object has a user ring
+buffer, it is fed one sample at start and one more after each record, as the
+user ring buffer tutorial does; ``--feed`` chooses what is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import signal
+import sys
+import time
+from typing import Optional
+
+import pybpf
+from pybpf.kernel.constants import MapType
+from pybpf.spec.btf import BTF, Kind
+from pybpf.spec.decode import decode, encode
+
+PRIVILEGE_MESSAGE = ("pybpf: loading BPF programs needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): "
+                     "run it with sudo")
+
+# syscalls that send a signal: their events are labelled SIGN, as in the tutorial
+_SIGNAL_SYSCALLS = {"kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal"}
+
+_CAP_SYS_ADMIN = 21
+_CAP_BPF = 39
+
+
+def has_bpf_privileges() -> bool:
+    """True if this process may load BPF programs (root, CAP_BPF or CAP_SYS_ADMIN)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    caps = int(line.split()[1], 16)
+                    return bool(caps >> _CAP_BPF & 1 or caps >> _CAP_SYS_ADMIN & 1)
+    except OSError:
+        pass
+    return False
+
+
+# -- record types ------------------------------------------------------------------------------
+
+def _visible_structs(spec: pybpf.ObjectSpec) -> list:
+    """Structs the object keeps visible for user space: pointed to by a global
+    (``struct event *unused_event``, the libbpf-bootstrap convention) or named ``event``."""
+    btf = spec.btf
+    if btf is None:
+        return []
+    found = {}
+    for v in spec.variables.values():
+        t = btf.resolve(v.type_id)
+        if t is not None and t.kind == Kind.PTR:
+            target = btf.resolve(t.type_id)
+            if target is not None and target.kind == Kind.STRUCT and target.name:
+                found[target.id] = target
+    for t in btf.by_name("event", Kind.STRUCT):
+        found[t.id] = t
+    return list(found.values())
+
+
+def guess_record_type(spec: pybpf.ObjectSpec, map_name: str, user_ring: bool):
+    """The BTF struct a ring buffer's records most likely are, or None."""
+    candidates = _visible_structs(spec)
+    if not candidates:
+        return None
+    for t in candidates:
+        if t.name == map_name:
+            return t
+    if user_ring:
+        preferred = [t for t in candidates if "sample" in t.name]
+    else:
+        preferred = [t for t in candidates if t.name == "event"] or \
+                    [t for t in candidates if "event" in t.name] or \
+                    [t for t in candidates if "sample" not in t.name]
+    return preferred[0] if len(preferred) == 1 else None
+
+
+def _event_label(links: list, fallback: str) -> str:
+    targets = [l.target for l in links]
+    if len(targets) != 1:
+        return fallback[:5].upper()
+    name = targets[0].rsplit("/", 1)[-1]
+    for prefix in ("sys_enter_", "sys_exit_"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return "SIGN" if name in _SIGNAL_SYSCALLS else name[:5].upper()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, str):
+        return v
+    return json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else str(v)
+
+
+class RecordPrinter:
+    """Prints one line per ring buffer record: a tutorial-style table row when the
+    record has ``comm`` and ``pid`` fields, ``field=value`` pairs for other
+    structs, hex for unknown records."""
+
+    def __init__(self, btf: Optional[BTF], rtype, map_name: str, label: str, out=sys.stdout):
+        self.btf = btf
+        self.rtype = rtype
+        self.map_name = map_name
+        self.label = label
+        self.out = out
+        names = [m.name for m in rtype.members] if rtype is not None else []
+        self.table = "comm" in names and "pid" in names
+
+    def header(self) -> Optional[str]:
+        if self.table:
+            return f"{'TIME':<8} {'EVENT':<5} {'COMM':<16} {'PID':<7}".rstrip()
+        return None
+
+    def line(self, record) -> str:
+        ts = time.strftime("%H:%M:%S")
+        if self.rtype is not None and len(record) >= self.rtype.size:
+            value = decode(self.btf, self.rtype.id, record)
+            if self.table:
+                rest = " ".join(f"{k}={_fmt(v)}" for k, v in value.items() if k not in ("comm", "pid"))
+                return f"{ts:<8} {self.label:<5} {_fmt(value['comm']):<16} {value['pid']:<7} {rest}".rstrip()
+            fields = " ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+            return f"{ts:<8} {self.label:<5} {fields}"
+        return f"{ts:<8} {self.label:<5} {self.map_name} {len(record)} bytes: {bytes(record).hex()}"
+
+
+# -- user ring samples -----------------------------------------------------------------------------
+
+def parse_feed(text: str, btf: Optional[BTF], stype) -> bytes:
+    """A sample from the command line: ``hex:0a0b..``, ``@file`` (its bytes), or a JSON
+    value encoded by the sample's BTF type (``'{"i": 1, "comm": "hi"}'``)."""
+    if text.startswith("hex:"):
+        try:
+            return bytes.fromhex(text[4:])
+        except ValueError:
+            raise pybpf.Error(f"--feed: {text[4:]!r} is not hex") from None
+    if text.startswith("@"):
+        try:
+            with open(text[1:], "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise pybpf.Error(f"--feed: cannot read {text[1:]}: {e.strerror}") from None
+    if stype is None or btf is None:
+        raise pybpf.Error(f"--feed: the sample type of this user ring buffer is unknown; give hex:... or @file, "
+                          f"or name the type with --type MAP='struct NAME'")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise pybpf.Error(f"--feed: {text!r} is neither hex:..., @file nor JSON") from None
+    return encode(btf, stype.id, value)
+
+
+def default_sample(btf: Optional[BTF], stype, n: int) -> Optional[bytes]:
+    """The tutorial's sample: integer fields = our pid, char arrays = the sample number."""
+    if stype is None or btf is None:
+        return None
+    value = {}
+    for m in stype.members:
+        t = btf.resolve(m.type_id)
+        if t is None or m.bitfield_size:
+            continue
+        if t.kind == Kind.INT and t.size >= 4:
+            value[m.name] = os.getpid()
+        elif t.kind == Kind.ARRAY and btf.size_of(t.elem_type) == 1:
+            value[m.name] = str(n)[:t.nelems - 1]
+    return encode(btf, stype.id, value)
+
+
+# -- the load command --------------------------------------------------------------------------------
+
+def _type_overrides(spec, items: list) -> dict:
+    out = {}
+    for item in items:
+        name, sep, tname = item.partition("=")
+        if not sep:
+            raise pybpf.Error(f"--type takes MAP=TYPE (e.g. kernel_ringbuf='struct event'), not {item!r}")
+        if spec.btf is None:
+            raise pybpf.Error("--type: the object has no BTF")
+        out[name] = spec.btf.find(tname)
+    return out
+
+
+def _set_variables(spec, items: list) -> None:
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise pybpf.Error(f"--set takes VARIABLE=VALUE, not {item!r}")
+        try:
+            var = spec.variables[name]
+        except KeyError:
+            raise pybpf.Error(f"--set: no global variable {name!r} "
+                              f"(this object has: {', '.join(spec.variables) or 'none'})") from None
+        if value.startswith("hex:"):
+            var.set(bytes.fromhex(value[4:]))
+        else:
+            try:
+                var.set(int(value, 0))
+            except ValueError:
+                var.set(value)
+
+
+def cmd_load(args) -> int:
+    spec = pybpf.open(args.object)
+    types = _type_overrides(spec, args.type)
+    _set_variables(spec, args.set)
+    feeds: dict[str, list] = {}
+    for item in args.feed:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise pybpf.Error(f"--feed takes MAP=VALUE, not {item!r}")
+        feeds.setdefault(name, []).append(value)
+    if not has_bpf_privileges():
+        print(PRIVILEGE_MESSAGE, file=sys.stderr)
+        return 1
+
+    stop_after = time.monotonic() + args.duration if args.duration else None
+    with spec.load() as obj:
+        links = []
+        if not args.no_attach:
+            for prog in obj.programs.values():
+                if prog.spec.sec_def.attach is None:
+                    continue
+                try:
+                    links.append(prog.attach())
+                except pybpf.NotSupportedError as e:
+                    print(f"pybpf: not attached: {e}", file=sys.stderr)
+        for name in feeds:
+            if name not in obj.maps or obj.maps[name].type != MapType.USER_RINGBUF:
+                raise pybpf.Error(f"--feed: {name!r} is not a user ring buffer of this object")
+        rings, users = [], []
+        try:
+            for m in obj.maps.values():
+                if m.type == MapType.USER_RINGBUF:
+                    stype = types.get(m.name) or guess_record_type(spec, m.name, True)
+                    samples = [parse_feed(f, spec.btf, stype) for f in feeds.get(m.name, [])]
+                    users.append((pybpf.UserRingBuffer(m), stype, samples))
+            label_fallback = "EVENT"
+            printers = {}
+            counter = {"records": 0, "samples": 0, "full": False}
+
+            def feed() -> None:
+                for ring, stype, samples in users:
+                    batch = samples or [default_sample(spec.btf, stype, counter["samples"])]
+                    for data in batch:
+                        if data is None:
+                            continue
+                        try:
+                            ring.write(data)
+                            counter["samples"] += 1
+                        except pybpf.RingBufferFullError as e:
+                            if not counter["full"]:
+                                print(f"pybpf: {e}; samples are dropped until the program drains it",
+                                      file=sys.stderr)
+                                counter["full"] = True
+                print("Draining current samples...", flush=True)
+
+            for m in obj.maps.values():
+                if m.type != MapType.RINGBUF:
+                    continue
+                rtype = types.get(m.name) or guess_record_type(spec, m.name, False)
+                printer = RecordPrinter(spec.btf, rtype, m.name, _event_label(links, m.name or label_fallback))
+                printers[m.name] = printer
+
+                def on_record(record, printer=printer):
+                    print(printer.line(record), flush=True)
+                    counter["records"] += 1
+                    if users:
+                        feed()
+
+                rings.append(pybpf.RingBuffer(m, on_record))
+            if users:
+                feed()
+            headers = {p.header() for p in printers.values()}
+            if len(headers) == 1 and None not in headers:
+                print(headers.pop(), flush=True)
+            if not rings:
+                print(f"pybpf: {args.object} loaded; it has no ring buffer to stream. Ctrl-C to unload.",
+                      file=sys.stderr, flush=True)
+            sel = selectors.DefaultSelector()
+            for r in rings:
+                sel.register(r.fileno(), selectors.EVENT_READ, r)
+            while True:
+                timeout = 0.5
+                if stop_after is not None:
+                    timeout = max(0.0, min(timeout, stop_after - time.monotonic()))
+                for key, _ in sel.select(timeout):
+                    key.data.consume()
+                if args.count is not None and counter["records"] >= args.count:
+                    break
+                if stop_after is not None and time.monotonic() >= stop_after:
+                    break
+            sel.close()
+        finally:
+            for r in rings:
+                r.close()
+            for u, _, _ in users:
+                u.close()
+    return 0
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pybpf", description="A pure-Python eBPF loader.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("load", help="load a BPF object, attach its programs, stream its ring buffers",
+                       description="Load OBJECT, attach the programs whose section names a target, and print "
+                                   "ring buffer records until Ctrl-C (or --duration/--count). User ring "
+                                   "buffers get one sample at start and one after each record.")
+    p.add_argument("object", help="the BPF object file (.o) to load")
+    p.add_argument("--type", action="append", default=[], metavar="MAP=TYPE",
+                   help="decode MAP's records (or encode its samples) as TYPE, e.g. kernel_ringbuf='struct event'")
+    p.add_argument("--feed", action="append", default=[], metavar="MAP=VALUE",
+                   help="sample written to user ring buffer MAP: hex:..., @file, or JSON by the sample type "
+                        "(repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
+                   help="set a global variable before loading (int, or hex:...; .rodata parameters too)")
+    p.add_argument("--no-attach", action="store_true", help="load only; attach nothing")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N records")
+    p.add_argument("--log", action="store_true", help="on a verifier rejection, print the whole verifier log")
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    old = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return cmd_load(args)
+    except KeyboardInterrupt:
+        return 0
+    except pybpf.VerifierError as e:
+        print(f"pybpf: error: {e}", file=sys.stderr)
+        if args.log:
+            print(e.log, file=sys.stderr)
+        return 1
+    except pybpf.PermissionError as e:
+        print(f"{PRIVILEGE_MESSAGE} ({e})" if os.geteuid() != 0 else f"pybpf: error: {e}", file=sys.stderr)
+        return 1
+    except pybpf.Error as e:
+        print(f"pybpf: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, old)
