@@ -74,3 +74,23 @@ def not_supported_skip():
             return False
 
     return _Ctx()
+
+
+NOT_SUPPORTED_PREFIX = "not supported by this kernel"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With PYBPF_REQUIRE_KERNEL=1 (CI), a skip is a failure unless the kernel itself
+    refuses the feature (reason starting with 'not supported by this kernel')."""
+    outcome = yield
+    report = outcome.get_result()
+    if not REQUIRE_KERNEL or not report.skipped:
+        return
+    reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if reason.startswith("Skipped: "):
+        reason = reason[len("Skipped: "):]
+    if reason.startswith(NOT_SUPPORTED_PREFIX):
+        return
+    report.outcome = "failed"
+    report.longrepr = f"skipped in CI (PYBPF_REQUIRE_KERNEL=1), which must run every test: {reason}"
