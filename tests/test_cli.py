@@ -1,0 +1,187 @@
+"""The command line: the tutorial session as a user runs it, errors, Ctrl-C, no root."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import ROOT, program
+
+PYTHON = sys.executable
+
+
+def _kernel_prog_names() -> list[str]:
+    """Names of every BPF program loaded in the kernel now."""
+    from pybpf.kernel import syscall as sc
+    from pybpf.kernel.attrs import ProgInfo
+    from pybpf.kernel.constants import Cmd
+    names = []
+    pid = 0
+    while True:
+        pid = sc.get_next_id(Cmd.PROG_GET_NEXT_ID, pid)
+        if pid is None:
+            return names
+        try:
+            fd = sc.get_fd_by_id(Cmd.PROG_GET_FD_BY_ID, pid)
+        except Exception:
+            continue
+        try:
+            info = sc.obj_get_info_by_fd(fd, ProgInfo())
+            names.append(info.name.decode())
+        finally:
+            os.close(fd)
+
+
+class Session:
+    """``python -m pybpf ...`` running in the repository root, stdout read line by line."""
+
+    def __init__(self, *args, **kwargs):
+        self.proc = subprocess.Popen([PYTHON, "-m", "pybpf", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, **kwargs)
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, predicate, timeout=20.0, on_idle=None) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if on_idle:
+                    on_idle()
+                continue
+            if line is None:
+                break
+            self.seen.append(line)
+            if predicate(line):
+                return line
+        self.proc.kill()
+        raise AssertionError(f"no matching line; got {self.seen!r}; stderr: {self.proc.stderr.read()!r}")
+
+    def finish(self, timeout=10.0) -> tuple[int, str]:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        while True:
+            line = self.lines.get(timeout=5)
+            if line is None:
+                break
+            self.seen.append(line)
+        return self.proc.returncode, self.proc.stderr.read()
+
+
+@pytest.mark.kernel
+def test_seed_session_rows_per_kill():
+    """The README's seed command: a Draining line, the header, one row per kill() we make."""
+    s = Session("load", program("user_ringbuf"), "--count", "3")
+    s.wait_for(lambda l: l.startswith("TIME"))
+    assert s.seen[0] == "Draining current samples..."
+    assert s.seen[1].split() == ["TIME", "EVENT", "COMM", "PID"]
+    kill = lambda: os.kill(os.getpid(), 0)  # noqa: E731 - kill(2) with signal 0: the traced syscall
+    comm = open("/proc/self/comm").read().strip()[:15]
+    rows = []
+    for _ in range(3):
+        rows.append(s.wait_for(lambda l: l[:2].isdigit(), on_idle=kill))
+        s.wait_for(lambda l: l == "Draining current samples...")
+    code, err = s.finish()
+    assert code == 0, err
+    for row in rows:
+        ts, event, row_comm, pid = row.split()
+        assert time.strptime(ts, "%H:%M:%S")
+        assert event == "SIGN"
+        assert row_comm == comm
+        assert int(pid) == os.getpid()
+    assert "kill_exit" not in _kernel_prog_names()
+
+
+@pytest.mark.kernel
+def test_ctrl_c_exits_cleanly_and_unloads():
+    s = Session("load", program("user_ringbuf"))
+    s.wait_for(lambda l: l.startswith("TIME"))
+    assert "kill_exit" in _kernel_prog_names()
+    s.proc.send_signal(signal.SIGINT)
+    code, err = s.finish()
+    assert code == 0
+    assert "Traceback" not in err
+    assert "kill_exit" not in _kernel_prog_names()
+
+
+@pytest.mark.kernel
+def test_feed_json_sample_by_btf_type():
+    """--feed writes the given sample; the BPF side answers each sample drained with an event."""
+    s = Session("load", program("user_ringbuf"), "--count", "1", "--feed", 'user_ringbuf={"i": 7, "comm": "x"}')
+    s.wait_for(lambda l: l.startswith("TIME"))
+    s.wait_for(lambda l: l[:2].isdigit(), on_idle=lambda: os.kill(os.getpid(), 0))
+    code, err = s.finish()
+    assert code == 0, err
+
+
+@pytest.mark.kernel
+def test_generic_object_streams_hex_or_fields(tmp_path):
+    """An object without tutorial types still loads and stops after --duration."""
+    s = Session("load", program("ringbuf_test"), "--duration", "0.5")
+    code, err = s.finish()
+    assert code == 0, err
+    assert "no ring buffer" not in err
+
+
+def test_without_root_says_so_in_one_line():
+    """As an unprivileged user (root drops to nobody: the kernel clears its capabilities)."""
+    # warm every import first: the interpreter's own files are not readable by nobody here
+    drop = ("import os, sys, locale, gettext, pybpf, pybpf.cli\n"
+            "pybpf.open(sys.argv[1])\n"
+            "if os.geteuid() == 0:\n"
+            "    os.setegid(65534); os.seteuid(65534)\n"
+            "sys.argv = ['pybpf', 'load', sys.argv[1]]\n"
+            "sys.exit(pybpf.cli.main())\n")
+    proc = subprocess.run([PYTHON, "-c", drop, program("user_ringbuf")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "root" in lines[0] and "CAP_BPF" in lines[0]
+    assert proc.stdout == ""
+
+
+def test_missing_file_is_one_clear_error(tmp_path):
+    proc = subprocess.run([PYTHON, "-m", "pybpf", "load", str(tmp_path / "nope.o")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("pybpf: error: cannot read BPF object")
+    assert "Traceback" not in proc.stderr
+
+
+def test_not_an_object_is_one_clear_error(tmp_path):
+    bogus = tmp_path / "bogus.o"
+    bogus.write_bytes(b"#!/bin/sh\necho hi\n")
+    proc = subprocess.run([PYTHON, "-m", "pybpf", "load", str(bogus)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "not an ELF file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.kernel
+def test_verifier_rejection_shows_source_line():
+    proc = subprocess.run([PYTHON, "-m", "pybpf", "load", program("verifier_fail")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "val = v[idx]; /* deliberate out-of-bounds */" in proc.stderr
+    assert "invalid access to map value" in proc.stderr
+    assert "Traceback" not in proc.stderr
