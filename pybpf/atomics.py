@@ -37,7 +37,7 @@ _SIGNATURES = {
 }
 
 _lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
+_lib: ctypes.PyDLL | None = None
 
 
 def _candidates():
@@ -67,7 +67,7 @@ def library_path() -> str:
     raise Error(_NOT_BUILT)
 
 
-def library() -> ctypes.CDLL:
+def library() -> ctypes.PyDLL:
     """The loaded C helper, with argtypes/restype set (loaded on first call)."""
     global _lib
     lib = _lib
@@ -77,7 +77,8 @@ def library() -> ctypes.CDLL:
         if _lib is None:
             path = library_path()
             try:
-                lib = ctypes.CDLL(path)
+                # PyDLL: keep the GIL; these calls take nanoseconds
+                lib = ctypes.PyDLL(path)
                 for name, (restype, argtypes) in _SIGNATURES.items():
                     func = getattr(lib, name)
                     func.restype = restype

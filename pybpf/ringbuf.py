@@ -180,9 +180,11 @@ class RingBuffer:
     If the callback raises, consumption stops, the record counts as consumed
     and the exception propagates.  Its return value is ignored.
 
-    Not thread-safe: consume/poll from one thread at a time.  :meth:`close` may
-    be called from inside the callback (it takes effect when consume returns).
-    Use as a context manager or call :meth:`close`.
+    One consumer at a time: consume/poll while another consume/poll runs
+    (from the callback or another thread) raises :class:`pybpf.Error`.
+    :meth:`close` may be called from the callback or another thread: it takes
+    effect when the running consume returns.  Use as a context manager or call
+    :meth:`close`.
     """
 
     def __init__(self, map, callback: Callable[[memoryview], object]):
@@ -199,7 +201,7 @@ class RingBuffer:
         # Batch at most a quarter ring between consumer_pos releases, so that a
         # slow callback does not hold back the whole ring from the producers.
         self._batch = max(size // 4, _HDR)
-        self._busy = False
+        self._lock = threading.Lock()  # held while consuming: the mappings stay alive
         self._closed = True  # until fully set up: close() then undoes what exists
         self._epoll = None
         self._views = ()
@@ -229,11 +231,17 @@ class RingBuffer:
 
     def close(self) -> None:
         """Unmaps the ring and closes the epoll fd.  Idempotent."""
-        if self._closed and not self._maps:
-            return
         self._closed = True
-        if not self._busy:
-            self._teardown()
+        self._try_teardown()
+
+    def _try_teardown(self) -> None:
+        # If a consume is running, it tears down when it is done (it checks
+        # _closed after releasing the lock, so one of the two always does).
+        if self._lock.acquire(blocking=False):
+            try:
+                self._teardown()
+            finally:
+                self._lock.release()
 
     def _teardown(self) -> None:
         for view in self._views:
@@ -255,7 +263,6 @@ class RingBuffer:
 
     def __del__(self) -> None:
         if getattr(self, "_maps", None):
-            self._busy = False
             self.close()
 
     @property
@@ -270,9 +277,6 @@ class RingBuffer:
     def _check(self) -> None:
         if self._closed:
             raise ClosedError(f"ring buffer '{self.name}' is closed")
-        if self._busy:
-            raise Error(f"ring buffer '{self.name}': consume/poll called from its own callback "
-                        "(or from two threads at once)")
 
     # -- reading --
 
@@ -289,14 +293,17 @@ class RingBuffer:
 
         Never blocks.  Stops at the first record still being written (BUSY).
         """
-        self._check()
-        self._busy = True
+        if not self._lock.acquire(blocking=False):
+            self._check()
+            raise Error(f"ring buffer '{self.name}': consume/poll called from its own callback "
+                        "or from two threads at once")
         try:
+            self._check()
             return self._consume()
         finally:
-            self._busy = False
+            self._lock.release()
             if self._closed:
-                self._teardown()
+                self._try_teardown()
 
     def _consume(self) -> int:
         load, store, fence = self._load_u64, self._store_u64, self._fence
@@ -358,10 +365,17 @@ class RingBuffer:
         backs off ~1 ms first, so a loop around poll() does not spin).  Signals
         interrupting the wait are retried (PEP 475); KeyboardInterrupt propagates.
         """
-        self._check()
+        epoll = self._epoll
+        if epoll is None or self._closed:
+            raise ClosedError(f"ring buffer '{self.name}' is closed")
         timeout = -1 if timeout_ms is None or timeout_ms < 0 else timeout_ms / 1000
         deadline = time.monotonic() + timeout if timeout >= 0 else None
-        if not self._epoll.poll(timeout, 1):
+        try:
+            ready = epoll.poll(timeout, 1)
+        except (ValueError, OSError):
+            self._check()  # closed by another thread during the wait
+            raise
+        if not ready:
             return 0
         n = self.consume()
         if n or self._closed:
@@ -492,16 +506,18 @@ class UserRingBuffer:
     def close(self) -> None:
         """Unmaps the ring and closes the epoll fd.  Idempotent.
 
-        Samples reserved and not submitted are left BUSY: the kernel's drain
-        stops there until the map is recreated.
+        Samples reserved and not yet submitted are discarded (a BUSY sample left
+        behind would stop the kernel's drain for good).
         """
         with self._lock:
             self._closed = True
             self._teardown()
 
     def _teardown(self) -> None:
-        for sample in self._pending.values():
+        for pos, sample in self._pending.items():
+            n = sample.data.nbytes
             sample.data.release()
+            self._xchg(self._data_addr + (pos & self._mask), n | _DISCARD)
         self._pending.clear()
         for view in self._views:
             view.release()
@@ -587,7 +603,10 @@ class UserRingBuffer:
         :class:`SampleSizeError` (a :class:`pybpf.Error` and ``ValueError``) if
         ``n`` can never fit (more than :attr:`max_sample`).
         """
-        total = self._check_size(n)
+        if n.__class__ is int and 0 <= n <= self.max_sample:
+            total = (n + _ROUND) & _ALIGN
+        else:
+            total = self._check_size(n)  # raises, or accepts an int subclass
         with self._lock:
             sample = self._reserve(n, total)
             if sample is None:

@@ -9,6 +9,8 @@ selftests for these maps (ringbuf.c, user_ringbuf.c).
 from __future__ import annotations
 
 import mmap
+import os
+import signal
 import struct
 import threading
 import time
@@ -207,6 +209,40 @@ def test_no_wakeup_leaves_a_sleeping_poller_asleep_until_force_wakeup(obj):
 
 
 @pytest.mark.kernel
+def test_ctrl_c_during_poll_propagates_and_leaves_the_buffer_usable(obj):
+    got = Collect()
+    with RingBuffer(obj.maps["rb"], got) as rb:
+        timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                rb.poll(5000)
+        finally:
+            timer.join()
+        assert produce(obj, 1, 8) == 1
+        assert rb.poll(1000) == 1
+
+
+@pytest.mark.kernel
+def test_a_signal_that_does_not_raise_does_not_cut_the_wait_short(obj):
+    caught = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: caught.append(1))
+    try:
+        with RingBuffer(obj.maps["rb"], Collect()) as rb:
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1))
+            timer.start()
+            t0 = time.monotonic()
+            try:
+                assert rb.poll(300) == 0
+            finally:
+                timer.join()
+            assert time.monotonic() - t0 >= 0.28  # EINTR retried with the remaining time
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert caught == [1]
+
+
+@pytest.mark.kernel
 def test_ringbuf_mmap_permissions(obj):
     fd = obj.maps["rb"].fd
     # consumer page: read-write, exactly one page
@@ -279,6 +315,35 @@ def test_close_from_the_callback_stops_and_releases(no_fd_leak, obj):
     assert rb.closed
     with pytest.raises(pybpf.ClosedError):
         rb.consume()
+
+
+@pytest.mark.kernel
+def test_close_from_another_thread_waits_for_the_running_consume(no_fd_leak, obj):
+    base = bpf_map_mappings()
+    entered, resume = threading.Event(), threading.Event()
+    got = []
+
+    def callback(view):
+        entered.set()
+        assert resume.wait(5)
+        got.append(bytes(view))  # still mapped: the close is deferred
+
+    rb = RingBuffer(obj.maps["rb"], callback)
+    assert produce(obj, 2, 8) == 2
+    consumer = threading.Thread(target=rb.consume)
+    consumer.start()
+    try:
+        assert entered.wait(5)
+        rb.close()
+        assert rb.closed
+        assert bpf_map_mappings() == base + 2  # not yet: the consumer is in its callback
+        with pytest.raises(pybpf.Error):
+            rb.consume()  # closed (and busy)
+    finally:
+        resume.set()
+        consumer.join()
+    assert got == [record(0, 8)]  # stopped after the close
+    assert bpf_map_mappings() == base
 
 
 @pytest.mark.kernel
@@ -489,6 +554,20 @@ def test_submit_twice_or_a_foreign_sample_is_refused(obj):
             with pytest.raises(pybpf.Error, match="takes a Sample"):
                 urb.submit(b"12345678")
         assert drain(obj) == 1
+
+
+@pytest.mark.kernel
+def test_close_discards_pending_samples_so_the_drain_is_not_stuck(obj):
+    urb = UserRingBuffer(obj.maps["urb"])
+    urb.write(struct.pack("<I", 1))
+    pending = urb.reserve(4)
+    pending[:] = struct.pack("<I", 2)
+    urb.close()
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        urb.write(struct.pack("<I", 3))
+        assert drain(obj) == 2
+        assert seen(obj, 0, 2) == [1, 3]
+        assert urb.free == SIZE
 
 
 @pytest.mark.kernel
