@@ -73,14 +73,7 @@ LINKAGE_EXTERN = 2
 
 MODIFIERS = frozenset({Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
 
-_REC = struct.Struct("<III")
 _U32 = struct.Struct("<I")
-_I32 = struct.Struct("<i")
-_ARRAY = struct.Struct("<III")
-_MEMBER = struct.Struct("<III")
-_ENUM = struct.Struct("<Ii")
-_ENUM64 = struct.Struct("<III")
-_PARAM = struct.Struct("<II")
 _SECINFO = struct.Struct("<III")
 
 
@@ -180,21 +173,85 @@ class Type:
         return f"<BTF [{self.id}] {self.kind.name} {self.name or '(anon)'!r}>"
 
 
+# words (u32) that follow the 12-byte common record, per kind: fixed part + per-vlen part
+_EXTRA_FIXED = {Kind.INT: 1, Kind.ARRAY: 3, Kind.VAR: 1, Kind.DECL_TAG: 1}
+_EXTRA_PER_VLEN = {Kind.STRUCT: 3, Kind.UNION: 3, Kind.ENUM: 2, Kind.ENUM64: 3, Kind.FUNC_PROTO: 2,
+                   Kind.DATASEC: 3}
+
+
+def _record_words() -> list:
+    """For each kind number 0..31: (fixed extra words, extra words per vlen item), or None if unknown."""
+    table = [None] * 32
+    for k in Kind:
+        if k == Kind.UNKN:
+            continue
+        table[k] = (3 + _EXTRA_FIXED.get(k, 0), _EXTRA_PER_VLEN.get(k, 0))
+    return table
+
+
+_RECORD_WORDS = _record_words()
+
+
+class _LazyTypes:
+    """``btf.types``: a read-only sequence indexed by type id (0 is None = void),
+    decoding each record the first time it is asked for."""
+
+    __slots__ = ("_btf",)
+
+    def __init__(self, btf: "BTF"):
+        self._btf = btf
+
+    def __len__(self) -> int:
+        return len(self._btf._offsets) + 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if i == 0:
+            return None
+        return self._btf[i]
+
+    def __iter__(self):
+        yield None
+        for i in range(1, len(self)):
+            yield self._btf[i]
+
+
 class BTF:
     """A parsed BTF blob.
 
-    ``types[i]`` is the type with id ``i`` (``types[0]`` is None, standing for
-    void).  ``raw`` keeps the original bytes; :meth:`to_bytes` returns the blob
-    with any fix-ups applied.
+    ``btf[type_id]`` is a :class:`Type`; ``btf.types[i]`` the same as a sequence
+    (``types[0]`` is None, standing for void).  Opening a blob only indexes
+    where each record starts (one pass over u32 words: fast enough for vmlinux's
+    126k types); records are decoded on first access and kept.  ``raw`` keeps
+    the bytes; :meth:`to_bytes` returns the blob with any fix-ups applied.
+
+    ``base`` is the BTF a split BTF (a kernel module's) builds on: type ids
+    and string offsets continue after the base's.
     """
 
-    def __init__(self, raw: bytes, *, source: str = "BTF"):
+    def __init__(self, raw: bytes, *, source: str = "BTF", base: Optional["BTF"] = None,
+                 validate: bool = False):
         self.source = source
+        self.base = base
         self.raw = bytearray(raw)
+        self._first_id = len(base.types) if base is not None else 1
         self._parse_header()
-        self.types: list[Optional[Type]] = [None]
+        self._cache: dict[int, Type] = {}
         self._by_name: Optional[dict[str, list[int]]] = None
-        self._parse_types()
+        self._ptr_size: Optional[int] = None
+        self._index()
+        self.types = _LazyTypes(self)
+        if validate:
+            self.validate()
+
+    @classmethod
+    def load(cls, path: str = "/sys/kernel/btf/vmlinux", **kwargs) -> "BTF":
+        """Parse a BTF file (e.g. the running kernel's ``/sys/kernel/btf/vmlinux``)."""
+        with open(path, "rb") as f:
+            return cls(f.read(), source=path, **kwargs)
 
     # -- parsing -----------------------------------------------------------------
 
@@ -212,6 +269,8 @@ class BTF:
             raise self._fail(f"bad magic 0x{hdr.magic:04x} (expected 0xeb9f)")
         if hdr.version != 1:
             raise self._fail(f"unsupported version {hdr.version}")
+        if hdr.flags != 0:
+            raise self._fail(f"unsupported flags 0x{hdr.flags:x}")
         if hdr.hdr_len < BTF_HEADER_SIZE or hdr.hdr_len > len(raw):
             raise self._fail(f"header length {hdr.hdr_len} out of range")
         base = hdr.hdr_len
@@ -219,7 +278,7 @@ class BTF:
             if base + off + ln > len(raw):
                 raise self._fail(
                     f"{what} section [{off}, {off + ln}) runs past the end of the {len(raw) - base}-byte blob")
-        if hdr.type_off % 4:
+        if hdr.type_off % 4 or hdr.type_len % 4:
             raise self._fail("type section is not 4-byte aligned")
         self.hdr_len = base
         self.type_off = base + hdr.type_off
@@ -227,106 +286,114 @@ class BTF:
         self.str_off = base + hdr.str_off
         self.str_len = hdr.str_len
         strings = bytes(raw[self.str_off:self.str_off + self.str_len])
-        if strings and (strings[0] != 0 or strings[-1] != 0):
-            raise self._fail("string section must start and end with a NUL byte")
+        if strings and strings[-1] != 0:
+            raise self._fail("string section must end with a NUL byte")
+        if self.base is None and strings and strings[0] != 0:
+            raise self._fail("string section must start with a NUL byte")
         self._strings = strings
+        self._str_base = self.base._str_end if self.base is not None else 0
+        self._str_end = self._str_base + len(strings)
         self._str_cache: dict[int, str] = {}
 
+    def _index(self) -> None:
+        """Find where each record starts: one pass over the type section as u32 words."""
+        # a view on self.raw (no copy): fix-ups patched into raw are seen by later decodes
+        words = memoryview(self.raw)[self.type_off:self.type_off + self.type_len].cast("I")
+        self._words = words
+        table = _RECORD_WORDS
+        offsets = []
+        append = offsets.append
+        w = 0
+        n = len(words)
+        try:
+            while w < n:
+                append(w)
+                info = words[w + 1]
+                fixed, per = table[(info >> 24) & 0x1F]
+                w += fixed + per * (info & 0xFFFF)
+        except TypeError:
+            kind = (words[w + 1] >> 24) & 0x1F
+            raise self._fail(f"type [{self._first_id + len(offsets) - 1}] has unknown kind {kind}") from None
+        except IndexError:
+            raise self._fail(f"type [{self._first_id + len(offsets) - 1}] record is truncated") from None
+        if w != n:
+            raise self._fail(f"type [{self._first_id + len(offsets) - 1}] record runs past the end of the "
+                             f"type section")
+        self._offsets = offsets
+
     def string(self, offset: int) -> str:
-        """The NUL-terminated string at ``offset`` in the string section."""
+        """The NUL-terminated string at ``offset`` in the string section (split BTF: base first)."""
+        if offset < self._str_base:
+            return self.base.string(offset)  # type: ignore[union-attr]
         s = self._str_cache.get(offset)
         if s is None:
-            if offset >= len(self._strings):
-                raise self._fail(f"string offset {offset} is outside the {len(self._strings)}-byte string section")
-            end = self._strings.index(b"\0", offset)
-            s = self._strings[offset:end].decode("utf-8", "replace")
+            local = offset - self._str_base
+            if local >= len(self._strings):
+                raise self._fail(f"string offset {offset} is outside the string section")
+            end = self._strings.index(b"\0", local)
+            s = self._strings[local:end].decode("utf-8", "replace")
             self._str_cache[offset] = s
         return s
 
-    def _parse_types(self) -> None:
-        raw = bytes(self.raw)
-        pos = self.type_off
-        end = self.type_off + self.type_len
+    def _decode(self, type_id: int) -> Type:
+        words = self._words
+        w = self._offsets[type_id - self._first_id]
+        name_off, info, size_type = words[w], words[w + 1], words[w + 2]
+        kind = Kind((info >> 24) & 0x1F)
+        if kind == Kind.UNKN:
+            raise self._fail(f"type [{type_id}] has kind 0 (UNKN)")
+        vlen = info & 0xFFFF
+        kflag = bool(info >> 31)
         string = self.string
-        types = self.types
-        while pos < end:
-            if pos + 12 > end:
-                raise self._fail(f"type record at offset {pos - self.type_off} is truncated")
-            name_off, info, size_type = _REC.unpack_from(raw, pos)
-            kind_no = (info >> 24) & 0x1F
-            vlen = info & 0xFFFF
-            try:
-                kind = Kind(kind_no)
-            except ValueError:
-                raise self._fail(f"type [{len(types)}] has unknown kind {kind_no}") from None
-            if kind == Kind.UNKN:
-                raise self._fail(f"type [{len(types)}] has kind 0 (UNKN)")
-            t = Type(len(types), kind, string(name_off), bool(info >> 31), vlen, size_type, pos - self.type_off)
-            rec_start = pos
-            pos += 12
-            try:
-                if kind == Kind.INT:
-                    (v,) = _U32.unpack_from(raw, pos)
-                    t.encoding = (v >> 24) & 0x0F
-                    t.int_offset = (v >> 16) & 0xFF
-                    t.bits = v & 0xFF
-                    pos += 4
-                elif kind == Kind.ARRAY:
-                    t.elem_type, t.index_type, t.nelems = _ARRAY.unpack_from(raw, pos)
-                    pos += 12
-                elif kind in (Kind.STRUCT, Kind.UNION):
-                    members = []
-                    for i in range(vlen):
-                        m_name, m_type, m_off = _MEMBER.unpack_from(raw, pos + 12 * i)
-                        if t.kind_flag:
-                            members.append(Member(string(m_name), m_type, m_off & 0xFFFFFF, m_off >> 24))
-                        else:
-                            members.append(Member(string(m_name), m_type, m_off, 0))
-                    t.members = members
-                    pos += 12 * vlen
-                elif kind == Kind.ENUM:
-                    vals = []
-                    for i in range(vlen):
-                        v_name, v_val = _ENUM.unpack_from(raw, pos + 8 * i)
-                        vals.append(EnumValue(string(v_name), v_val if t.kind_flag else v_val & 0xFFFFFFFF))
-                    t.values = vals
-                    pos += 8 * vlen
-                elif kind == Kind.ENUM64:
-                    vals = []
-                    for i in range(vlen):
-                        v_name, lo, hi = _ENUM64.unpack_from(raw, pos + 12 * i)
-                        v = (hi << 32) | lo
-                        if t.kind_flag and v >= 1 << 63:
-                            v -= 1 << 64
-                        vals.append(EnumValue(string(v_name), v))
-                    t.values = vals
-                    pos += 12 * vlen
-                elif kind == Kind.FUNC_PROTO:
-                    t.params = [Param(string(n), ty) for n, ty in
-                                (_PARAM.unpack_from(raw, pos + 8 * i) for i in range(vlen))]
-                    pos += 8 * vlen
-                elif kind == Kind.VAR:
-                    (t.linkage,) = _U32.unpack_from(raw, pos)
-                    pos += 4
-                elif kind == Kind.DATASEC:
-                    t.secinfos = [VarSecinfo(*_SECINFO.unpack_from(raw, pos + 12 * i)) for i in range(vlen)]
-                    pos += 12 * vlen
-                elif kind == Kind.DECL_TAG:
-                    (t.component_idx,) = _I32.unpack_from(raw, pos)
-                    pos += 4
-                elif kind == Kind.FUNC:
-                    t.linkage = vlen
-            except struct.error:
-                raise self._fail(f"type [{t.id}] {kind.name} record at offset {rec_start - self.type_off} "
-                                 f"is truncated") from None
-            if pos > end:
-                raise self._fail(f"type [{t.id}] {kind.name} record runs past the end of the type section")
-            types.append(t)
-        self._check_references()
+        t = Type(type_id, kind, string(name_off), kflag, vlen, size_type, w * 4)
+        p = w + 3
+        if kind == Kind.INT:
+            v = words[p]
+            t.encoding = (v >> 24) & 0x0F
+            t.int_offset = (v >> 16) & 0xFF
+            t.bits = v & 0xFF
+        elif kind == Kind.ARRAY:
+            t.elem_type, t.index_type, t.nelems = words[p], words[p + 1], words[p + 2]
+        elif kind in (Kind.STRUCT, Kind.UNION):
+            if kflag:
+                t.members = [Member(string(words[i]), words[i + 1], words[i + 2] & 0xFFFFFF, words[i + 2] >> 24)
+                             for i in range(p, p + 3 * vlen, 3)]
+            else:
+                t.members = [Member(string(words[i]), words[i + 1], words[i + 2], 0)
+                             for i in range(p, p + 3 * vlen, 3)]
+        elif kind == Kind.ENUM:
+            vals = []
+            for i in range(p, p + 2 * vlen, 2):
+                v = words[i + 1]
+                if kflag and v >= 1 << 31:
+                    v -= 1 << 32
+                vals.append(EnumValue(string(words[i]), v))
+            t.values = vals
+        elif kind == Kind.ENUM64:
+            vals = []
+            for i in range(p, p + 3 * vlen, 3):
+                v = (words[i + 2] << 32) | words[i + 1]
+                if kflag and v >= 1 << 63:
+                    v -= 1 << 64
+                vals.append(EnumValue(string(words[i]), v))
+            t.values = vals
+        elif kind == Kind.FUNC_PROTO:
+            t.params = [Param(string(words[i]), words[i + 1]) for i in range(p, p + 2 * vlen, 2)]
+        elif kind == Kind.VAR:
+            t.linkage = words[p]
+        elif kind == Kind.DATASEC:
+            t.secinfos = [VarSecinfo(words[i], words[i + 1], words[i + 2]) for i in range(p, p + 3 * vlen, 3)]
+        elif kind == Kind.DECL_TAG:
+            v = words[p]
+            t.component_idx = v - (1 << 32) if v >= 1 << 31 else v
+        elif kind == Kind.FUNC:
+            t.linkage = vlen
+        return t
 
-    def _check_references(self) -> None:
+    def validate(self) -> None:
+        """Decode every type and check every type reference is in range (done for object BTF)."""
         n = len(self.types)
-        for t in self.types[1:]:
+        for t in self:
             refs = []
             if t.kind in (Kind.PTR, Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.FUNC,
                           Kind.VAR, Kind.DECL_TAG, Kind.TYPE_TAG, Kind.FUNC_PROTO):
@@ -344,25 +411,45 @@ class BTF:
     # -- lookup --------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.types) - 1
+        """Number of types (in a split BTF: its own types only)."""
+        return len(self._offsets)
 
     def __iter__(self) -> Iterator[Type]:
-        return iter(self.types[1:])
+        """This BTF's own types, in id order (a split BTF does not repeat its base)."""
+        for i in range(self._first_id, self._first_id + len(self._offsets)):
+            yield self[i]
 
     def __getitem__(self, type_id: int) -> Type:
-        if type_id <= 0 or type_id >= len(self.types):
+        t = self._cache.get(type_id)
+        if t is not None:
+            return t
+        if type_id < self._first_id:
+            if self.base is not None and type_id > 0:
+                return self.base[type_id]
             raise BTFError(f"{self.source}: no BTF type with id {type_id}")
-        return self.types[type_id]  # type: ignore[return-value]
+        if type_id >= self._first_id + len(self._offsets):
+            raise BTFError(f"{self.source}: no BTF type with id {type_id}")
+        t = self._decode(type_id)
+        self._cache[type_id] = t
+        return t
+
+    @property
+    def first_id(self) -> int:
+        """The id of this BTF's first own type (1, or after the base for split BTF)."""
+        return self._first_id
 
     def by_name(self, name: str, kind: Optional[Kind] = None) -> list[Type]:
         """All types called ``name`` (optionally of one kind)."""
         if self._by_name is None:
             idx: dict[str, list[int]] = {}
-            for t in self.types[1:]:
-                if t.name:
-                    idx.setdefault(t.name, []).append(t.id)
+            words, string, first = self._words, self.string, self._first_id
+            for i, w in enumerate(self._offsets):
+                name_off = words[w]
+                if name_off:
+                    idx.setdefault(string(name_off), []).append(first + i)
             self._by_name = idx
-        return [self.types[i] for i in self._by_name.get(name, ()) if kind is None or self.types[i].kind == kind]
+        found = self.base.by_name(name, kind) if self.base is not None else []
+        return found + [self[i] for i in self._by_name.get(name, ()) if kind is None or self[i].kind == kind]
 
     def find(self, spec: str) -> Type:
         """Find a type by C-like spelling: ``"struct event"``, ``"union u"``, ``"enum e"`` or a plain name."""
@@ -423,13 +510,16 @@ class BTF:
     @property
     def pointer_size(self) -> int:
         """Pointer size: the size of the first 'long' INT, as libbpf determines it (default 8)."""
-        longs = {"long", "long int", "int long", "unsigned long", "long unsigned", "unsigned long int",
-                 "unsigned int long", "long unsigned int", "long int unsigned", "int unsigned long",
-                 "int long unsigned"}
-        for t in self.types[1:]:
-            if t.kind == Kind.INT and t.name in longs and t.size_or_type in (4, 8):
-                return t.size_or_type
-        return 8
+        if self.base is not None:
+            return self.base.pointer_size
+        if self._ptr_size is None:
+            longs = ("long", "long int", "int long", "unsigned long", "long unsigned", "unsigned long int",
+                     "unsigned int long", "long unsigned int", "long int unsigned", "int unsigned long",
+                     "int long unsigned")
+            ints = [t for name in longs for t in self.by_name(name, Kind.INT) if t.size_or_type in (4, 8)]
+            # the first such INT in id order decides
+            self._ptr_size = min(ints, key=lambda t: t.id).size_or_type if ints else 8
+        return self._ptr_size
 
     def type_name(self, type_id: int) -> str:
         """A short C-like name for a type, for messages: ``struct event``, ``int``, ``char[16]``, ``void *``."""

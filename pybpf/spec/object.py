@@ -19,6 +19,7 @@ from typing import Optional, Union
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from ..errors import BTFError, Error, ObjectError
 from . import insn as I
@@ -332,7 +333,8 @@ class ObjectSpec:
             symbols = self._read_symbols(elf)
         except ObjectError:
             raise
-        except (ELFError, struct.error, ValueError, KeyError, IndexError, UnicodeDecodeError, AssertionError) as e:
+        except (ELFError, struct.error, ValueError, KeyError, IndexError, UnicodeDecodeError, AssertionError,
+                OverflowError, EOFError) as e:
             raise ObjectError(f"malformed ELF file ({type(e).__name__}: {e}); the file may be truncated "
                               f"or not a BPF object") from None
         self._sections = sections
@@ -350,7 +352,7 @@ class ObjectSpec:
                                   "1.0: declare maps in SEC(\".maps\") with __uint/__type (BTF-defined maps)")
 
         if ".BTF" in by_name:
-            self.btf = BTF(sections[by_name[".BTF"]][2], source=".BTF")
+            self.btf = BTF(sections[by_name[".BTF"]][2], source=".BTF", validate=True)
             self._fixup_btf()
             if ".BTF.ext" in by_name:
                 self.btf_ext = parse_btf_ext(sections[by_name[".BTF.ext"]][2], self.btf)
@@ -368,6 +370,8 @@ class ObjectSpec:
     @staticmethod
     def _read_symbols(elf) -> list[Symbol]:
         symtab = elf.get_section_by_name(".symtab")
+        if symtab is not None and not isinstance(symtab, SymbolTableSection):
+            raise ObjectError(f".symtab is not a symbol table (section type {symtab['sh_type']})")
         if symtab is None:
             raise ObjectError("no .symtab section: the object was stripped of symbols (do not strip BPF "
                               "objects with --strip-all; llvm-strip -g is fine)")
@@ -424,7 +428,12 @@ class ObjectSpec:
                     # a global with hidden/internal visibility is static to the kernel
                     if sym.visibility in (STV_HIDDEN, STV_INTERNAL):
                         btf.set_linkage(var, LINKAGE_STATIC)
+                if offset + si.size > size:
+                    raise BTFError(f"variable {var.name!r} [{offset}, {offset + si.size}) lies outside "
+                                   f"its {size}-byte section {t.name}")
                 infos.append(VarSecinfo(si.type_id, offset, si.size))
+            if size > 0xFFFFFFFF:
+                raise BTFError(f"DATASEC {t.name!r}: section size {size} does not fit in BTF's 32 bits")
             infos.sort(key=lambda s: s.offset)
             btf.set_datasec(t, size, infos)
 
