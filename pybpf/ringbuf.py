@@ -163,6 +163,13 @@ _ROLES = {
 }
 
 
+def _release_quietly(view: memoryview) -> None:
+    try:
+        view.release()
+    except BufferError:
+        pass  # still exported: the mapping stays alive until the export goes
+
+
 # --- kernel -> user ---------------------------------------------------------
 
 class RingBuffer:
@@ -345,12 +352,14 @@ class RingBuffer:
                     n += 1
                     try:
                         callback(record)
-                    finally:
-                        try:
-                            record.release()
-                        except BufferError:
-                            raise Error(f"ring buffer '{self.name}': the callback kept a buffer export of "
-                                        "its record (e.g. numpy.frombuffer); copy it with bytes(record)") from None
+                    except BaseException:
+                        _release_quietly(record)  # the callback's exception matters more
+                        raise
+                    try:
+                        record.release()  # a reference kept past the callback cannot read the ring
+                    except BufferError as exc:
+                        raise Error(f"ring buffer '{self.name}': the callback kept a buffer export of "
+                                    "its record (e.g. numpy.frombuffer); copy it with bytes(record)") from exc
             finally:
                 # Only positions read from headers go here (CVE-2024-41009).
                 store(cons_addr, pos)
@@ -385,9 +394,6 @@ class RingBuffer:
         if pause:
             time.sleep(pause)
         return self.consume()
-
-    def __iter__(self):
-        raise TypeError("RingBuffer is callback-based: use consume() or poll()")
 
 
 # --- user -> kernel ---------------------------------------------------------
@@ -516,7 +522,7 @@ class UserRingBuffer:
     def _teardown(self) -> None:
         for pos, sample in self._pending.items():
             n = sample.data.nbytes
-            sample.data.release()
+            _release_quietly(sample.data)
             self._xchg(self._data_addr + (pos & self._mask), n | _DISCARD)
         self._pending.clear()
         for view in self._views:
@@ -663,9 +669,14 @@ class UserRingBuffer:
                 if sample._ring is not self:
                     raise Error(f"{what}(): the sample belongs to another ring buffer")
                 raise Error(f"{what}(): the sample was already submitted or discarded")
-            del self._pending[sample._pos]
             n = sample.data.nbytes
-            sample.data.release()  # no writes after the commit
+            try:
+                sample.data.release()  # no writes through it after the commit
+            except BufferError:
+                raise Error(f"{what}(): something still holds a buffer export of sample.data "
+                            "(e.g. numpy.frombuffer, ctypes from_buffer): drop it first; "
+                            "the sample stays reserved") from None
+            del self._pending[sample._pos]
             # pairs with the drain's smp_load_acquire of the header
             self._xchg(self._data_addr + (sample._pos & self._mask), n | flag)
 

@@ -570,6 +570,64 @@ def test_close_discards_pending_samples_so_the_drain_is_not_stuck(obj):
         assert urb.free == SIZE
 
 
+class Export:
+    """Holds a buffer export of an object, as numpy.frombuffer does (PyObject_GetBuffer)."""
+
+    def __init__(self, obj):
+        import ctypes
+
+        from pybpf.ringbuf import _PyBuffer
+
+        self._buf = _PyBuffer()
+        get = ctypes.pythonapi.PyObject_GetBuffer
+        get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+        get(obj, ctypes.byref(self._buf), 0)
+
+    def release(self):
+        import ctypes
+
+        from pybpf.ringbuf import _PyBuffer
+
+        rel = ctypes.pythonapi.PyBuffer_Release
+        rel.argtypes = [ctypes.POINTER(_PyBuffer)]
+        rel(ctypes.byref(self._buf))
+
+
+@pytest.mark.kernel
+def test_submit_refuses_a_sample_whose_buffer_is_still_exported(obj):
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        sample = urb.reserve(8)
+        export = Export(sample.data)
+        with pytest.raises(pybpf.Error, match="buffer export"):
+            sample.submit()
+        export.release()
+        sample.submit()  # still reserved: fine now
+        assert drain(obj) == 1
+
+
+@pytest.mark.kernel
+def test_a_record_export_kept_past_the_callback_is_reported(obj):
+    exports = []
+
+    def keeps_export(view):
+        exports.append(Export(view))
+
+    def keeps_export_and_raises(view):
+        exports.append(Export(view))
+        raise LookupError("mine")
+
+    with RingBuffer(obj.maps["rb"], keeps_export) as rb:
+        assert produce(obj, 2, 8) == 2
+        with pytest.raises(pybpf.Error, match="kept a buffer export"):
+            rb.consume()
+        rb._callback = keeps_export_and_raises
+        with pytest.raises(LookupError, match="mine"):  # the callback's own error wins
+            rb.consume()
+        assert rb.consume() == 0  # both records were consumed
+        for e in exports:
+            e.release()
+
+
 @pytest.mark.kernel
 def test_sample_as_context_manager(obj):
     with UserRingBuffer(obj.maps["urb"]) as urb:
