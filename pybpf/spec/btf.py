@@ -233,7 +233,7 @@ class BTF:
     """
 
     def __init__(self, raw: bytes, *, source: str = "BTF", base: Optional["BTF"] = None,
-                 validate: bool = False):
+                 validate: bool = False, index=None):
         self.source = source
         self.base = base
         self.raw = bytearray(raw)
@@ -242,7 +242,7 @@ class BTF:
         self._cache: dict[int, Type] = {}
         self._by_name: Optional[dict[str, list[int]]] = None
         self._ptr_size: Optional[int] = None
-        self._index()
+        self._index(index)
         self.types = _LazyTypes(self)
         if validate:
             self.validate()
@@ -295,12 +295,20 @@ class BTF:
         self._str_end = self._str_base + len(strings)
         self._str_cache: dict[int, str] = {}
 
-    def _index(self) -> None:
-        """Find where each record starts: one pass over the type section as u32 words."""
+    def _index(self, known=None) -> None:
+        """Find where each record starts: one pass over the type section as u32 words
+        (or ``known``, an index cached for the same content, checked at its end)."""
         # a view on self.raw (no copy): fix-ups patched into raw are seen by later decodes
         words = memoryview(self.raw)[self.type_off:self.type_off + self.type_len].cast("I")
         self._words = words
         table = _RECORD_WORDS
+        if known is not None and len(known):
+            last = known[-1]
+            if last + 1 < len(words):
+                rec = table[(words[last + 1] >> 24) & 0x1F]
+                if rec is not None and last + rec[0] + rec[1] * (words[last + 1] & 0xFFFF) == len(words):
+                    self._offsets = known
+                    return
         offsets = []
         append = offsets.append
         w = 0

@@ -1,0 +1,109 @@
+"""The kernel's BTF: vmlinux, module BTF (split on top of vmlinux) and BTF objects by id.
+
+Parsed BTF is memoized per process by the blob's content hash, and the record
+index of a blob is cached on disk (``$XDG_CACHE_HOME/pybpf/btf``) under the same
+hash, so a second process opening the same vmlinux skips the index pass.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import hashlib
+import os
+from typing import Optional
+
+from ..errors import BTFError, Error
+from ..spec.btf import BTF
+from . import syscall as sc
+from .attrs import BtfInfo
+from .constants import Cmd
+
+VMLINUX = "/sys/kernel/btf/vmlinux"
+
+_memo: dict[tuple, BTF] = {}
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pybpf", "btf")
+
+
+def parse_cached(raw: bytes, *, source: str, base: Optional[BTF] = None) -> BTF:
+    """A BTF for ``raw``: the same object again within this process, and the record
+    index from the disk cache across processes (both keyed by the content's hash)."""
+    digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    key = (digest, id(base) if base is not None else None)
+    btf = _memo.get(key)
+    if btf is not None:
+        return btf
+    path = os.path.join(_cache_dir(), f"{digest}.idx")
+    offsets = None
+    try:
+        with open(path, "rb") as f:
+            offsets = array.array("I")
+            offsets.frombytes(f.read())
+    except (OSError, ValueError):
+        offsets = None
+    btf = BTF(raw, source=source, base=base, index=offsets)
+    if offsets is None:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(array.array("I", btf._offsets).tobytes())
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home: parse every time
+    _memo[key] = btf
+    return btf
+
+
+def vmlinux_btf(path: str = VMLINUX) -> BTF:
+    """The running kernel's BTF (or another vmlinux BTF file)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise Error(f"{path} not found: this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF); "
+                    f"give a BTF file for it instead") from None
+    except OSError as e:
+        raise Error(f"cannot read {path}: {e.strerror}") from None
+    return parse_cached(raw, source=path)
+
+
+def module_btf(name: str, base: Optional[BTF] = None) -> BTF:
+    """A kernel module's split BTF from /sys/kernel/btf/<name>, on top of vmlinux."""
+    path = os.path.join(os.path.dirname(VMLINUX), name)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise Error(f"no BTF for kernel module {name!r} ({path} does not exist)") from None
+    return parse_cached(raw, source=path, base=base or vmlinux_btf())
+
+
+def btf_by_id(btf_id: int, base: Optional[BTF] = None) -> BTF:
+    """The BTF object the kernel knows as ``btf_id`` (e.g. a loaded program's or map's BTF)."""
+    fd = sc.get_fd_by_id(Cmd.BTF_GET_FD_BY_ID, btf_id)
+    try:
+        return btf_from_fd(fd, base=base)
+    finally:
+        os.close(fd)
+
+
+def btf_from_fd(fd: int, base: Optional[BTF] = None) -> BTF:
+    """The BTF behind a BTF fd (two BPF_OBJ_GET_INFO_BY_FD calls: size, then data)."""
+    info = sc.obj_get_info_by_fd(fd, BtfInfo())
+    size = info.btf_size
+    buf = ctypes.create_string_buffer(size)
+    name = ctypes.create_string_buffer(64)
+    info = BtfInfo(btf=ctypes.addressof(buf), btf_size=size, name=ctypes.addressof(name), name_len=64)
+    sc.obj_get_info_by_fd(fd, info)
+    label = name.value.decode(errors="replace") or f"id {info.id}"
+    if info.kernel_btf and label != "vmlinux" and base is None:
+        base = vmlinux_btf()
+    try:
+        return parse_cached(buf.raw[:info.btf_size], source=f"kernel BTF {label}", base=base)
+    except BTFError:
+        raise
