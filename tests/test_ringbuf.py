@@ -182,6 +182,20 @@ def test_poll_wakes_up_when_a_record_arrives(obj):
 
 
 @pytest.mark.kernel
+def test_poll_woken_by_discards_only_returns_0_and_the_ring_goes_quiet(obj):
+    got = Collect()
+    with RingBuffer(obj.maps["rb"], got) as rb:
+        assert produce(obj, 3, 8, discard_every=1) == 0  # every record discarded
+        t0 = time.monotonic()
+        assert rb.poll(2000) == 0  # woken (producer_pos moved), nothing to hand out
+        assert time.monotonic() - t0 < 1.0
+        t0 = time.monotonic()
+        assert rb.poll(100) == 0  # consumer caught up: EPOLLIN is off, a real wait
+        assert time.monotonic() - t0 >= 0.09
+    assert got.records == []
+
+
+@pytest.mark.kernel
 def test_no_wakeup_leaves_a_sleeping_poller_asleep_until_force_wakeup(obj):
     got = Collect()
     result = {}
