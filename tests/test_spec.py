@@ -1,0 +1,379 @@
+"""Layer 1, pure: parsing the committed objects into an ObjectSpec (no kernel, no root).
+
+Expected values come from the C sources in programs/ (map definitions, globals,
+section names) or from an independent reading of the ELF file with pyelftools
+(section sizes, symbol values), never from pybpf itself.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+import pybpf
+from pybpf.kernel.constants import AttachType, MapType, ProgType
+from pybpf.spec.btf import BTF, Kind
+from pybpf.spec.object import internal_map_name
+from pybpf.spec.sections import match_section
+
+from conftest import PROGRAMS, program
+
+ALL_OBJECTS = sorted(p.stem for p in PROGRAMS.glob("*.o"))
+
+BPF_F_RDONLY_PROG = 1 << 7
+BPF_F_MMAPABLE = 1 << 10
+
+
+def elf_facts(name: str):
+    """Section sizes and symbol values of a committed object, read with pyelftools."""
+    with open(program(name), "rb") as f:
+        elf = ELFFile(f)
+        sizes = {s.name: s["sh_size"] for s in elf.iter_sections()}
+        symtab = elf.get_section_by_name(".symtab")
+        symbols = {}
+        for s in symtab.iter_symbols():
+            if s["st_info"]["type"] in ("STT_OBJECT", "STT_FUNC") and isinstance(s["st_shndx"], int):
+                symbols[s.name] = (elf.get_section(s["st_shndx"]).name, s["st_value"], s["st_size"])
+        raw_btf = elf.get_section_by_name(".BTF").data()
+        raw_ext = elf.get_section_by_name(".BTF.ext").data()
+    return sizes, symbols, raw_btf, raw_ext
+
+
+@pytest.mark.parametrize("name", ALL_OBJECTS)
+def test_every_committed_object_parses(name):
+    spec = pybpf.open(program(name))
+    assert spec.programs, f"{name}: no programs found"
+    assert spec.license == "GPL"
+    assert spec.btf is not None and spec.btf_ext is not None
+    sizes, symbols, _, _ = elf_facts(name)
+    for prog in spec.programs.values():
+        # each program is its ELF function symbol, in its own section, with all its bytes
+        sec, value, size = symbols[prog.name]
+        assert prog.section == sec
+        assert prog.function.sec_insn_off * 8 == value
+        assert len(prog.insns) == size and size % 8 == 0
+
+
+def test_pybpf_open_accepts_pathlike():
+    spec = pybpf.open(PROGRAMS / "calls_test.o")
+    assert isinstance(spec, pybpf.ObjectSpec)
+    assert spec.name == "calls_test"
+
+
+# -- programs and their sections ----------------------------------------------------
+
+EXPECTED_PROGRAMS = {
+    # object: {program: (section, prog type, expected attach type, attach target)}
+    "calls_test": {"compute": ("syscall", ProgType.SYSCALL, None, ""),
+                   "compute2": ("syscall", ProgType.SYSCALL, None, "")},
+    "globals_test": {"read_globals": ("syscall", ProgType.SYSCALL, None, "")},
+    "maps_test": {"fill": ("syscall", ProgType.SYSCALL, None, "")},
+    "verifier_fail": {"oob": ("syscall", ProgType.SYSCALL, None, "")},
+    "tracepoint_test": {
+        "on_getpid": ("tracepoint/syscalls/sys_enter_getpid", ProgType.TRACEPOINT, None,
+                      "syscalls/sys_enter_getpid"),
+        "on_sys_enter": ("raw_tp/sys_enter", ProgType.RAW_TRACEPOINT, None, "sys_enter"),
+        "xdp_pass": ("xdp", ProgType.XDP, AttachType.XDP, ""),
+        "sock_all": ("socket", ProgType.SOCKET_FILTER, None, ""),
+    },
+    "kprobe_test": {"on_nanosleep": ("kprobe/do_nanosleep", ProgType.KPROBE, None, "do_nanosleep")},
+    "user_ringbuf": {"kill_exit": ("tracepoint/syscalls/sys_exit_kill", ProgType.TRACEPOINT, None,
+                                   "syscalls/sys_exit_kill")},
+    "ringbuf_test": {"produce": ("syscall", ProgType.SYSCALL, None, ""),
+                     "drain": ("syscall", ProgType.SYSCALL, None, "")},
+    "link_test": {"link_main": ("syscall", ProgType.SYSCALL, None, ""),
+                  "not_autoloaded": ("?syscall", ProgType.SYSCALL, None, "")},
+}
+
+
+def test_expected_programs_cover_every_object():
+    assert sorted(EXPECTED_PROGRAMS) == ALL_OBJECTS
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PROGRAMS))
+def test_programs_sections_and_types(name):
+    spec = pybpf.open(program(name))
+    got = {p.name: (p.section, p.prog_type, p.expected_attach_type, p.attach_target)
+           for p in spec.programs.values()}
+    assert got == EXPECTED_PROGRAMS[name]
+
+
+def test_two_programs_in_one_section_are_split_at_their_symbols():
+    spec = pybpf.open(program("calls_test"))
+    _, symbols, _, _ = elf_facts("calls_test")
+    compute, compute2 = spec.programs["compute"], spec.programs["compute2"]
+    assert compute.section == compute2.section == "syscall"
+    assert compute.function.sec_insn_off == 0
+    assert compute2.function.sec_insn_off * 8 == symbols["compute2"][1] > 0
+    # .text functions are subprograms, not programs
+    assert set(spec.functions) == {"add3", "twice", "sum_cb", "each_cb"}
+    assert not set(spec.functions) & set(spec.programs)
+
+
+def test_question_mark_section_is_not_autoloaded():
+    spec = pybpf.open(program("link_test"))
+    assert spec.programs["link_main"].autoload is True
+    assert spec.programs["not_autoloaded"].autoload is False
+
+
+@pytest.mark.parametrize("section, prog_type, attach_type", [
+    ("tp/sched/sched_switch", "TRACEPOINT", None),
+    ("raw_tracepoint/sys_enter", "RAW_TRACEPOINT", None),
+    ("kretprobe/do_sys_open", "KPROBE", None),
+    ("uprobe//bin/true:main", "KPROBE", None),
+    ("fentry/do_unlinkat", "TRACING", "TRACE_FENTRY"),
+    ("tp_btf/sched_switch", "TRACING", "TRACE_RAW_TP"),
+    ("cgroup_skb/ingress", "CGROUP_SKB", "CGROUP_INET_INGRESS"),
+    ("tcx/egress", "SCHED_CLS", "TCX_EGRESS"),
+    ("xdp.frags", "XDP", "XDP"),
+    ("?syscall", "SYSCALL", None),
+    ("sk_lookup", "SK_LOOKUP", "SK_LOOKUP"),
+])
+def test_section_table(section, prog_type, attach_type):
+    d = match_section(section)
+    assert d is not None
+    assert (d.prog_type, d.attach_type) == (prog_type, attach_type)
+
+
+@pytest.mark.parametrize("section", ["sysfoo", "tracepointx/a/b", "xdpfoo", "kprobes/x", ""])
+def test_section_table_rejects_unknown_names(section):
+    assert match_section(section) is None
+
+
+# -- maps ---------------------------------------------------------------------------------
+
+def test_btf_defined_maps_of_maps_test():
+    spec = pybpf.open(program("maps_test"))
+    got = {m.name: (m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.internal)
+           for m in spec.maps.values()}
+    assert got == {
+        # struct val is 16 bytes; __u32/__u64 keys and values (programs/maps_test.bpf.c)
+        "hash": (MapType.HASH, 4, 16, 128, 0, False),
+        "array": (MapType.ARRAY, 4, 8, 8, 0, False),
+        "percpu": (MapType.PERCPU_ARRAY, 4, 8, 4, 0, False),
+        "lru": (MapType.LRU_HASH, 8, 8, 64, 0, False),
+    }
+    hash_ = spec.maps["hash"]
+    assert spec.btf.type_name(hash_.key_type_id) == "__u32"
+    assert spec.btf.type_name(hash_.value_type_id) == "struct val"
+
+
+def test_map_with_array_value_type():
+    spec = pybpf.open(program("verifier_fail"))
+    m = spec.maps["values"]
+    assert (m.type, m.key_size, m.value_size, m.max_entries) == (MapType.ARRAY, 4, 16, 1)  # __u32[4]
+
+
+def test_ring_buffer_maps_of_user_ringbuf():
+    spec = pybpf.open(program("user_ringbuf"))
+    assert (spec.maps["user_ringbuf"].type, spec.maps["user_ringbuf"].max_entries) == \
+        (MapType.USER_RINGBUF, 256 * 1024)
+    assert (spec.maps["kernel_ringbuf"].type, spec.maps["kernel_ringbuf"].max_entries) == \
+        (MapType.RINGBUF, 256 * 1024)
+    for name in ("user_ringbuf", "kernel_ringbuf"):
+        assert (spec.maps[name].key_size, spec.maps[name].value_size) == (0, 0)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("user_ringbuf", {".bss": "user_rin.bss"}),
+    ("globals_test", {".data": "globals_.data", ".rodata": "globals_.rodata", ".bss": "globals_.bss"}),
+    ("tracepoint_test", {".rodata": "tracepoi.rodata", ".bss": "tracepoi.bss"}),
+    ("link_test", {".data": "link_tes.data", ".bss": "link_tes.bss"}),
+    ("calls_test", {}),
+])
+def test_internal_maps_named_as_libbpf_names_them(name, expected):
+    spec = pybpf.open(program(name))
+    sizes, _, _, _ = elf_facts(name)
+    internal = {m.section: m for m in spec.maps.values() if m.internal}
+    assert {sec: m.name for sec, m in internal.items()} == expected
+    for sec, m in internal.items():
+        # one-entry array whose value is the whole section; mmapable; .rodata read-only to programs
+        assert (m.type, m.key_size, m.max_entries) == (MapType.ARRAY, 4, 1)
+        assert m.value_size == sizes[sec] > 0
+        assert m.flags & BPF_F_MMAPABLE
+        assert bool(m.flags & BPF_F_RDONLY_PROG) == (sec == ".rodata") == m.readonly
+        assert len(m.data) == m.value_size
+
+
+def test_internal_map_name_rules():
+    assert internal_map_name("user_ringbuf", ".bss") == "user_rin.bss"
+    assert internal_map_name("ab", ".rodata") == "ab.rodata"
+    # a section name with a dot inside is used alone (libbpf), cut to 15 characters
+    assert internal_map_name("globals_test", ".data.custom") == ".data.custom"
+    assert internal_map_name("x", ".rodata.str1.1.longer") == ".rodata.str1.1."
+    assert internal_map_name("my-obj", ".bss") == "my_obj.bss"
+
+
+def test_initial_images_of_internal_maps():
+    spec = pybpf.open(program("globals_test"))
+    data, rodata, bss = (spec.maps[f"globals_.{s}"] for s in ("data", "rodata", "bss"))
+    _, symbols, _, _ = elf_facts("globals_test")
+    # initial values from programs/globals_test.bpf.c, at the ELF symbol offsets
+    off = symbols["data_counter"][1]
+    assert struct.unpack_from("<i", data.data, off)[0] == 7
+    off = symbols["data_struct"][1]
+    assert struct.unpack_from("<IH2BQ", data.data, off) == (1, 2, 3, 4, 0x1122334455667788)
+    assert struct.unpack_from("<I", rodata.data, symbols["rodata_param"][1])[0] == 42
+    off = symbols["rodata_name"][1]
+    assert bytes(rodata.data[off:off + 16]) == b"pybpf".ljust(16, b"\0")
+    assert bytes(bss.data) == bytes(bss.value_size)
+
+
+# -- variables -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["globals_test", "tracepoint_test", "user_ringbuf", "link_test", "ringbuf_test"])
+def test_variables_at_their_elf_symbol_offsets(name):
+    spec = pybpf.open(program(name))
+    _, symbols, _, _ = elf_facts(name)
+    expected = {sym: (sec, value, size) for sym, (sec, value, size) in symbols.items()
+                if sec.startswith((".data", ".rodata", ".bss"))}
+    got = {v.name: (v.section, v.offset, v.size) for v in spec.variables.values()}
+    assert got == expected
+    for v in spec.variables.values():
+        assert v.map.section == v.section
+
+
+def test_variable_types_and_initial_values():
+    spec = pybpf.open(program("globals_test"))
+    v = spec.variables
+    assert v["data_counter"].get() == 7
+    assert v["rodata_param"].get() == 42
+    assert v["rodata_name"].get() == b"pybpf".ljust(16, b"\0")
+    assert v["bss_result"].get() == 0
+    assert v["data_struct"].type_name == "struct data_struct"
+    assert v["data_struct"].get() == struct.pack("<IH2BQ", 1, 2, 3, 4, 0x1122334455667788)
+
+
+def test_variable_set_before_load_int_at_its_size():
+    spec = pybpf.open(program("globals_test"))
+    rodata = spec.maps["globals_.rodata"]
+    name_before = bytes(rodata.data[4:20])
+    spec.variables["rodata_param"].set(0x01020304)
+    off = spec.variables["rodata_param"].offset
+    assert bytes(rodata.data[off:off + 4]) == bytes([4, 3, 2, 1])
+    assert spec.variables["rodata_param"].get() == 0x01020304
+    assert bytes(rodata.data[4:20]) == name_before          # the neighbour is untouched
+    spec.variables["bss_result"].set(2**64 - 1)             # u64: the full width
+    assert spec.variables["bss_result"].get() == 2**64 - 1
+    spec.variables["data_counter"].set(-5)                  # int: signed
+    assert spec.variables["data_counter"].get() == -5
+
+
+def test_variable_set_before_load_bytes():
+    spec = pybpf.open(program("globals_test"))
+    value = b"hello, world!!\0\0"
+    spec.variables["rodata_name"].set(value)
+    assert spec.variables["rodata_name"].get() == value
+    raw = struct.pack("<IH2BQ", 9, 8, 7, 6, 5)
+    spec.variables["data_struct"].set(raw)
+    off = spec.variables["data_struct"].offset
+    assert bytes(spec.maps["globals_.data"].data[off:off + 16]) == raw
+
+
+@pytest.mark.parametrize("var, value", [
+    ("rodata_name", b"too short"),
+    ("rodata_name", b"x" * 17),
+    ("rodata_param", b"\0" * 8),
+    ("rodata_param", 2**32),           # does not fit in a __u32
+    ("data_struct", 5),                # a 16-byte struct is not an int
+    ("rodata_param", 1.5),
+])
+def test_variable_set_wrong_size_or_type_raises(var, value):
+    spec = pybpf.open(program("globals_test"))
+    before = bytes(spec.variables[var].map.data)
+    with pytest.raises(pybpf.Error) as exc:
+        spec.variables[var].set(value)
+    assert var in str(exc.value)
+    assert bytes(spec.variables[var].map.data) == before
+
+
+def test_open_does_not_share_state_between_specs():
+    a = pybpf.open(program("globals_test"))
+    a.variables["rodata_param"].set(1)
+    b = pybpf.open(program("globals_test"))
+    assert b.variables["rodata_param"].get() == 42
+
+
+# -- BTF ------------------------------------------------------------------------------------
+
+def test_btf_types_of_user_ringbuf():
+    spec = pybpf.open(program("user_ringbuf"))
+    event = spec.btf.find("struct event")
+    assert event.kind == Kind.STRUCT and event.size == 20
+    assert [(m.name, m.offset, spec.btf.type_name(m.type_id)) for m in event.members] == \
+        [("pid", 0, "int"), ("comm", 4, "char[16]")]
+    sample = spec.btf.find("struct user_sample")
+    assert [m.name for m in sample.members] == ["i", "comm"] and sample.size == 20
+    assert spec.btf.find("kill_exit").kind == Kind.FUNC
+    with pytest.raises(pybpf.BTFError):
+        spec.btf.find("struct no_such_struct")
+
+
+@pytest.mark.parametrize("name", ["globals_test", "tracepoint_test", "calls_test", "link_test", "user_ringbuf"])
+def test_datasec_fixup(name):
+    spec = pybpf.open(program(name))
+    sizes, symbols, raw_btf, _ = elf_facts(name)
+    # as clang left it: DATASEC sizes 0 (that is what the fix-up is for)
+    on_disk = {t.name: t for t in BTF(raw_btf) if t.kind == Kind.DATASEC}
+    assert on_disk and all(t.size == 0 for t in on_disk.values())
+    # after parsing, in the parsed types AND in the blob that goes to the kernel
+    for btf in (spec.btf, BTF(spec.btf.to_bytes())):
+        datasecs = {t.name: t for t in btf if t.kind == Kind.DATASEC}
+        assert set(datasecs) == set(on_disk)
+        for sec, t in datasecs.items():
+            assert t.size == sizes[sec] > 0, sec
+            offsets = [si.offset for si in t.secinfos]
+            assert offsets == sorted(offsets), sec
+            for si in t.secinfos:
+                var = btf[si.type_id]
+                assert (sec, si.offset, si.size) == symbols[var.name], var.name
+                assert si.offset + si.size <= t.size
+
+
+# -- .BTF.ext ---------------------------------------------------------------------------------
+
+def _independent_btf_ext_counts(raw: bytes, strings: BTF) -> tuple[dict, dict]:
+    """Record counts per section, read straight from the .BTF.ext layout."""
+    magic, version, _, hdr_len, fi_off, fi_len, li_off, li_len = struct.unpack_from("<HBBIIIII", raw)
+    assert (magic, version) == (0xEB9F, 1)
+    out = []
+    for off, length in ((fi_off, fi_len), (li_off, li_len)):
+        counts: dict = {}
+        pos, end = hdr_len + off, hdr_len + off + length
+        rec_size = struct.unpack_from("<I", raw, pos)[0]
+        pos += 4
+        while pos < end:
+            name_off, n = struct.unpack_from("<II", raw, pos)
+            counts[strings.string(name_off)] = n
+            pos += 8 + n * rec_size
+        out.append(counts)
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("name", ALL_OBJECTS)
+def test_btf_ext_func_info_and_line_info(name):
+    spec = pybpf.open(program(name))
+    _, symbols, raw_btf, raw_ext = elf_facts(name)
+    fi_counts, li_counts = _independent_btf_ext_counts(raw_ext, BTF(raw_btf))
+    ext = spec.btf_ext
+    assert {s: len(r) for s, r in ext.func_info.items()} == fi_counts
+    assert {s: len(r) for s, r in ext.line_info.items()} == li_counts
+    # one func_info per function, at the function's offset, naming its FUNC type
+    funcs = {(sec, value): fname for fname, (sec, value, _) in symbols.items()
+             if sec in fi_counts and fname not in spec.variables and sec != "license"}
+    got = {(sec, r.insn_off): spec.btf[r.type_id].name for sec, recs in ext.func_info.items() for r in recs}
+    assert got == funcs
+    for recs in ext.line_info.values():
+        assert all(r.line > 0 for r in recs)
+        assert [r.insn_off for r in recs] == sorted(r.insn_off for r in recs)
+
+
+def test_line_info_carries_the_source_text():
+    spec = pybpf.open(program("verifier_fail"))
+    lines = [spec.btf.string(r.line_off) for r in spec.btf_ext.line_info["syscall"]]
+    assert "\tval = v[idx]; /* deliberate out-of-bounds */" in lines
+    files = {os.path.normpath(spec.btf.string(r.file_name_off)) for r in spec.btf_ext.line_info["syscall"]}
+    assert files == {"verifier_fail.bpf.c"}
