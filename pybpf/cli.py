@@ -309,6 +309,34 @@ def cmd_load(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    from pybpf import inspect as insp
+    spec = pybpf.open(args.object)
+    if args.type:
+        if spec.btf is None:
+            raise pybpf.Error(f"{args.object} has no BTF: build it with -g")
+        for t in args.type:
+            sys.stdout.write(insp.layout(spec.btf, t))
+        return 0
+    if args.disasm:
+        sys.stdout.write(insp.disassembly(spec, args.program))
+        return 0
+    sys.stdout.write(insp.describe(spec))
+    return 0
+
+
+def cmd_btf_dump(args) -> int:
+    from pybpf.spec.btf_dump import btf_from_file, format_c, format_raw
+    from pybpf.kernel.btf import VMLINUX
+    path = VMLINUX if args.kernel or not args.file else args.file
+    base = btf_from_file(args.base) if args.base else None
+    if base is None and path != VMLINUX and path.startswith("/sys/kernel/btf/"):
+        base = btf_from_file(VMLINUX)   # module BTF is split on top of vmlinux
+    btf = btf_from_file(path, base=base)
+    sys.stdout.write(format_c(btf) if args.format == "c" else format_raw(btf))
+    return 0
+
+
 def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
@@ -332,18 +360,37 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     p.add_argument("--count", type=int, metavar="N", help="stop after N records")
     p.add_argument("--log", action="store_true", help="on a verifier rejection, print the whole verifier log")
+    p = sub.add_parser("inspect", help="show an object's programs, maps, globals and types (no root needed)",
+                       description="Describe OBJECT offline: programs (section, type, attach target, instruction "
+                                   "counts, subprograms, relocations), maps, global variables.")
+    p.add_argument("object")
+    p.add_argument("--type", action="append", default=[], metavar="TYPE",
+                   help="print the layout of TYPE (e.g. 'struct event'): offsets, sizes, holes, padding")
+    p.add_argument("--disasm", action="store_true", help="disassemble each program with its C source lines")
+    p.add_argument("--program", metavar="NAME", help="with --disasm: only this program")
+    p = sub.add_parser("btf", help="BTF tools: 'btf dump'")
+    bsub = p.add_subparsers(dest="btf_command", metavar="SUBCOMMAND", required=True)
+    p = bsub.add_parser("dump", help="dump BTF as bpftool does (raw) or as a C header (vmlinux.h)")
+    p.add_argument("file", nargs="?", help="an ELF object or raw BTF file (default: the kernel's vmlinux BTF)")
+    p.add_argument("--kernel", action="store_true", help="dump /sys/kernel/btf/vmlinux")
+    p.add_argument("--base", metavar="FILE", help="base BTF for a split BTF file (module BTF)")
+    p.add_argument("--format", choices=("raw", "c"), default="raw")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     old = signal.signal(signal.SIGTERM, _sigterm)
     try:
+        if args.command == "inspect":
+            return cmd_inspect(args)
+        if args.command == "btf":
+            return cmd_btf_dump(args)
         return cmd_load(args)
     except KeyboardInterrupt:
         return 0
     except pybpf.VerifierError as e:
         print(f"pybpf: error: {e}", file=sys.stderr)
-        if args.log:
+        if getattr(args, "log", False):
             print(e.log, file=sys.stderr)
         return 1
     except pybpf.PermissionError as e:

@@ -14,9 +14,20 @@ from .btf import BTF, INT_CHAR, Kind
 
 
 def _is_char(btf: BTF, type_id: int) -> bool:
+    """A C ``char`` (not ``unsigned char``/``__u8``, which hold bytes, not text)."""
     t = btf.resolve(type_id)
     return t is not None and t.kind == Kind.INT and t.size == 1 and (
-        bool(t.encoding & INT_CHAR) or t.name in ("char", "signed char", "unsigned char"))
+        bool(t.encoding & INT_CHAR) or t.name in ("char", "signed char"))
+
+
+def _text(b: bytes):
+    """The C string in a char array if it is printable, else None."""
+    s = b.split(b"\0", 1)[0]
+    try:
+        text = s.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if text.isprintable() else None
 
 
 def decode(btf: BTF, type_id: int, raw, offset: int = 0) -> Any:
@@ -44,8 +55,9 @@ def decode(btf: BTF, type_id: int, raw, offset: int = 0) -> Any:
     if k == Kind.ARRAY:
         esize = btf.size_of(t.elem_type)
         if _is_char(btf, t.elem_type):
-            b = bytes(raw[offset:offset + t.nelems])
-            return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+            text = _text(bytes(raw[offset:offset + t.nelems]))
+            if text is not None:
+                return text
         return [decode(btf, t.elem_type, raw, offset + i * esize) for i in range(t.nelems)]
     if k in (Kind.STRUCT, Kind.UNION):
         out = {}
@@ -111,7 +123,7 @@ def _encode_into(btf: BTF, type_id: int, value, buf: bytearray, offset: int) -> 
         esize = btf.size_of(t.elem_type)
         if isinstance(value, str):
             value = value.encode()
-        if isinstance(value, (bytes, bytearray)) and _is_char(btf, t.elem_type):
+        if isinstance(value, (bytes, bytearray)) and esize == 1:
             if len(value) > t.nelems:
                 raise Error(f"{len(value)} bytes do not fit in {btf.type_name(type_id)}")
             buf[offset:offset + len(value)] = value
