@@ -5,8 +5,8 @@ header, a table of type records and a string table.  Types are numbered from 1
 in record order; id 0 is ``void``.
 
 Parsing uses precompiled :class:`struct.Struct` objects rather than
-``construct``: vmlinux has ~126k types and construct measured ~50x slower on it
-(see tools/ benchmarks).  The header, which is parsed once, is declared with
+``construct``: vmlinux has ~126k types and construct measured much slower on it
+(tools/bench_btf.py: ~70x slower than this index pass).  The header, which is parsed once, is declared with
 construct because it reads best that way.
 """
 
