@@ -184,6 +184,11 @@ class RingBuffer:
     what you keep (``bytes(record)``, ``struct.unpack_from``); do not keep
     slices of it either (they are not released and would read recycled data).
 
+    With ``type`` (a BTF type spelling such as ``"struct event"``, or a ctypes
+    type), or when the program declares the map's record type, the callback
+    gets a typed copy instead: ``event(pid=1707, comm='bash')``, with fields as
+    attributes and ``bytes(value)`` the raw record.
+
     If the callback raises, consumption stops, the record counts as consumed
     and the exception propagates.  Its return value is ignored.
 
@@ -194,10 +199,19 @@ class RingBuffer:
     :meth:`close`.
     """
 
-    def __init__(self, map, callback: Callable[[memoryview], object]):
+    def __init__(self, map, callback: Callable[[memoryview], object], type=None):  # noqa: A002
         if not callable(callback):
             raise Error(f"RingBuffer callback must be callable, not {callback!r}")
         fd, self.name, size = _check_map(map, MapType.RINGBUF)
+        if type is None:
+            type = getattr(map, "record_type", None)  # declared in the program, if any
+        if type is not None:
+            from .spec.typed import record_decoder
+            decode = record_decoder(getattr(map, "btf", None), type, f"ring buffer '{self.name}'")
+            raw_callback = callback
+
+            def callback(record, _decode=decode, _cb=raw_callback):
+                return _cb(_decode(record))
         lib = atomics.library()  # fails clearly if the C helper is not built
         self._load_u64 = lib.pybpf_load_acquire_u64
         self._store_u64 = lib.pybpf_store_release_u64

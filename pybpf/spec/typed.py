@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import weakref
 from typing import Any, Optional
 
 from ..errors import BTFError, Error
@@ -469,3 +470,46 @@ def _view_property(off: int, ct) -> property:
         ct.from_buffer(self, off).value = value
 
     return property(get, set)
+
+
+_factories: "weakref.WeakKeyDictionary[BTF, TypeFactory]" = weakref.WeakKeyDictionary()
+
+
+def factory_for(btf: BTF) -> TypeFactory:
+    """The (shared) TypeFactory of ``btf``."""
+    f = _factories.get(btf)
+    if f is None:
+        f = _factories[btf] = TypeFactory(btf)
+    return f
+
+
+def record_decoder(btf: Optional[BTF], type_spec, what: str):
+    """A function turning a record (bytes-like) into a typed value, for ``type_spec``:
+    a BTF type spelling (``"struct event"``), a BTF type id or Type, or a ctypes type."""
+    if isinstance(type_spec, type) and issubclass(type_spec, (ctypes.Structure, ctypes.Union, ctypes.Array,
+                                                              ctypes._SimpleCData)):
+        ct = type_spec
+        size = ctypes.sizeof(ct)
+
+        def from_ctypes(record):
+            if len(record) < size:
+                raise Error(f"{what}: a {len(record)}-byte record is shorter than {ct.__name__} ({size} bytes)")
+            return ct.from_buffer_copy(record[:size]) if len(record) > size else ct.from_buffer_copy(record)
+        return from_ctypes
+    if btf is None:
+        raise Error(f"{what}: the map has no BTF to find type {type_spec!r} in; pass a ctypes type")
+    if isinstance(type_spec, str):
+        type_id = btf.find(type_spec).id
+    elif isinstance(type_spec, int):
+        type_id = type_spec
+    else:
+        type_id = type_spec.id
+    factory = factory_for(btf)
+    size = btf.size_of(type_id)
+    name = btf.type_name(type_id)
+
+    def from_btf(record):
+        if len(record) < size:
+            raise Error(f"{what}: a {len(record)}-byte record is shorter than {name} ({size} bytes)")
+        return factory.from_bytes(type_id, record)
+    return from_btf
