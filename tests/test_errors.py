@@ -7,6 +7,7 @@ Malformed objects are made by byte surgery on copies of the committed objects.
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 import struct
@@ -245,6 +246,94 @@ def test_random_corruption_never_escapes_as_another_exception():
                 pass
 
 
+# -- objects compiled here (clang-19 and libbpf headers; skipped without them) ---------------------
+
+HEADER = """
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def compile_bpf(tmp_path, source: str, name: str = "t") -> str:
+    clang = shutil.which("clang-19")
+    if clang is None or not os.path.exists("/usr/include/bpf/bpf_helpers.h"):
+        pytest.skip("building this object needs clang-19 and libbpf-dev")
+    try:
+        multiarch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        multiarch = ""
+    src = tmp_path / f"{name}.bpf.c"
+    src.write_text(HEADER + source)
+    out = tmp_path / f"{name}.o"
+    cmd = [clang, "-g", "-O2", "-target", "bpf", "-c", str(src), "-o", str(out)]
+    if multiarch:
+        cmd.insert(1, f"-I/usr/include/{multiarch}")      # asm/types.h
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return str(out)
+
+
+def test_unknown_map_attribute(tmp_path):
+    path = compile_bpf(tmp_path, """
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __uint(bogus, 3);
+    __type(key, __u32);
+    __type(value, __u32);
+} m SEC(".maps");
+SEC("syscall") int p(void *ctx) { __u32 k = 0; return bpf_map_lookup_elem(&m, &k) != 0; }
+""")
+    e = open_error(path)
+    assert type(e) is pybpf.ObjectError
+    assert "map 'm'" in str(e) and "unknown attribute 'bogus'" in str(e) and path in str(e)
+
+
+def test_map_without_type(tmp_path):
+    path = compile_bpf(tmp_path, """
+struct {
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u32);
+} m SEC(".maps");
+SEC("syscall") int p(void *ctx) { __u32 k = 0; return bpf_map_lookup_elem(&m, &k) != 0; }
+""")
+    e = open_error(path)
+    assert "map 'm' has no type" in str(e)
+
+
+@pytest.mark.kernel
+def test_extern_kconfig_fails_before_the_kernel(tmp_path, no_fd_leak):
+    path = compile_bpf(tmp_path, """
+extern int LINUX_KERNEL_VERSION __kconfig;
+SEC("syscall") int p(void *ctx) { return LINUX_KERNEL_VERSION; }
+""")
+    spec = pybpf.open(path)          # parsing is fine
+    with pytest.raises(pybpf.ObjectError) as exc:
+        spec.load()
+    # pybpf's own words, not the kernel's BTF log ("Linkage not supported")
+    assert "extern symbol 'LINUX_KERNEL_VERSION'" in str(exc.value)
+    assert not isinstance(exc.value, pybpf.BTFError)
+
+
+@pytest.mark.kernel
+def test_core_relocations_are_reported(tmp_path, no_fd_leak):
+    path = compile_bpf(tmp_path, """
+struct task { int pid; int tgid; } __attribute__((preserve_access_index));
+SEC("raw_tp/sys_enter") int p(void *ctx)
+{
+    struct task *t = (void *)bpf_get_current_task();
+    int tgid = 0;
+    bpf_probe_read_kernel(&tgid, sizeof(tgid), &t->tgid);
+    return tgid;
+}
+""")
+    with pytest.raises(pybpf.ObjectError, match="CO-RE"):
+        pybpf.load(path)
+
+
 # -- kernel refusals ------------------------------------------------------------------------------
 
 @pytest.mark.kernel
@@ -302,4 +391,9 @@ def test_btf_refused_by_kernel(no_fd_leak):
     struct.pack_into("<I", spec.btf.raw, spec.btf.type_off + func.record_offset + 8, int_type.id)
     with pytest.raises(pybpf.BTFError) as exc:
         spec.load()
-    assert "the kernel rejected the object's BTF" in str(exc.value)
+    e = exc.value
+    assert "the kernel rejected the object's BTF" in str(e)
+    # the message is the kernel's last word; the whole (long) log is on .log
+    assert len(str(e).splitlines()) <= 3
+    assert str(e).splitlines()[0].split(": ", 1)[1] in e.log
+    assert len(e.log) > len(str(e))

@@ -75,7 +75,12 @@ def load_btf(raw: bytes) -> int:
         except SyscallError:
             text = log.value.decode(errors="replace").strip()
             last = text.splitlines()[-1] if text else str(first)
-            raise BTFError(f"the kernel rejected the object's BTF: {last}\n{text}") from None
+            # the log dumps every type checked so far (can be megabytes): the message
+            # keeps its last line, the exception's .log the whole of it
+            err = BTFError(f"the kernel rejected the object's BTF: {last}"
+                           + ("\n(the whole log is in the exception's .log)" if text else ""))
+            err.log = text
+            raise err from None
         return fd  # passed with a log: keep it
 
 
@@ -226,6 +231,17 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
 def load_spec(spec: ObjectSpec, *, btf: bool = True):
     """Load everything in ``spec`` into the kernel and return a :class:`pybpf.Object`."""
     from ..collection import Object
+    # link first: it is pure, so an object pybpf cannot handle (externs, CO-RE, bad
+    # relocations) fails with its own message before anything is put in the kernel
+    linked = {}
+    for name, pspec in spec.programs.items():
+        if not pspec.autoload:
+            continue
+        if pspec.sec_def.flags & S.ATTACH_BTF:
+            raise NotSupportedError(
+                f"program {name!r} (section {pspec.section!r}) needs an attach_btf_id from kernel BTF "
+                f"(tp_btf, fentry, fexit, fmod_ret, lsm, iter), which pybpf does not resolve yet")
+        linked[name] = link_program(spec, pspec)
     obj = Object(spec)
     try:
         if btf and spec.btf is not None:
@@ -245,16 +261,10 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True):
                 if mspec.readonly:
                     sc.map_freeze(fd)
         fds = {name: m.fd for name, m in obj.maps.items()}
-        for name, pspec in spec.programs.items():
-            if not pspec.autoload:
-                continue
-            linked = link_program(spec, pspec)
-            if pspec.sec_def.flags & S.ATTACH_BTF:
-                raise NotSupportedError(
-                    f"program {name!r} (section {pspec.section!r}) needs an attach_btf_id from kernel BTF "
-                    f"(tp_btf, fentry, fexit, fmod_ret, lsm, iter), which pybpf does not resolve yet")
-            fd = load_program(pspec, linked, linked.with_map_fds(fds), obj._btf_fd)
-            obj._add_program(pspec, fd, linked)
+        for name, lp in linked.items():
+            pspec = spec.programs[name]
+            fd = load_program(pspec, lp, lp.with_map_fds(fds), obj._btf_fd)
+            obj._add_program(pspec, fd, lp)
     except BaseException:
         obj.close()
         raise
