@@ -114,7 +114,9 @@ class Object:
 
     @property
     def links(self) -> list:
-        """Links made by :meth:`attach` and ``Program.attach``; closed with the object."""
+        """Links made by :meth:`attach` and ``Program.attach`` that are still attached;
+        closed with the object."""
+        self._links = [link for link in self._links if not link.closed]
         return list(self._links)
 
     def attach(self) -> list:

@@ -49,8 +49,10 @@ def test_tracepoint_counts_getpid_exactly(no_fd_leak):
         assert calls.get() == N
         getpid_n(N)
         assert calls.get() == 2 * N
+        assert obj.links == [link]
         link.close()
         assert link.closed
+        assert obj.links == []                        # only live links are listed
         getpid_n(N)
         assert calls.get() == 2 * N                   # detached: no more counting
         link.close()                                  # idempotent

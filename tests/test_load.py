@@ -288,3 +288,17 @@ def test_variables_after_object_closed(no_fd_leak):
         var.get()
     with pytest.raises(pybpf.ClosedError):
         var.set(1)
+
+
+def test_object_linked_by_bpftool_loads_and_runs(tmp_path, no_fd_leak):
+    import shutil
+    import subprocess
+    bpftool = shutil.which("bpftool")
+    if bpftool is None:
+        pytest.skip("bpftool not installed")
+    out = tmp_path / "calls_test.o"
+    subprocess.run([bpftool, "gen", "object", str(out), program("calls_test")], check=True, capture_output=True)
+    with pybpf.load(out) as obj:
+        obj.maps["arr"].update(1, 9)
+        r = obj.programs["compute"].test_run(ctx=compute_args(5, 20))
+        assert r.retval == 43 and struct.unpack("<IIQQ", r.ctx)[2:] == (0 + 1 + 2 + 3 + 4, 9)
