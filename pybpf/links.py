@@ -95,7 +95,13 @@ def attach_raw_tracepoint(program, target: str) -> Link:
     if not target:
         raise Error(f"program {program.name!r}: raw tracepoint needs a name (SEC(\"raw_tp/<name>\"))")
     name = ctypes.create_string_buffer(target.encode())
-    fd = sc.bpf(Cmd.RAW_TRACEPOINT_OPEN, RawTracepointOpenAttr(name=ctypes.addressof(name), prog_fd=program.fd))
+    attr = RawTracepointOpenAttr(name=ctypes.addressof(name), prog_fd=program.fd)
+    try:
+        fd = sc.bpf(Cmd.RAW_TRACEPOINT_OPEN, attr)
+    except SyscallError as e:
+        hint = " (no such raw tracepoint in this kernel)" if e.errno == _errno.ENOENT else ""
+        raise type(e)(e.command, e.errno,
+                      f"program {program.name!r}: cannot attach to raw tracepoint {target!r}{hint}") from None
     return Link(program, "raw_tracepoint", target, [fd])
 
 

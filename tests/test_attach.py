@@ -149,6 +149,19 @@ def test_object_attach_returns_links_and_close_detaches(no_fd_leak):
         os.close(bss_fd)
 
 
+def test_object_attach_is_all_or_nothing(no_fd_leak):
+    spec = pybpf.open(program("tracepoint_test"))
+    spec.variables["target_tgid"].set(os.getpid())
+    spec.programs["on_sys_enter"].attach_target = "no_such_raw_tracepoint"
+    with spec.load() as obj:
+        with pytest.raises(pybpf.SyscallError) as exc:
+            obj.attach()
+        assert "no_such_raw_tracepoint" in str(exc.value) and "on_sys_enter" in str(exc.value)
+        assert obj.links == []
+        getpid_n(N)
+        assert obj.variables["getpid_calls"].get() == 0      # on_getpid was detached again
+
+
 def test_closing_program_keeps_link_attached(no_fd_leak):
     with load_counting_this_process() as obj:
         prog = obj.programs["on_getpid"]
