@@ -94,6 +94,20 @@ def _type_words(btf: BTF) -> memoryview:
     return memoryview(btf.raw)[btf.type_off:btf.type_off + btf.type_len].cast("I")
 
 
+def _record_starts(words: memoryview) -> list:
+    """Where each record starts (in u32 words), in id order."""
+    starts = []
+    append = starts.append
+    w, n = 0, len(words)
+    extra = _EXTRA_WORDS
+    while w < n:
+        append(w)
+        info = words[w + 1]
+        fixed, per = extra.get((info >> 24) & 0x1F, (0, 0))
+        w += 3 + fixed + per * (info & 0xFFFF)
+    return starts
+
+
 def _s32(v: int) -> int:
     return v - (1 << 32) if v & 0x80000000 else v
 
@@ -102,10 +116,13 @@ def format_raw(btf: BTF) -> str:
     """``bpftool btf dump file X`` output (raw format) for ``btf``, one record per type.
 
     Reads the blob as it is now: for an object's ``.BTF`` use :func:`btf_from_file`
-    to get the unfixed DATASECs bpftool prints.
+    to get the unfixed DATASECs bpftool prints.  A name offset outside the string
+    section prints ``(invalid)``, as bpftool does.
     """
     words = _type_words(btf)
-    type_cnt = btf.first_id + len(btf)  # btf__type_cnt(): ids below it exist
+    starts = _record_starts(words)
+    first = btf.first_id
+    type_cnt = first + len(starts)  # btf__type_cnt(): ids below it exist
 
     cache: dict[int, str] = {0: "(anon)"}
 
@@ -119,12 +136,20 @@ def format_raw(btf: BTF) -> str:
             cache[off] = s
         return s
 
+    def kind_and_name(type_id: int) -> str:
+        """`KIND 'name'` of a DATASEC variable (bpftool looks it up, base types included)."""
+        if type_id >= first:
+            w = starts[type_id - first]
+            kind = (words[w + 1] >> 24) & 0x1F
+            return f"{_KIND_NAMES[kind] if kind < len(_KIND_NAMES) else 'UNKNOWN'} '{name(words[w])}'"
+        if type_id == 0:  # libbpf's void: kind UNKN, no name
+            return "UNKNOWN '(anon)'"
+        t = btf[type_id]
+        return f"{_KIND_NAMES[t.kind]} '{t.name or '(anon)'}'"
+
     out: list[str] = []
     emit = out.append
-    w = 0
-    n = len(words)
-    type_id = btf.first_id
-    while w < n:
+    for type_id, w in enumerate(starts, first):
         name_off, info, st = words[w], words[w + 1], words[w + 2]
         kind = (info >> 24) & 0x1F
         vlen = info & 0xFFFF
@@ -183,7 +208,7 @@ def format_raw(btf: BTF) -> str:
                 vt = words[i]
                 line = f"\ttype_id={vt} offset={words[i + 1]} size={words[i + 2]}"
                 if vt < type_cnt:
-                    line += f" ({_raw_kind_and_name(btf, vt, name)})"
+                    line += f" ({kind_and_name(vt)})"
                 parts.append(line)
             emit("\n".join(parts) + "\n")
         elif kind == 16:  # FLOAT
@@ -192,26 +217,7 @@ def format_raw(btf: BTF) -> str:
             emit(f"{head} type_id={st} component_idx={_s32(words[p])}\n")
         else:
             emit(head + "\n")
-        fixed, per = _EXTRA_WORDS.get(kind, (0, 0))
-        w = p + fixed + per * vlen
-        type_id += 1
     return "".join(out)
-
-
-def _raw_kind_and_name(btf: BTF, type_id: int, name) -> str:
-    if type_id == 0:  # libbpf's void type: kind UNKN, no name
-        return "UNKNOWN '(anon)'"
-    t = btf[type_id]
-    name_off = _name_off(btf, t)
-    return f"{_KIND_NAMES[t.kind]} '{name(name_off)}'"
-
-
-def _name_off(btf: BTF, t) -> int:
-    owner = btf
-    while t.id < owner.first_id:
-        owner = owner.base
-    words = _type_words(owner)
-    return words[t.record_offset // 4]
 
 
 # -- C format (libbpf src/btf_dump.c) -------------------------------------------------------------
@@ -240,6 +246,9 @@ _PFX = ["\t" * min(i, _MAX_INDENT) for i in range(64)]
 _MISSING_BASE_TYPES = {"__Poly8_t": "unsigned char", "__Poly16_t": "unsigned short",
                        "__Poly64_t": "unsigned long long", "__Poly128_t": "unsigned __int128"}
 
+_LONG_NAMES = frozenset({"long", "long int", "int long", "unsigned long", "long unsigned", "unsigned long int",
+                         "unsigned int long", "long unsigned int", "long int unsigned", "int unsigned long",
+                         "int long unsigned"})
 _RESOLVE_DEPTH = 32  # libbpf MAX_RESOLVE_DEPTH
 _U32_MAX = 0xFFFFFFFF
 
@@ -258,12 +267,12 @@ class _CDump:
     def __init__(self, btf: BTF):
         self.btf = btf
         self.n = btf.first_id + len(btf)  # btf__type_cnt(): the last id + 1
-        self.ptr_sz = btf.pointer_size
         n = self.n
         types = [None] * n
         for i in range(1, n):
             types[i] = btf[i]
         self.types = types
+        self.ptr_sz = self._pointer_size()
         self.order_state = bytearray(n)
         self.emit_state = bytearray(n)
         self.fwd_emitted = bytearray(n)
@@ -303,6 +312,14 @@ class _CDump:
                     raise BTFError(f"{self.btf.source}: type [{t.id}] {t.kind.name} refers to type id {r}, "
                                    f"but the last type is [{n - 1}]")
                 ref[r] = 1
+
+    def _pointer_size(self) -> int:
+        """libbpf determine_ptr_size(): the size of the first 4- or 8-byte INT spelled like
+        `long`, base types included; else the host's (8)."""
+        for t in self.types[1:]:
+            if t.kind == Kind.INT and t.size_or_type in (4, 8) and t.name in _LONG_NAMES:
+                return t.size_or_type
+        return 8
 
     # -- names (btf_dump_resolve_name: lazily, so output order decides the ___N suffixes) ------
 
@@ -502,9 +519,12 @@ class _CDump:
             return
 
         if k == Kind.INT:
-            alias = _MISSING_BASE_TYPES.get(t.name)
+            # libbpf resolves every emitted INT's name in the struct/union/enum namespace (to
+            # look for __PolyX_t): a later `struct foo` becomes foo___2 after an INT foo
+            name = self.type_name(type_id)
+            alias = _MISSING_BASE_TYPES.get(name)
             if alias is not None:
-                out(f"typedef {alias} {self.type_name(type_id)};\n\n")
+                out(f"typedef {alias} {name};\n\n")
             estate[type_id] = _EMITTED
         elif k in (Kind.ENUM, Kind.ENUM64):
             if cont_id == 0:
