@@ -315,6 +315,7 @@ SEC("syscall") int p(void *ctx) { return LINUX_KERNEL_VERSION; }
         spec.load()
     # pybpf's own words, not the kernel's BTF log ("Linkage not supported")
     assert "extern symbol 'LINUX_KERNEL_VERSION'" in str(exc.value)
+    assert str(exc.value).startswith(path) and "'p'" in str(exc.value)
     assert not isinstance(exc.value, pybpf.BTFError)
 
 

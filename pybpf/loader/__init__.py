@@ -15,7 +15,7 @@ import os
 import re
 from typing import Optional
 
-from ..errors import BTFError, Error, NotSupportedError, SyscallError, VerifierError
+from ..errors import BTFError, Error, NotSupportedError, ObjectError, SyscallError, VerifierError
 from ..kernel import syscall as sc
 from ..kernel.attrs import BtfLoadAttr, MapCreateAttr, ProgLoadAttr
 from ..kernel.constants import Cmd, MapType, ProgType
@@ -241,7 +241,10 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True):
             raise NotSupportedError(
                 f"program {name!r} (section {pspec.section!r}) needs an attach_btf_id from kernel BTF "
                 f"(tp_btf, fentry, fexit, fmod_ret, lsm, iter), which pybpf does not resolve yet")
-        linked[name] = link_program(spec, pspec)
+        try:
+            linked[name] = link_program(spec, pspec)
+        except ObjectError as e:
+            raise type(e)(f"{spec.path}: {e}") from None
     obj = Object(spec)
     try:
         if btf and spec.btf is not None:
