@@ -450,7 +450,8 @@ def test_disassemble_helper_names():
                                  "   2: (85) call kernel-function#9"]
     assert disassemble(call, helper_names=False)[0] == "   0: (85) call unknown#1"
     named = disassemble(call, helper_names={300000: "array_map_lookup_elem", 9: "bpf_rcu_read_lock"})
-    assert named[1:] == ["   1: (85) call array_map_lookup_elem#300000", "   2: (85) call bpf_rcu_read_lock#9"]
+    assert named[1:] == ["   1: (85) call array_map_lookup_elem#300000",
+                         "   2: (85) call bpf_rcu_read_lock#9"]
     assert disassemble(call, helper_names=lambda insn: f"f{insn.imm}")[1] == "   1: (85) call f300000#300000"
 
 
