@@ -172,20 +172,31 @@ def layout(btf: BTF, type_spec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def disassembly(spec: ObjectSpec, only: Optional[str] = None) -> str:
-    """Each program's linked instructions in the kernel's notation, with C source lines."""
-    from .spec.disasm import disassemble
+def disassembly(spec: ObjectSpec, only: Optional[str] = None, linum: bool = False) -> str:
+    """Each program's linked instructions in the kernel's notation, with its C source lines
+    (from line_info), function prototypes (from func_info), and maps and call targets named."""
+    from .spec.disasm import disassemble, func_signature
     out = []
     btf = spec.btf
+    if only and only not in spec.programs:
+        raise Error(f"no program {only!r} (this object has: {', '.join(spec.programs)})")
     for name, p in spec.programs.items():
         if only and name != only:
             continue
         linked = link_program(spec, p)
+        # any fds will do: with_map_fds sets src_reg and value offsets so maps can be named
+        insns = linked.with_map_fds({m: 0 for m in spec.maps})
         funcs = {start: fn.name for fn, start in linked.layout}
-        line_info = [(insn, btf.string(fo) if btf else "", btf.string(lo) if btf else "", lc >> 10)
-                     for insn, fo, lo, lc in linked.line_info]
+        protos = {}
+        if btf is not None:
+            for insn, type_id in linked.func_info:
+                try:
+                    protos[insn] = func_signature(btf, type_id)
+                except Error:
+                    pass
         out.append(f"{name}: section {p.section!r}, {linked.insn_cnt} instructions")
-        map_names = {r.insn: (r.map_name, r.offset) for r in linked.map_refs}
-        out += disassemble(bytes(linked.insns), map_names=map_names, func_names=funcs, line_info=line_info)
+        out += disassemble(bytes(insns), map_names={r.insn: r.map_name for r in linked.map_refs},
+                           func_names=funcs, line_info=linked.line_info if btf is not None else None,
+                           source=btf.string if btf is not None else None, func_protos=protos, linum=linum)
         out.append("")
     return "\n".join(out)
