@@ -137,31 +137,49 @@ def _map_error(spec: MapSpec, max_entries: int, e: SyscallError) -> SyscallError
     return err
 
 
-def _verifier_summary(log: str) -> str:
-    """The interesting end of a verifier log: last source line, last instruction, and the error lines."""
+def _verifier_summary(log: str, linked: Optional[LinkedProgram] = None, btf=None) -> tuple[str, str]:
+    """(one-line reason, detail lines) from a verifier log: the C source line of the failing
+    instruction (from our line_info when we have it, else the log's own annotation), the
+    instruction, and the error lines."""
     lines = [l for l in log.splitlines() if l.strip()]
     end = len(lines)
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].startswith("processed ") or lines[i].startswith("verification time"):
             end = i
     lines = lines[:end]
-    insn_re = re.compile(r"^\d+: \(")
+    insn_re = re.compile(r"^(\d+): \(")
     last_insn = max((i for i, l in enumerate(lines) if insn_re.match(l)), default=-1)
     errors = lines[last_insn + 1:] if last_insn >= 0 else lines[-3:]
     errors = [l for l in errors if not l.startswith(";")] or lines[-1:]
-    out = []
-    src = next((l for l in reversed(lines[:last_insn + 1]) if l.startswith(";")), None) if last_insn >= 0 else None
-    if src:
-        text, _, where = src[1:].strip().rpartition(" @ ")
-        out.append(f"  at {where}: {text.strip()}" if where else f"  at {src[1:].strip()}")
+    details = []
+    where = None
+    if last_insn >= 0 and linked is not None and btf is not None and linked.line_info:
+        idx = int(insn_re.match(lines[last_insn]).group(1))
+        fn = linked.function_at(idx)
+        recs = [r for r in linked.line_info if r[0] <= idx and (fn is None or r[0] >= fn[1])]
+        if recs:
+            insn, file_off, line_off, line_col = max(recs, key=lambda r: r[0])
+            try:
+                where = (f"  at {btf.string(file_off).lstrip('./')}:{line_col >> 10}"
+                         f"{' (in ' + fn[0].name + ')' if fn else ''}: {btf.string(line_off).strip()}")
+            except Exception:
+                where = None
+    if where is None and last_insn >= 0:
+        src = next((l for l in reversed(lines[:last_insn + 1]) if l.startswith(";")), None)
+        if src:
+            text, _, at = src[1:].strip().rpartition(" @ ")
+            where = f"  at {at}: {text.strip()}" if at else f"  at {src[1:].strip()}"
+    if where:
+        details.append(where)
     if last_insn >= 0:
-        out.append(f"  instruction {lines[last_insn]}")
-    out += [f"  {l}" for l in errors[-4:]]
-    return "\n".join(out)
+        details.append(f"  instruction {lines[last_insn]}")
+    reason = errors[0] if errors else "(no reason in the log)"
+    details += [f"  {l}" for l in errors[1:5]]
+    return reason, "\n".join(details)
 
 
 def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf_fd: int,
-                 attach_btf_id: int = 0, attach_btf_obj_fd: int = 0) -> int:
+                 attach_btf_id: int = 0, attach_btf_obj_fd: int = 0, btf=None) -> int:
     """BPF_PROG_LOAD; on rejection reload with a verifier log and raise VerifierError."""
     sec = prog.sec_def
     insn_buf = (ctypes.c_char * len(insns)).from_buffer(insns)
@@ -223,8 +241,9 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
                 f"{where}: loading was not permitted by this kernel (EPERM with an empty verifier log; "
                 f"for fentry/fexit/fmod_ret/lsm this means the kernel has no BPF trampolines)") from None
         raise failure
+    reason, details = _verifier_summary(log, linked, btf)
     raise VerifierError(failure.command, failure.errno,
-                        f"{where} was rejected by the verifier:\n{_verifier_summary(log)}\n"
+                        f"{where} was rejected by the verifier: {reason}\n{details}\n"
                         f"(the whole log is in the exception's .log)", log) from None
 
 
