@@ -8,7 +8,7 @@ from typing import Iterator, Mapping, Optional
 from .errors import ClosedError, Error
 from .maps import Map
 from .programs import Program
-from .spec.object import ObjectSpec, VariableSpec, _decode_value, _encode_value
+from .spec.object import ObjectSpec, VariableSpec, decode_value, encode_value
 
 
 class Variable:
@@ -31,16 +31,17 @@ class Variable:
         return self.map.spec.readonly
 
     def get(self):
-        """The current value: an int for integer variables, bytes otherwise."""
+        """The current value (a copy), typed by BTF: an int for integers, str for char arrays,
+        a typed struct (``bytes(value)`` gives the raw bytes)..."""
         mm = self.map.mmap()
-        return _decode_value(mm[self.offset:self.offset + self.size], self.spec.btf, self.spec.type_id)
+        return decode_value(mm[self.offset:self.offset + self.size], self.spec.btf, self.spec.type_id)
 
     def set(self, value) -> None:
-        """Write the variable (bytes of its size, or an int encoded at its size)."""
+        """Write the variable: raw bytes of its size, a typed value, or plain values (int, dict, tuple, str)."""
         if self.readonly:
             raise Error(f"variable {self.name!r} is in {self.spec.section}, which is read-only once loaded; "
                         f"set it before loading: pybpf.open(path).variables[{self.name!r}].set(...)")
-        raw = _encode_value(value, self.size, self.spec._signed(), f"variable {self.name!r}")
+        raw = encode_value(value, self.size, self.spec.btf, self.spec.type_id, f"variable {self.name!r}")
         mm = self.map.mmap()
         mm[self.offset:self.offset + self.size] = raw
 

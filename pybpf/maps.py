@@ -9,6 +9,7 @@ from typing import Iterator, Optional
 from .errors import ClosedError, Error
 from .kernel import syscall as sc
 from .kernel.constants import MapType
+from .spec.object import decode_value, encode_value
 
 _PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH,
                            MapType.PERCPU_CGROUP_STORAGE})
@@ -27,10 +28,13 @@ class Map:
     """A BPF map in the kernel.
 
     Attributes: ``name``, ``type`` (:class:`~pybpf.kernel.constants.MapType`),
-    ``key_size``, ``value_size``, ``max_entries``, ``flags``, ``fd``.  Keys and
-    values are bytes; ints are accepted (and returned) where the map's BTF type
-    is an integer.  Per-CPU maps take and return a list with one value per
-    possible CPU.  Close it (or the :class:`~pybpf.Object` that owns it) to
+    ``key_size``, ``value_size``, ``max_entries``, ``flags``, ``fd``, and the
+    BTF ``key_type``/``value_type``.  Keys and values are typed by BTF when the
+    map declares them (``__type(key, ...)``): ints for integers, enum members,
+    str for char arrays, typed structs (``bytes(v)`` is always the raw value);
+    raw bytes without BTF.  Raw bytes, typed values and plain Python values
+    (ints, dicts, tuples) are accepted on the way in.  Per-CPU maps take and
+    return a list with one value per possible CPU.  Close it (or the :class:`~pybpf.Object` that owns it) to
     release the fd.
     """
 
@@ -92,38 +96,32 @@ class Map:
 
     # -- encoding --------------------------------------------------------------------
 
-    def _int_type(self, type_id: int) -> Optional[bool]:
-        """None if not an integer BTF type, else its signedness."""
-        if self._btf is None or not type_id:
-            return None
-        from .spec.btf import Kind
-        t = self._btf.resolve(type_id)
-        if t is not None and t.kind in (Kind.INT, Kind.ENUM, Kind.ENUM64):
-            return t.signed
-        return None
+    @property
+    def btf(self):
+        """The BTF of the object that defined the map (None without BTF)."""
+        return self._btf
+
+    @property
+    def key_type(self):
+        """The BTF type of the keys (None if not declared with ``__type(key, ...)``)."""
+        return self._btf[self.spec.key_type_id] if self._btf is not None and self.spec.key_type_id else None
+
+    @property
+    def value_type(self):
+        """The BTF type of the values (None if not declared; a DATASEC for .data/.rodata/.bss)."""
+        return self._btf[self.spec.value_type_id] if self._btf is not None and self.spec.value_type_id else None
+
+    @property
+    def record_type(self):
+        """For ring buffers: the record type the program declares, if any."""
+        tid = getattr(self.spec, "record_type_id", 0)
+        return self._btf[tid] if self._btf is not None and tid else None
 
     def _encode(self, value, size: int, type_id: int, what: str) -> bytearray:
-        if isinstance(value, bool):
-            value = int(value)
-        if isinstance(value, int):
-            signed = self._int_type(type_id)
-            try:
-                return bytearray(value.to_bytes(size, "little", signed=bool(signed) or value < 0))
-            except OverflowError:
-                raise Error(f"map {self.name!r}: {what} {value} does not fit in {size} bytes") from None
-        try:
-            raw = bytearray(value)
-        except TypeError:
-            raise Error(f"map {self.name!r}: {what} must be bytes or an int, not {type(value).__name__}") from None
-        if len(raw) != size:
-            raise Error(f"map {self.name!r}: {what} is {size} bytes, got {len(raw)}")
-        return raw
+        return bytearray(encode_value(value, size, self._btf, type_id, f"map {self.name!r}: {what}"))
 
-    def _decode(self, raw: bytes, type_id: int):
-        signed = self._int_type(type_id)
-        if signed is not None and len(raw) in (1, 2, 4, 8):
-            return int.from_bytes(raw, "little", signed=signed)
-        return bytes(raw)
+    def _decode(self, raw, type_id: int):
+        return decode_value(raw, self._btf, type_id)
 
     def _key(self, key) -> bytearray:
         return self._encode(key, self.key_size, self.spec.key_type_id, "key")

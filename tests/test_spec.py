@@ -243,7 +243,7 @@ def test_variable_types_and_initial_values():
     v = spec.variables
     assert v["data_counter"].get() == 7
     assert v["rodata_param"].get() == 42
-    assert v["rodata_name"].get() == b"pybpf".ljust(16, b"\0")
+    assert v["rodata_name"].get() == "pybpf"            # char arrays read as text
     assert v["bss_result"].get() == 0
     assert v["data_struct"].type_name == "struct data_struct"
     assert v["data_struct"].get() == struct.pack("<IH2BQ", 1, 2, 3, 4, 0x1122334455667788)
@@ -268,7 +268,9 @@ def test_variable_set_before_load_bytes():
     spec = pybpf.open(program("globals_test"))
     value = b"hello, world!!\0\0"
     spec.variables["rodata_name"].set(value)
-    assert spec.variables["rodata_name"].get() == value
+    assert spec.variables["rodata_name"].get() == "hello, world!!"
+    name = spec.variables["rodata_name"]
+    assert bytes(name.map.data[name.offset:name.offset + 16]) == value
     raw = struct.pack("<IH2BQ", 9, 8, 7, 6, 5)
     spec.variables["data_struct"].set(raw)
     off = spec.variables["data_struct"].offset
@@ -276,7 +278,7 @@ def test_variable_set_before_load_bytes():
 
 
 @pytest.mark.parametrize("var, value", [
-    ("rodata_name", b"too short"),
+    ("rodata_name", "seventeen chars!!"),  # text longer than char[16]
     ("rodata_name", b"x" * 17),
     ("rodata_param", b"\0" * 8),
     ("rodata_param", 2**32),           # does not fit in a __u32

@@ -176,8 +176,8 @@ class MapSpec:
                 f"value_size={self.value_size} max_entries={self.max_entries}>")
 
 
-def _encode_value(value, size: int, signed: bool, what: str) -> bytes:
-    """bytes of exactly ``size``, or an int encoded little-endian at ``size`` bytes."""
+def _encode_raw(value, size: int, signed: bool, what: str) -> bytes:
+    """Without BTF: bytes of exactly ``size``, or an int encoded little-endian at ``size`` bytes."""
     if isinstance(value, bool):
         value = int(value)
     if isinstance(value, int):
@@ -200,12 +200,30 @@ def _encode_value(value, size: int, signed: bool, what: str) -> bytes:
     return raw
 
 
-def _decode_value(raw: bytes, btf: Optional[BTF], type_id: int):
-    """An int for integer/enum/pointer variables, bytes otherwise."""
+def encode_value(value, size: int, btf: Optional[BTF], type_id: int, what: str) -> bytes:
+    """Raw bytes for ``value`` of BTF type ``type_id`` (``size`` bytes): raw bytes, a typed value,
+    or plain Python values (ints, dicts, tuples, strings for char arrays, enum names)."""
     if btf is not None and type_id:
-        t = btf.resolve(type_id)
-        if t is not None and t.kind in (Kind.INT, Kind.ENUM, Kind.ENUM64, Kind.PTR) and len(raw) in (1, 2, 4, 8):
-            return int.from_bytes(raw, "little", signed=t.signed)
+        from .typed import factory_for
+        try:
+            raw = factory_for(btf).encode(type_id, value)
+        except Error as e:
+            raise Error(f"{what}: {e}") from None
+        if len(raw) != size:
+            raise Error(f"{what} is {size} bytes but its type {btf.type_name(type_id)} is {len(raw)}")
+        return raw
+    return _encode_raw(value, size, False, what)
+
+
+def decode_value(raw, btf: Optional[BTF], type_id: int):
+    """The typed value of ``raw`` (see :mod:`pybpf.spec.typed`): ints for integers, enum members,
+    str for printable char arrays, typed structs/unions/arrays; bytes without BTF."""
+    if btf is not None and type_id:
+        from .typed import factory_for
+        try:
+            return factory_for(btf).from_bytes(type_id, raw)
+        except BTFError:
+            pass   # a type with no value representation: raw bytes
     return bytes(raw)
 
 
@@ -232,20 +250,14 @@ class VariableSpec:
     def type_name(self) -> str:
         return self.btf.type_name(self.type_id) if self.btf and self.type_id else "?"
 
-    def _signed(self) -> bool:
-        if self.btf is None or not self.type_id:
-            return False
-        t = self.btf.resolve(self.type_id)
-        return bool(t and t.signed)
-
     def get(self):
-        """The initial value: an int for integer variables, bytes otherwise."""
+        """The initial value, typed by BTF (an int for integers, str for char arrays, a struct...)."""
         assert self.map.data is not None
-        return _decode_value(self.map.data[self.offset:self.offset + self.size], self.btf, self.type_id)
+        return decode_value(self.map.data[self.offset:self.offset + self.size], self.btf, self.type_id)
 
     def set(self, value) -> None:
-        """Set the initial value: bytes of the variable's size, or an int encoded at its size."""
-        raw = _encode_value(value, self.size, self._signed(), f"variable {self.name!r}")
+        """Set the initial value: bytes of the variable's size, an int, or plain/typed values by BTF type."""
+        raw = encode_value(value, self.size, self.btf, self.type_id, f"variable {self.name!r}")
         assert self.map.data is not None
         self.map.data[self.offset:self.offset + self.size] = raw
 

@@ -455,10 +455,15 @@ class TypeFactory:
                     raise Error(f"{value!r} is not an enumerator of {self.btf.type_name(type_id)}")
             else:
                 value = int(value, 0)
-        try:
-            return bytes(ct(int(value)))
-        except (TypeError, ValueError):
-            raise Error(f"{self.btf.type_name(type_id)}: cannot encode {value!r}") from None
+        if isinstance(value, enum.Enum):
+            value = value.value
+        if not isinstance(value, int):
+            raise Error(f"{self.btf.type_name(type_id)} takes an int, not {type(value).__name__} {value!r}")
+        size = ctypes.sizeof(ct)
+        try:   # ctypes would silently truncate: check the range
+            return value.to_bytes(size, "little", signed=value < 0)
+        except OverflowError:
+            raise Error(f"{self.btf.type_name(type_id)}: {value} does not fit in {size} bytes") from None
 
 
 def _view_property(off: int, ct) -> property:
