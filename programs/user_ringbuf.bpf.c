@@ -10,15 +10,17 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* The record type tags tell user space (pybpf) how to decode each ring's records;
+ * other loaders ignore BTF decl tags. */
 struct {
 	__uint(type, BPF_MAP_TYPE_USER_RINGBUF);
 	__uint(max_entries, 256 * 1024);
-} user_ringbuf SEC(".maps");
+} user_ringbuf SEC(".maps") __attribute__((btf_decl_tag("pybpf:record=struct user_sample")));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
-} kernel_ringbuf SEC(".maps");
+} kernel_ringbuf SEC(".maps") __attribute__((btf_decl_tag("pybpf:record=struct event")));
 
 /* .bss: number of user samples answered */
 int read = 0;

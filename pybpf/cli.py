@@ -23,7 +23,7 @@ from typing import Optional
 import pybpf
 from pybpf.kernel.constants import MapType
 from pybpf.spec.btf import BTF, Kind
-from pybpf.spec.decode import decode, encode
+from pybpf.spec.typed import factory_for
 
 PRIVILEGE_MESSAGE = ("pybpf: loading BPF programs needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): "
                      "run it with sudo")
@@ -125,8 +125,11 @@ class RecordPrinter:
 
     def line(self, record) -> str:
         ts = time.strftime("%H:%M:%S")
+        value = None
         if self.rtype is not None and len(record) >= self.rtype.size:
-            value = decode(self.btf, self.rtype.id, record)
+            typed = factory_for(self.btf).from_bytes(self.rtype.id, record)
+            value = typed.to_python() if hasattr(typed, "to_python") else {"value": typed}
+        if isinstance(value, dict):
             if self.table:
                 rest = " ".join(f"{k}={_fmt(v)}" for k, v in value.items() if k not in ("comm", "pid"))
                 return f"{ts:<8} {self.label:<5} {_fmt(value['comm']):<16} {value['pid']:<7} {rest}".rstrip()
@@ -158,7 +161,7 @@ def parse_feed(text: str, btf: Optional[BTF], stype) -> bytes:
         value = json.loads(text)
     except ValueError:
         raise pybpf.Error(f"--feed: {text!r} is neither hex:..., @file nor JSON") from None
-    return encode(btf, stype.id, value)
+    return factory_for(btf).encode(stype.id, value)
 
 
 def default_sample(btf: Optional[BTF], stype, n: int) -> Optional[bytes]:
@@ -174,7 +177,7 @@ def default_sample(btf: Optional[BTF], stype, n: int) -> Optional[bytes]:
             value[m.name] = os.getpid()
         elif t.kind == Kind.ARRAY and btf.size_of(t.elem_type) == 1:
             value[m.name] = str(n)[:t.nelems - 1]
-    return encode(btf, stype.id, value)
+    return factory_for(btf).encode(stype.id, value)
 
 
 # -- the load command --------------------------------------------------------------------------------
@@ -242,7 +245,7 @@ def cmd_load(args) -> int:
         try:
             for m in obj.maps.values():
                 if m.type == MapType.USER_RINGBUF:
-                    stype = types.get(m.name) or guess_record_type(spec, m.name, True)
+                    stype = types.get(m.name) or m.record_type or guess_record_type(spec, m.name, True)
                     samples = [parse_feed(f, spec.btf, stype) for f in feeds.get(m.name, [])]
                     users.append((pybpf.UserRingBuffer(m), stype, samples))
             label_fallback = "EVENT"
@@ -268,7 +271,7 @@ def cmd_load(args) -> int:
             for m in obj.maps.values():
                 if m.type != MapType.RINGBUF:
                     continue
-                rtype = types.get(m.name) or guess_record_type(spec, m.name, False)
+                rtype = types.get(m.name) or m.record_type or guess_record_type(spec, m.name, False)
                 printer = RecordPrinter(spec.btf, rtype, m.name, _event_label(links, m.name or label_fallback))
                 printers[m.name] = printer
 
@@ -278,7 +281,8 @@ def cmd_load(args) -> int:
                     if users:
                         feed()
 
-                rings.append(pybpf.RingBuffer(m, on_record))
+                # raw records: the printer decodes them, and shows short or unknown ones in hex
+                rings.append(pybpf.RingBuffer(m, on_record, type=memoryview))
             if users:
                 feed()
             headers = {p.header() for p in printers.values()}

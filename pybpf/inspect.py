@@ -13,8 +13,7 @@ from .errors import Error
 from .kernel.constants import MapType
 from .loader.relocate import link_program
 from .spec.btf import BTF, Kind
-from .spec.decode import decode
-from .spec.object import ObjectSpec
+from .spec.object import ObjectSpec, decode_value
 
 CACHELINE = 64
 
@@ -101,10 +100,10 @@ def describe(spec: ObjectSpec) -> str:
     rows = []
     for name, v in spec.variables.items():
         raw = v.map.data[v.offset:v.offset + v.size] if v.map.data is not None else b""
-        try:
-            value = decode(btf, v.type_id, raw) if btf else raw.hex()
-        except Error:
-            value = bytes(raw).hex()
+        value = decode_value(raw, btf, v.type_id)
+        value = value.to_python() if hasattr(value, "to_python") else value
+        if isinstance(value, bytes):
+            value = value.hex()
         text = repr(value) if isinstance(value, str) else str(value)
         if len(text) > 40:
             text = text[:37] + "..."

@@ -187,7 +187,8 @@ class RingBuffer:
     With ``type`` (a BTF type spelling such as ``"struct event"``, or a ctypes
     type), or when the program declares the map's record type, the callback
     gets a typed copy instead: ``event(pid=1707, comm='bash')``, with fields as
-    attributes and ``bytes(value)`` the raw record.
+    attributes and ``bytes(value)`` the raw record.  ``type=memoryview`` keeps
+    raw records even when the program declares a type.
 
     If the callback raises, consumption stops, the record counts as consumed
     and the exception propagates.  Its return value is ignored.
@@ -205,6 +206,8 @@ class RingBuffer:
         fd, self.name, size = _check_map(map, MapType.RINGBUF)
         if type is None:
             type = getattr(map, "record_type", None)  # declared in the program, if any
+        if type is memoryview:
+            type = None                               # raw records asked for explicitly
         if type is not None:
             from .spec.typed import record_decoder
             decode = record_decoder(getattr(map, "btf", None), type, f"ring buffer '{self.name}'")

@@ -459,6 +459,11 @@ class BTF:
         found = self.base.by_name(name, kind) if self.base is not None else []
         return found + [self[i] for i in self._by_name.get(name, ()) if kind is None or self[i].kind == kind]
 
+    def by_kind(self, kind: Kind) -> list[Type]:
+        """This BTF's own types of one kind (decodes only records of that kind)."""
+        words, first = self._words, self._first_id
+        return [self[first + i] for i, w in enumerate(self._offsets) if (words[w + 1] >> 24) & 0x1F == kind]
+
     def find(self, spec: str) -> Type:
         """Find a type by C-like spelling: ``"struct event"``, ``"union u"``, ``"enum e"`` or a plain name."""
         words = spec.split()

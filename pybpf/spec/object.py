@@ -49,6 +49,9 @@ SHN_UNDEF = 0
 EM_BPF = 247
 
 BPF_OBJ_NAME_LEN = 16
+#: prefix of the BTF decl tag declaring a ring buffer's record type:
+#: ``} events SEC(".maps") __attribute__((btf_decl_tag("pybpf:record=struct event")));``
+RECORD_TAG = "pybpf:record="
 
 # map types used while parsing (values from include/uapi/linux/bpf.h)
 MAP_TYPE_ARRAY = 2
@@ -160,6 +163,7 @@ class MapSpec:
     data: Optional[bytearray] = None
     btf_var_id: int = 0      # the VAR (for .maps) or DATASEC (internal) type id
     inner: Optional["MapSpec"] = None
+    record_type_id: int = 0  # ring buffers: the record type the program declares (pybpf:record= tag)
 
     @property
     def internal(self) -> bool:
@@ -509,11 +513,21 @@ class ObjectSpec:
         datasecs = btf.by_name(".maps", Kind.DATASEC)
         if not datasecs:
             raise BTFError(".maps section has no DATASEC '.maps' in BTF")
+        # record types declared with __attribute__((btf_decl_tag("pybpf:record=struct event")))
+        tags = {t.type_id: t.name[len(RECORD_TAG):] for t in btf.by_kind(Kind.DECL_TAG)
+                if t.component_idx == -1 and t.name.startswith(RECORD_TAG)}
         for si in datasecs[0].secinfos:
             var = btf[si.type_id]
             if var.kind != Kind.VAR:
                 raise BTFError(f".maps DATASEC entry [{si.type_id}] is a {var.kind.name}, not a VAR")
-            self.maps[var.name] = self._parse_map_def(var.name, var.size_or_type, var.id)
+            m = self._parse_map_def(var.name, var.size_or_type, var.id)
+            if var.id in tags:
+                try:
+                    m.record_type_id = btf.find(tags[var.id]).id
+                except BTFError:
+                    raise ObjectError(f"map {var.name!r} declares record type {tags[var.id]!r}, "
+                                      f"which is not in the object's BTF") from None
+            self.maps[var.name] = m
 
     def _parse_map_def(self, name: str, type_id: int, var_id: int, inner: bool = False) -> MapSpec:
         btf = self.btf
