@@ -29,9 +29,13 @@ def open(path) -> ObjectSpec:  # noqa: A001 - the public name the API promises
     return ObjectSpec.from_file(_os.fspath(path))
 
 
-def load(path) -> Object:
-    """Parse and load a BPF object: ``pybpf.open(path).load()``."""
-    return open(path).load()
+def load(path, **kwargs) -> Object:
+    """Parse and load a BPF object: ``pybpf.open(path).load(**kwargs)``.
+
+    ``target_btf=`` (a BTF file or object) sets the CO-RE target instead of the
+    running kernel's BTF; ``facts=`` (a ``pybpf.loader.facts.KernelFacts``) sets
+    every kernel fact (BTF, kconfig, version, kernel symbols)."""
+    return open(path).load(**kwargs)
 
 
 def __getattr__(name):

@@ -247,9 +247,20 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
                         f"(the whole log is in the exception's .log)", log) from None
 
 
-def load_spec(spec: ObjectSpec, *, btf: bool = True):
-    """Load everything in ``spec`` into the kernel and return a :class:`pybpf.Object`."""
+def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None):
+    """Load everything in ``spec`` into the kernel and return a :class:`pybpf.Object`.
+
+    ``target_btf`` (a BTF file path or :class:`~pybpf.spec.btf.BTF`) replaces the
+    running kernel's BTF as the CO-RE target; ``facts`` (a
+    :class:`~pybpf.loader.facts.KernelFacts`) replaces every kernel fact.
+    """
     from ..collection import Object
+    from .facts import KernelFacts
+    if facts is None:
+        if isinstance(target_btf, (str, os.PathLike)):
+            from ..spec.btf import BTF as _BTF
+            target_btf = _BTF.load(os.fspath(target_btf))
+        facts = KernelFacts.running(btf=target_btf)
     # link first: it is pure, so an object pybpf cannot handle (externs, CO-RE, bad
     # relocations) fails with its own message before anything is put in the kernel
     linked = {}
@@ -261,7 +272,7 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True):
                 f"program {name!r} (section {pspec.section!r}) needs an attach_btf_id from kernel BTF "
                 f"(tp_btf, fentry, fexit, fmod_ret, lsm, iter), which pybpf does not resolve yet")
         try:
-            linked[name] = link_program(spec, pspec)
+            linked[name] = link_program(spec, pspec, facts)
         except ObjectError as e:
             raise type(e)(f"{spec.path}: {e}") from None
     obj = Object(spec)
@@ -285,7 +296,7 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True):
         fds = {name: m.fd for name, m in obj.maps.items()}
         for name, lp in linked.items():
             pspec = spec.programs[name]
-            fd = load_program(pspec, lp, lp.with_map_fds(fds), obj._btf_fd)
+            fd = load_program(pspec, lp, lp.with_map_fds(fds), obj._btf_fd, btf=spec.btf)
             obj._add_program(pspec, fd, lp)
     except BaseException:
         obj.close()

@@ -80,15 +80,19 @@ class LinkedProgram:
         return best
 
 
-def link_program(spec: ObjectSpec, prog: ProgramSpec) -> LinkedProgram:
-    """Link ``prog``: append called subprograms, rebase BTF line/func info, collect map references."""
-    return _Linker(spec, prog).link()
+def link_program(spec: ObjectSpec, prog: ProgramSpec, facts=None) -> LinkedProgram:
+    """Link ``prog``: append called subprograms, rebase BTF line/func info, collect map references.
+
+    ``facts`` (a :class:`~pybpf.loader.facts.KernelFacts`) carries what the target
+    kernel looks like, for relocations that depend on it (CO-RE, externs)."""
+    return _Linker(spec, prog, facts).link()
 
 
 class _Linker:
-    def __init__(self, spec: ObjectSpec, prog: ProgramSpec):
+    def __init__(self, spec: ObjectSpec, prog: ProgramSpec, facts=None):
         self.spec = spec
         self.prog = prog
+        self.facts = facts
         self.insns = bytearray()
         self.placed: dict[int, int] = {}
         self.layout: list[tuple[FunctionSpec, int]] = []
