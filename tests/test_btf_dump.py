@@ -320,7 +320,8 @@ def test_tiny_blob_c_dump():
         "enum big_unsigned {\n\tHUGE = 18446744073709551584ULL,\n\tONE = 1ULL,\n};\n\n",
         "enum unsigned_e {\n\tU_BIG = 4294967295,\n\tPLUS___2 = 2,\n};\n\n",
         "struct opaque;\n\nunion opaque_u;\n\n",
-        "\tconst char cs;\n\tconst volatile int cv;\n\tconst char * restrict rp;\n\tenum {\n\t\tANON_ONE = 1,\n\t} e;\n",
+        "\tconst char cs;\n\tconst volatile int cv;\n\tconst char * restrict rp;\n"
+        "\tenum {\n\t\tANON_ONE = 1,\n\t} e;\n",
         "struct dup {\n\tint a;\n};\n\ntypedef struct dup dup_t;\n\n"
         "struct dup___2 {\n\tlong a;\n};\n\ntypedef struct dup___2 dup_t___2;\n\n",
         "enum {\n\tTOP_A = 0,\n\tTOP_B = 1,\n};\n\nenum fwd_enum;\n\n",

@@ -25,8 +25,10 @@ from __future__ import annotations
 import io
 import os
 import struct
-import sys
 from typing import Optional, Union
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
 
 from ..errors import BTFError, ObjectError
 from .btf import BTF, BTF_MAGIC, MODIFIERS, Kind
@@ -59,16 +61,15 @@ def btf_from_file(path: Union[str, os.PathLike], base: Optional[BTF] = None) -> 
 
 
 def _elf_btf_section(data: bytes, path: str) -> bytes:
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
     try:
         elf = ELFFile(io.BytesIO(data))
         sec = elf.get_section_by_name(".BTF")
         if sec is None:
             raise BTFError(f"{path}: ELF file has no .BTF section (compile with clang -g)")
-        if sec["sh_type"] == "SHT_NOBITS" or sec["sh_offset"] + sec["sh_size"] > len(data):
-            raise BTFError(f"{path}: .BTF section runs past the end of the file (truncated?)")
+        if sec["sh_type"] == "SHT_NOBITS":
+            raise BTFError(f"{path}: the .BTF section has no contents (SHT_NOBITS)")
+        if sec["sh_offset"] + sec["sh_size"] > len(data):
+            raise BTFError(f"{path}: the .BTF section runs past the end of the file (truncated?)")
         return sec.data()
     except ObjectError:
         raise
@@ -253,6 +254,16 @@ _RESOLVE_DEPTH = 32  # libbpf MAX_RESOLVE_DEPTH
 _U32_MAX = 0xFFFFFFFF
 
 
+# refuse a hole that would take more `long: 64;` lines than this (an 8 MiB hole): corrupt BTF, and
+# bpftool would print gigabytes
+_MAX_PAD_FIELDS = 1 << 20
+
+
+def _c_int(v: int) -> int:
+    """v as a C int: libbpf keeps bit offsets and sizes in ints, which wrap."""
+    return (v + 0x80000000) % 0x100000000 - 0x80000000
+
+
 def _pfx(lvl: int) -> str:
     return _PFX[lvl] if lvl < len(_PFX) else _PFX[-1]
 
@@ -302,6 +313,9 @@ class _CDump:
             elif k in (Kind.STRUCT, Kind.UNION):
                 refs = [m.type_id for m in t.members]
             elif k == Kind.FUNC_PROTO:
+                # libbpf does not count the return type as a reference
+                if t.size_or_type >= n:
+                    raise self._bad_ref(t, t.size_or_type)
                 refs = [p.type_id for p in t.params]
             elif k == Kind.DATASEC:
                 refs = [s.type_id for s in t.secinfos]
@@ -309,9 +323,12 @@ class _CDump:
                 refs = (t.size_or_type,)
             for r in refs:
                 if r >= n:
-                    raise BTFError(f"{self.btf.source}: type [{t.id}] {t.kind.name} refers to type id {r}, "
-                                   f"but the last type is [{n - 1}]")
+                    raise self._bad_ref(t, r)
                 ref[r] = 1
+
+    def _bad_ref(self, t, ref: int) -> BTFError:
+        return BTFError(f"{self.btf.source}: type [{t.id}] {t.kind.name} refers to type id {ref}, "
+                        f"but the last type is [{self.n - 1}]")
 
     def _pointer_size(self) -> int:
         """libbpf determine_ptr_size(): the size of the first 4- or 8-byte INT spelled like
@@ -382,12 +399,12 @@ class _CDump:
     def align_of(self, type_id: int) -> int:
         a = self.align_cache.get(type_id)
         if a is None:
-            a = self._align_of(type_id, 0)
+            a = self._align_of(type_id)
             self.align_cache[type_id] = a
         return a
 
-    def _align_of(self, type_id: int, depth: int) -> int:
-        if type_id == 0 or depth > 1000:
+    def _align_of(self, type_id: int) -> int:
+        if type_id == 0:
             return 0
         t = self.types[type_id]
         k = t.kind
@@ -622,21 +639,21 @@ class _CDump:
         ind = _pfx(lvl + 1)
         for m in t.members:
             m_sz = m.bitfield_size
-            m_off = m.bit_offset
+            m_off = _c_int(m.bit_offset)
             m_align = 1 if packed else self.align_of(m.type_id)
             self.emit_bit_padding(off, m_off, m_align, prev_bitfield and m_sz != 0, lvl + 1)
             out("\n" + ind)
             self.emit_type_decl(m.type_id, m.name, lvl + 1)
             if m_sz:
                 out(f": {m_sz}")
-                off = m_off + m_sz
+                off = _c_int(m_off + m_sz)
                 prev_bitfield = True
             else:
-                off = m_off + max(0, self.resolve_size(m.type_id)) * 8
+                off = _c_int(m_off + _c_int(max(0, self.resolve_size(m.type_id))) * 8)
                 prev_bitfield = False
             out(";")
         if is_struct:
-            self.emit_bit_padding(off, t.size_or_type * 8, align, False, lvl + 1)
+            self.emit_bit_padding(off, _c_int(t.size_or_type * 8), align, False, lvl + 1)
         # an empty struct stays on one line: `struct {}`
         if t.vlen or t.size_or_type:
             out(f"\n{_pfx(lvl)}}}")
@@ -665,17 +682,17 @@ class _CDump:
                     or (new != nxt and nxt - new <= new - cur)):
                 out(f"\n{ind}{pad_type}: {new - cur if in_bitfield else 0};")
             cur = new
-        while cur != nxt:
-            bits = min(nxt - cur, pad_bits)
-            if bits == pad_bits:
-                out(f"\n{ind}{pad_type}: {pad_bits};")
-                cur += bits
-                continue
-            # the remainder: the smallest pad type that covers it
+        # fill with whole pads, then the remainder with the smallest pad type that covers it
+        full, rest = divmod(nxt - cur, pad_bits)
+        if full > _MAX_PAD_FIELDS:
+            raise BTFError(f"{self.btf.source}: a {nxt - cur}-bit hole in a struct would take {full} padding "
+                           f"fields; the BTF looks corrupt")
+        if full:
+            out(f"\n{ind}{pad_type}: {pad_bits};" * full)
+        if rest:
             for pad_type, pad_bits in reversed(pads):
-                if pad_bits >= bits:
-                    out(f"\n{ind}{pad_type}: {bits};")
-                    cur += bits
+                if pad_bits >= rest:
+                    out(f"\n{ind}{pad_type}: {rest};")
                     break
 
     # -- declarations (btf_dump_emit_type_decl / emit_type_chain) --------------------------------
@@ -826,8 +843,6 @@ def format_c(btf: BTF) -> str:
     cannot be written as C (an unsatisfiable type cycle, a reference past the
     last type).
     """
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 20000))
     try:
         d = _CDump(btf)
         d.out.append(_HEADER)
@@ -835,7 +850,6 @@ def format_c(btf: BTF) -> str:
             d.dump_type(type_id)
         d.out.append(_FOOTER)
     except RecursionError:
-        raise BTFError(f"{btf.source}: type chains nest too deeply to dump as C") from None
-    finally:
-        sys.setrecursionlimit(limit)
+        # vmlinux nests 25 calls deep at most: this is a loop (e.g. a typedef of itself)
+        raise BTFError(f"{btf.source}: type references loop or nest too deeply to dump as C") from None
     return "".join(d.out)
