@@ -431,6 +431,16 @@ def test_unsatisfiable_type_cycle_raises():
         format_c(BTF(b.to_bytes(), source="cycle"))
 
 
+def test_absurd_padding_hole_raises():
+    # a 256 MiB array in an 8-byte struct: libbpf's int offsets wrap and bpftool prints 33 M
+    # `long: 64;` lines; we refuse
+    b = BTFBuilder()
+    INT = b.int_("int", 4, enc=1)
+    b.struct("broken", 8, [("a", INT, 0), ("b", b.array(INT, 1 << 26), 32)])
+    with pytest.raises(BTFError, match=r"type \[3\] STRUCT 'broken': a 2147483648-bit hole"):
+        format_c(BTF(b.to_bytes(), source="hole"))
+
+
 # -- opening files ----------------------------------------------------------------------------------
 
 

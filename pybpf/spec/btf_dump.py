@@ -641,7 +641,7 @@ class _CDump:
             m_sz = m.bitfield_size
             m_off = _c_int(m.bit_offset)
             m_align = 1 if packed else self.align_of(m.type_id)
-            self.emit_bit_padding(off, m_off, m_align, prev_bitfield and m_sz != 0, lvl + 1)
+            self.emit_bit_padding(t, off, m_off, m_align, prev_bitfield and m_sz != 0, lvl + 1)
             out("\n" + ind)
             self.emit_type_decl(m.type_id, m.name, lvl + 1)
             if m_sz:
@@ -653,7 +653,7 @@ class _CDump:
                 prev_bitfield = False
             out(";")
         if is_struct:
-            self.emit_bit_padding(off, _c_int(t.size_or_type * 8), align, False, lvl + 1)
+            self.emit_bit_padding(t, off, _c_int(t.size_or_type * 8), align, False, lvl + 1)
         # an empty struct stays on one line: `struct {}`
         if t.vlen or t.size_or_type:
             out(f"\n{_pfx(lvl)}}}")
@@ -662,8 +662,8 @@ class _CDump:
         if packed:
             out(" __attribute__((packed))")
 
-    def emit_bit_padding(self, cur: int, nxt: int, next_align: int, in_bitfield: bool, lvl: int) -> None:
-        """Explicit `type: bits;` fields for a gap the compiler would not leave by itself."""
+    def emit_bit_padding(self, t, cur: int, nxt: int, next_align: int, in_bitfield: bool, lvl: int) -> None:
+        """Explicit `type: bits;` fields in struct t for a gap the compiler would not leave by itself."""
         if cur >= nxt:
             return
         out = self.out.append
@@ -685,8 +685,8 @@ class _CDump:
         # fill with whole pads, then the remainder with the smallest pad type that covers it
         full, rest = divmod(nxt - cur, pad_bits)
         if full > _MAX_PAD_FIELDS:
-            raise BTFError(f"{self.btf.source}: a {nxt - cur}-bit hole in a struct would take {full} padding "
-                           f"fields; the BTF looks corrupt")
+            raise BTFError(f"{self.btf.source}: type [{t.id}] {t.kind.name} '{t.name}': a {nxt - cur}-bit "
+                           f"hole would take {full} padding fields; the BTF looks corrupt")
         if full:
             out(f"\n{ind}{pad_type}: {pad_bits};" * full)
         if rest:
