@@ -185,3 +185,59 @@ def test_verifier_rejection_shows_source_line():
     assert "val = v[idx]; /* deliberate out-of-bounds */" in proc.stderr
     assert "invalid access to map value" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _run(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "pybpf", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_inspect_describes_programs_maps_and_globals():
+    """Offline, as a student would look at the tutorial object (no root needed)."""
+    proc = _run("inspect", program("user_ringbuf"))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "kill_exit: section 'tracepoint/syscalls/sys_exit_kill', TRACEPOINT" in out
+    assert "subprograms: do_nothing_cb" in out
+    assert "relocations: map user_ringbuf, map kernel_ringbuf, global read" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    maps = {r[0]: r for r in rows}
+    assert maps["user_ringbuf"][1:5] == ["USER_RINGBUF", "0", "0", "262144"]
+    assert maps["kernel_ringbuf"][1:5] == ["RINGBUF", "0", "0", "262144"]
+    assert maps["user_rin.bss"][1:6] == ["ARRAY", "4", "24", "1", "MMAPABLE"]
+    assert [".bss", "0", "4", "int", "read", "0"] in rows
+
+
+def test_inspect_struct_layout_shows_holes_and_padding():
+    proc = _run("inspect", program("globals_test"), "--type", "struct data_struct")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "struct data_struct {"
+    offsets = {l.split()[1].rstrip(";").split("[")[0]: l.split("/*")[1].split()[:2]
+               for l in lines if "/*" in l and ";" in l.split("/*")[0]}
+    assert offsets == {"x": ["0", "4"], "y": ["4", "2"], "z": ["6", "2"], "w": ["8", "8"]}
+    assert "size: 16, cachelines: 1, members: 4" in proc.stdout
+
+
+def test_inspect_disasm_names_helpers_maps_and_source():
+    proc = _run("inspect", program("user_ringbuf"), "--disasm")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "r1 = map[user_ringbuf]" in out
+    assert "r2 = subprog[+6#do_nothing_cb]" in out
+    assert "call bpf_user_ringbuf_drain#209" in out
+    assert "; bpf_user_ringbuf_drain(&user_ringbuf, do_nothing_cb, NULL, 0);" in out
+    assert "long do_nothing_cb(struct bpf_dynptr * dynptr, void * context):" in out
+
+
+@pytest.mark.parametrize("fmt", ["raw", "c"])
+def test_btf_dump_matches_bpftool(fmt):
+    import shutil
+    bpftool = shutil.which("bpftool") or ("/usr/sbin/bpftool" if os.path.exists("/usr/sbin/bpftool") else None)
+    if bpftool is None:
+        pytest.skip("bpftool is not installed (tools/install-test-deps.sh installs it)")
+    ours = _run("btf", "dump", program("user_ringbuf"), "--format", fmt)
+    assert ours.returncode == 0, ours.stderr
+    extra = ["format", "c"] if fmt == "c" else []
+    theirs = subprocess.run([bpftool, "btf", "dump", "file", program("user_ringbuf"), *extra],
+                            capture_output=True, text=True, check=True)
+    assert ours.stdout == theirs.stdout

@@ -526,12 +526,15 @@ class BTF:
         if self.base is not None:
             return self.base.pointer_size
         if self._ptr_size is None:
-            longs = ("long", "long int", "int long", "unsigned long", "long unsigned", "unsigned long int",
+            longs = {"long", "long int", "int long", "unsigned long", "long unsigned", "unsigned long int",
                      "unsigned int long", "long unsigned int", "long int unsigned", "int unsigned long",
-                     "int long unsigned")
-            ints = [t for name in longs for t in self.by_name(name, Kind.INT) if t.size_or_type in (4, 8)]
-            # the first such INT in id order decides
-            self._ptr_size = min(ints, key=lambda t: t.id).size_or_type if ints else 8
+                     "int long unsigned"}
+            self._ptr_size = 8
+            # the first 'long' INT in id order decides; only INT records are decoded
+            for t in self.by_kind(Kind.INT):
+                if t.name in longs and t.size_or_type in (4, 8):
+                    self._ptr_size = t.size_or_type
+                    break
         return self._ptr_size
 
     def type_name(self, type_id: int) -> str:
