@@ -88,6 +88,9 @@ EXPECTED_PROGRAMS = {
                      "drain": ("syscall", ProgType.SYSCALL, None, "")},
     "link_test": {"link_main": ("syscall", ProgType.SYSCALL, None, ""),
                   "not_autoloaded": ("?syscall", ProgType.SYSCALL, None, "")},
+    "bench_ringbuf": {"produce": ("syscall", ProgType.SYSCALL, None, ""),
+                      "drain": ("syscall", ProgType.SYSCALL, None, "")},
+    "perf_test": {"output": ("raw_tp", ProgType.RAW_TRACEPOINT, None, "")},
 }
 
 
