@@ -13,6 +13,10 @@ from .spec.object import decode_value, encode_value
 
 _PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH,
                            MapType.PERCPU_CGROUP_STORAGE})
+# maps without keys: values are pushed and popped (peeked for bloom filters)
+_QUEUE_STACK = (MapType.QUEUE, MapType.STACK)
+_KEYLESS = (MapType.QUEUE, MapType.STACK, MapType.BLOOM_FILTER)
+_RAISE = object()
 # maps that have no key/value interface from user space
 _NO_ELEMENTS = frozenset({MapType.RINGBUF, MapType.USER_RINGBUF})
 
@@ -227,6 +231,45 @@ class Map:
             prot = mmap.PROT_READ if self.flags & BPF_F_RDONLY_PROG else mmap.PROT_READ | mmap.PROT_WRITE
             self._mmap = mmap.mmap(self.fd, size, mmap.MAP_SHARED, prot)
         return self._mmap
+
+    # -- queues, stacks and bloom filters (maps without keys) ------------------------------
+
+    def _check_keyless(self, what: str, types) -> None:
+        if self.type not in types:
+            raise Error(f"map {self.name!r} is a {_type_name(self.type)}: {what} is for "
+                        f"{' and '.join(_type_name(t) for t in types)} maps")
+
+    def push(self, value, flags: int = 0) -> None:
+        """Push ``value`` onto a queue or stack map, or add it to a bloom filter.
+        ``flags=BPF_EXIST`` (2) makes a full queue/stack drop its oldest element instead of failing."""
+        self._check_keyless("push()", _KEYLESS)
+        sc.map_update_elem(self.fd, None, self._encode_value(value), flags)
+
+    def pop(self, default=_RAISE):
+        """Remove and return the next value of a queue (oldest) or stack (newest).
+        When it is empty: ``default`` if given, else KeyError."""
+        self._check_keyless("pop()", _QUEUE_STACK)
+        buf = self._value_buffer()
+        if not sc.map_lookup_and_delete_elem(self.fd, None, buf):
+            if default is _RAISE:
+                raise KeyError(f"map {self.name!r} is empty")
+            return default
+        return self._decode_value(buf)
+
+    def peek(self, default=_RAISE):
+        """The next value of a queue or stack map without removing it (``default`` or KeyError when empty)."""
+        self._check_keyless("peek()", _QUEUE_STACK)
+        buf = self._value_buffer()
+        if not sc.map_lookup_elem(self.fd, None, buf):
+            if default is _RAISE:
+                raise KeyError(f"map {self.name!r} is empty")
+            return default
+        return self._decode_value(buf)
+
+    def may_contain(self, value) -> bool:
+        """Bloom filter test: False means ``value`` was never pushed; True means it probably was."""
+        self._check_keyless("may_contain()", (MapType.BLOOM_FILTER,))
+        return sc.map_lookup_elem(self.fd, None, self._encode_value(value))
 
 
 _MISSING = object()

@@ -128,3 +128,35 @@ class Program:
         if self._owner is not None:
             self._owner._links.append(link)
         return link
+
+    def iterate(self, **options):
+        """Attach an iterator program (SEC("iter/<target>")) and return a
+        :class:`pybpf.iter.Iterator`: ``read()`` runs it and returns its output,
+        ``lines()`` yields the lines.  ``options``: ``map=`` for map iterators,
+        ``tid=``/``pid=``/``pid_fd=`` for task iterators, ``cgroup_fd=``/``order=``
+        for cgroup iterators."""
+        from .iter import attach_iter
+        it = attach_iter(self, **options)
+        if self._owner is not None:
+            self._owner._links.append(it)
+        return it
+
+    def attach_uprobe(self, target: Optional[str] = None, *, pid: int = -1, retprobe: Optional[bool] = None):
+        """Attach a uprobe/uretprobe program to ``"PATH:FUNC[+OFFSET]"`` (default: its section's
+        target), in process ``pid`` only (-1: every process)."""
+        from .links import attach_uprobe
+        if retprobe is None:
+            retprobe = self.spec.sec_def.attach == "uretprobe"
+        link = attach_uprobe(self, target if target is not None else self.spec.attach_target, retprobe, pid)
+        if self._owner is not None:
+            self._owner._links.append(link)
+        return link
+
+    def attach_cgroup(self, cgroup):
+        """Attach a cgroup program (cgroup_skb/ingress, cgroup/connect4...) to a cgroup v2
+        directory (a path, or an open fd) with a BPF link."""
+        from .links import attach_cgroup
+        link = attach_cgroup(self, cgroup)
+        if self._owner is not None:
+            self._owner._links.append(link)
+        return link

@@ -91,6 +91,20 @@ EXPECTED_PROGRAMS = {
     "bench_ringbuf": {"produce": ("syscall", ProgType.SYSCALL, None, ""),
                       "drain": ("syscall", ProgType.SYSCALL, None, "")},
     "perf_test": {"output": ("raw_tp", ProgType.RAW_TRACEPOINT, None, "")},
+    "btf_programs": {
+        "count_getpid_btf": ("tp_btf/sys_enter", ProgType.TRACING, AttachType.TRACE_RAW_TP, "sys_enter"),
+        "dump_task": ("iter/task", ProgType.TRACING, AttachType.TRACE_ITER, "task"),
+        "dump_squares": ("iter/bpf_map_elem", ProgType.TRACING, AttachType.TRACE_ITER, "bpf_map_elem"),
+        "on_unlink_entry": ("?fentry/do_unlinkat", ProgType.TRACING, AttachType.TRACE_FENTRY, "do_unlinkat"),
+        "on_unlink_exit": ("?fexit/do_unlinkat", ProgType.TRACING, AttachType.TRACE_FEXIT, "do_unlinkat"),
+        "modify_return": ("?fmod_ret/bpf_modify_return_test", ProgType.TRACING, AttachType.MODIFY_RETURN,
+                          "bpf_modify_return_test"),
+        "on_file_open": ("?lsm/file_open", ProgType.LSM, AttachType.LSM_MAC, "file_open"),
+        "on_unlink_sleepable": ("?fentry.s/do_unlinkat", ProgType.TRACING, AttachType.TRACE_FENTRY,
+                                "do_unlinkat"),
+        "missing_target": ("?tp_btf/no_such_tracepoint", ProgType.TRACING, AttachType.TRACE_RAW_TP,
+                           "no_such_tracepoint"),
+    },
 }
 
 

@@ -84,36 +84,64 @@ def load_btf(raw: bytes) -> int:
         return fd  # passed with a log: keep it
 
 
-def create_map(spec: MapSpec, btf_fd: int = -1, inner_fd: int = -1) -> int:
-    """BPF_MAP_CREATE for one MapSpec; returns the fd. BTF key/value types are passed when
-    known, and dropped on a retry if the kernel refuses them (as libbpf does)."""
+# map types created without BTF key/value types (libbpf bpf_object__create_map: the
+# kernel has no BTF check for them, or refuses BTF)
+_NO_BTF_MAP_TYPES = frozenset({
+    MapType.PERF_EVENT_ARRAY, MapType.CGROUP_ARRAY, MapType.STACK_TRACE, MapType.ARRAY_OF_MAPS,
+    MapType.HASH_OF_MAPS, MapType.DEVMAP, MapType.DEVMAP_HASH, MapType.CPUMAP, MapType.XSKMAP,
+    MapType.SOCKMAP, MapType.SOCKHASH, MapType.QUEUE, MapType.STACK, MapType.ARENA,
+    MapType.PROG_ARRAY, MapType.REUSEPORT_SOCKARRAY,
+})
+# the kernel requires BPF_F_NO_PREALLOC for these (trie_alloc_check, bpf_local_storage_map_alloc_check)
+_NO_PREALLOC_MAP_TYPES = frozenset({
+    MapType.LPM_TRIE, MapType.SK_STORAGE, MapType.INODE_STORAGE, MapType.TASK_STORAGE, MapType.CGRP_STORAGE,
+})
+BPF_F_NO_PREALLOC = 1 << 0
+BPF_F_MMAPABLE = 1 << 10
+
+
+def map_create_attr(spec: MapSpec, btf_fd: int = -1, inner_fd: int = -1, with_btf: bool = True) -> MapCreateAttr:
+    """The BPF_MAP_CREATE attributes for ``spec`` (no kernel access): ring buffer sizes
+    rounded to page * 2^k, perf event arrays sized to the possible CPUs, flags the kernel
+    requires added (BPF_F_NO_PREALLOC for LPM tries and local storage, BPF_F_MMAPABLE for
+    arenas), BTF types only for map types that take them."""
     max_entries = spec.max_entries
     key_size, value_size = spec.key_size, spec.value_size
+    flags = spec.flags
     if spec.type in (MapType.RINGBUF, MapType.USER_RINGBUF):
         max_entries = _ringbuf_size(max_entries)
     elif spec.type == MapType.PERF_EVENT_ARRAY:
         key_size, value_size = key_size or 4, value_size or 4
         max_entries = max_entries or possible_cpus()
+    elif spec.type in _NO_PREALLOC_MAP_TYPES:
+        flags |= BPF_F_NO_PREALLOC
+    elif spec.type == MapType.ARENA:
+        flags |= BPF_F_MMAPABLE
+    a = MapCreateAttr(map_type=spec.type, key_size=key_size, value_size=value_size,
+                      max_entries=max_entries, map_flags=flags, numa_node=spec.numa_node,
+                      map_extra=spec.map_extra, map_name=_kernel_name(spec.name))
+    if inner_fd >= 0:
+        a.inner_map_fd = inner_fd
+    if with_btf and btf_fd >= 0 and (spec.key_type_id or spec.value_type_id) and spec.type not in _NO_BTF_MAP_TYPES:
+        a.btf_fd = btf_fd
+        a.btf_key_type_id = spec.key_type_id
+        a.btf_value_type_id = spec.value_type_id
+    return a
 
-    def attr(with_btf: bool) -> MapCreateAttr:
-        a = MapCreateAttr(map_type=spec.type, key_size=key_size, value_size=value_size,
-                          max_entries=max_entries, map_flags=spec.flags, numa_node=spec.numa_node,
-                          map_extra=spec.map_extra, map_name=_kernel_name(spec.name))
-        if inner_fd >= 0:
-            a.inner_map_fd = inner_fd
-        if with_btf and btf_fd >= 0 and (spec.key_type_id or spec.value_type_id):
-            a.btf_fd = btf_fd
-            a.btf_key_type_id = spec.key_type_id
-            a.btf_value_type_id = spec.value_type_id
-        return a
 
+def create_map(spec: MapSpec, btf_fd: int = -1, inner_fd: int = -1) -> int:
+    """BPF_MAP_CREATE for one MapSpec; returns the fd. BTF key/value types are passed when
+    known, and dropped on a retry if the kernel refuses them (as libbpf does)."""
+    max_entries = map_create_attr(spec).max_entries
+
+    first = map_create_attr(spec, btf_fd, inner_fd, True)
     try:
-        return sc.bpf(Cmd.MAP_CREATE, attr(True))
+        return sc.bpf(Cmd.MAP_CREATE, first)
     except SyscallError as e:
-        if e.errno in (_errno.EPERM, _errno.EACCES) or btf_fd < 0 or not (spec.key_type_id or spec.value_type_id):
+        if e.errno in (_errno.EPERM, _errno.EACCES) or not first.btf_fd:
             raise _map_error(spec, max_entries, e) from None
     try:
-        return sc.bpf(Cmd.MAP_CREATE, attr(False))
+        return sc.bpf(Cmd.MAP_CREATE, map_create_attr(spec, btf_fd, inner_fd, False))
     except SyscallError as e:
         raise _map_error(spec, max_entries, e) from None
 
@@ -178,26 +206,33 @@ def _verifier_summary(log: str, linked: Optional[LinkedProgram] = None, btf=None
     return reason, "\n".join(details)
 
 
-def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf_fd: int,
-                 attach_btf_id: int = 0, attach_btf_obj_fd: int = 0, btf=None) -> int:
-    """BPF_PROG_LOAD; on rejection reload with a verifier log and raise VerifierError."""
-    sec = prog.sec_def
-    insn_buf = (ctypes.c_char * len(insns)).from_buffer(insns)
-    license = ctypes.create_string_buffer((prog.license or "").encode())
-    fi = (ctypes.c_uint32 * (2 * len(linked.func_info)))(*[v for rec in linked.func_info for v in rec])
-    li = (ctypes.c_uint32 * (4 * len(linked.line_info)))(*[v for rec in linked.line_info for v in rec])
-    flags = 0
-    if sec.flags & S.SLEEPABLE:
-        from ..kernel.constants import BPF_F_SLEEPABLE
-        flags |= BPF_F_SLEEPABLE
-    if sec.flags & S.XDP_FRAGS:
-        from ..kernel.constants import BPF_F_XDP_HAS_FRAGS
-        flags |= BPF_F_XDP_HAS_FRAGS
+class ProgLoadRequest:
+    """The BPF_PROG_LOAD attributes for one program, with the buffers they point to kept alive.
 
-    def attr(log_buf=None) -> ProgLoadAttr:
-        a = ProgLoadAttr(prog_type=prog.prog_type, insn_cnt=len(insns) // 8, insns=ctypes.addressof(insn_buf),
-                         license=ctypes.addressof(license), kern_version=prog.kern_version, prog_flags=flags,
-                         prog_name=_kernel_name(prog.name), attach_btf_id=attach_btf_id)
+    ``attr`` is exactly what the loader sends (without a verifier log); building it touches
+    no kernel, so tests can check program type, expected attach type, attach_btf_id and
+    flags offline.  ``attr_with_log(buf)`` is the same with a log buffer.
+    """
+
+    def __init__(self, prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf_fd: int = -1,
+                 attach_btf_id: int = 0, attach_btf_obj_fd: int = 0):
+        sec = prog.sec_def
+        self._insns = insns
+        self._insn_buf = (ctypes.c_char * len(insns)).from_buffer(insns)
+        self._license = ctypes.create_string_buffer((prog.license or "").encode())
+        self._fi = (ctypes.c_uint32 * (2 * len(linked.func_info)))(*[v for rec in linked.func_info for v in rec])
+        self._li = (ctypes.c_uint32 * (4 * len(linked.line_info)))(*[v for rec in linked.line_info for v in rec])
+        flags = 0
+        if sec.flags & S.SLEEPABLE:
+            from ..kernel.constants import BPF_F_SLEEPABLE
+            flags |= BPF_F_SLEEPABLE
+        if sec.flags & S.XDP_FRAGS:
+            from ..kernel.constants import BPF_F_XDP_HAS_FRAGS
+            flags |= BPF_F_XDP_HAS_FRAGS
+        a = ProgLoadAttr(prog_type=prog.prog_type, insn_cnt=len(insns) // 8,
+                         insns=ctypes.addressof(self._insn_buf), license=ctypes.addressof(self._license),
+                         kern_version=prog.kern_version, prog_flags=flags, prog_name=_kernel_name(prog.name),
+                         attach_btf_id=attach_btf_id)
         if prog.expected_attach_type is not None:
             a.expected_attach_type = prog.expected_attach_type
         if attach_btf_obj_fd:
@@ -205,16 +240,50 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
         if btf_fd >= 0 and linked.func_info:
             a.prog_btf_fd = btf_fd
             a.func_info_rec_size = 8
-            a.func_info = ctypes.addressof(fi)
+            a.func_info = ctypes.addressof(self._fi)
             a.func_info_cnt = len(linked.func_info)
             a.line_info_rec_size = 16
-            a.line_info = ctypes.addressof(li)
+            a.line_info = ctypes.addressof(self._li)
             a.line_info_cnt = len(linked.line_info)
-        if log_buf is not None:
-            a.log_level = 1
-            a.log_buf = ctypes.addressof(log_buf)
-            a.log_size = len(log_buf)
+        self.attr = a
+
+    def attr_with_log(self, log_buf) -> ProgLoadAttr:
+        a = ProgLoadAttr.from_buffer_copy(self.attr)
+        a.log_level = 1
+        a.log_buf = ctypes.addressof(log_buf)
+        a.log_size = len(log_buf)
         return a
+
+
+def program_load_request(spec: ObjectSpec, name: str, facts=None) -> ProgLoadRequest:
+    """What the loader would send to load program ``name`` of ``spec``, built without the
+    kernel: linked instructions (map fds left 0), attach_btf_id resolved from ``facts``'
+    BTF for tp_btf/fentry/fexit/fmod_ret/lsm/iter.  No object BTF fd (there is none yet)."""
+    pspec = spec.programs[name]
+    linked = link_program(spec, pspec, facts)
+    attach_btf_id = 0
+    if pspec.sec_def.flags & S.ATTACH_BTF:
+        from .attach_btf import resolve_attach_btf
+        attach_btf_id = resolve_attach_btf(pspec, facts).btf_id
+    insns = linked.with_map_fds({ref.map_name: 0 for ref in linked.map_refs})
+    return ProgLoadRequest(pspec, linked, insns, -1, attach_btf_id)
+
+
+# attach types whose programs need a BPF trampoline in the kernel
+_TRAMPOLINE_ATTACH = frozenset({"TRACE_FENTRY", "TRACE_FEXIT", "MODIFY_RETURN", "LSM_MAC", "LSM_CGROUP"})
+
+
+def _needs_trampoline(prog: ProgramSpec) -> bool:
+    return prog.sec_def.attach_type in _TRAMPOLINE_ATTACH or prog.sec_def.prog_type == "EXT"
+
+
+def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf_fd: int,
+                 attach_btf_id: int = 0, attach_btf_obj_fd: int = 0, btf=None) -> int:
+    """BPF_PROG_LOAD; on rejection reload with a verifier log and raise VerifierError."""
+    request = ProgLoadRequest(prog, linked, insns, btf_fd, attach_btf_id, attach_btf_obj_fd)
+
+    def attr(log_buf=None) -> ProgLoadAttr:
+        return request.attr_with_log(log_buf) if log_buf is not None else request.attr
 
     try:
         return sc.bpf(Cmd.PROG_LOAD, attr())
@@ -236,6 +305,11 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
             break
     where = f"program {prog.name!r} (section {prog.section!r}, {ProgType(prog.prog_type).name})"
     if not log.strip():
+        if failure.errno == _errno.EPERM and os.geteuid() == 0 and _needs_trampoline(prog):
+            raise NotSupportedError(
+                f"{where}: not permitted by this kernel (no BPF trampolines): fentry, fexit, fmod_ret, lsm "
+                f"and freplace programs cannot be loaded here (BPF_PROG_LOAD failed with EPERM and an "
+                f"empty verifier log)") from None
         if failure.errno == _errno.EPERM and os.geteuid() == 0:
             raise NotSupportedError(
                 f"{where}: loading was not permitted by this kernel (EPERM with an empty verifier log; "
@@ -264,17 +338,18 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
     # link first: it is pure, so an object pybpf cannot handle (externs, CO-RE, bad
     # relocations) fails with its own message before anything is put in the kernel
     linked = {}
+    attach_btf = {}
     for name, pspec in spec.programs.items():
         if not pspec.autoload:
             continue
         if pspec.sec_def.flags & S.ATTACH_BTF:
-            raise NotSupportedError(
-                f"program {name!r} (section {pspec.section!r}) needs an attach_btf_id from kernel BTF "
-                f"(tp_btf, fentry, fexit, fmod_ret, lsm, iter), which pybpf does not resolve yet")
+            from .attach_btf import resolve_attach_btf
+            attach_btf[name] = resolve_attach_btf(pspec, facts)
         try:
             linked[name] = link_program(spec, pspec, facts)
         except ObjectError as e:
             raise type(e)(f"{spec.path}: {e}") from None
+    _check_map_values(spec)
     obj = Object(spec)
     try:
         if btf and spec.btf is not None:
@@ -294,11 +369,58 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
                 if mspec.readonly:
                     sc.map_freeze(fd)
         fds = {name: m.fd for name, m in obj.maps.items()}
+        # map-in-map slots once every map exists (libbpf init_map_in_map_slots)
+        for name, mspec in spec.maps.items():
+            if mspec.inner is not None:
+                _fill_slots(mspec, obj.maps[name].fd, fds, "map")
         for name, lp in linked.items():
             pspec = spec.programs[name]
-            fd = load_program(pspec, lp, lp.with_map_fds(fds), obj._btf_fd, btf=spec.btf)
+            target = attach_btf.get(name)
+            obj_fd = module_fd = 0
+            if target is not None and target.in_module:
+                from .attach_btf import module_btf_fd
+                obj_fd = module_fd = module_btf_fd(target.module)
+            try:
+                fd = load_program(pspec, lp, lp.with_map_fds(fds), obj._btf_fd,
+                                  attach_btf_id=target.btf_id if target else 0, attach_btf_obj_fd=obj_fd,
+                                  btf=spec.btf)
+            finally:
+                if module_fd:
+                    os.close(module_fd)
             obj._add_program(pspec, fd, lp)
+        # prog array slots once the programs are loaded (libbpf init_prog_array_slots)
+        prog_fds = {name: p.fd for name, p in obj.programs.items()}
+        for name, mspec in spec.maps.items():
+            if mspec.type == MapType.PROG_ARRAY and mspec.values:
+                _fill_slots(mspec, obj.maps[name].fd, prog_fds, "program")
     except BaseException:
         obj.close()
         raise
     return obj
+
+
+def _check_map_values(spec: ObjectSpec) -> None:
+    """Before anything is created: every initial slot names something that will exist."""
+    for name, mspec in spec.maps.items():
+        for slot, target in sorted(mspec.values.items()):
+            if slot >= mspec.max_entries and mspec.type != MapType.HASH_OF_MAPS:
+                raise Error(f"map {name!r}: values[{slot}] is outside its {mspec.max_entries} entries")
+            if mspec.type == MapType.PROG_ARRAY:
+                p = spec.programs.get(target)
+                if p is None:
+                    raise Error(f"map {name!r}: values[{slot}] names program {target!r}, which is not in the object")
+                if not p.autoload:
+                    raise Error(f"map {name!r}: values[{slot}] is program {target!r}, which is not loaded "
+                                f"(autoload is off)")
+            elif target not in spec.maps:
+                raise Error(f"map {name!r}: values[{slot}] names map {target!r}, which is not in the object")
+
+
+def _fill_slots(mspec: MapSpec, fd: int, fds: dict, what: str) -> None:
+    for slot, target in sorted(mspec.values.items()):
+        try:
+            sc.map_update_elem(fd, bytearray(slot.to_bytes(4, "little")),
+                               bytearray(fds[target].to_bytes(4, "little")))
+        except SyscallError as e:
+            raise type(e)(e.command, e.errno, f"map {mspec.name!r}: cannot put {what} {target!r} in "
+                                              f"values[{slot}]") from None

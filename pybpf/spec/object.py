@@ -55,6 +55,10 @@ RECORD_TAG = "pybpf:record="
 
 # map types used while parsing (values from include/uapi/linux/bpf.h)
 MAP_TYPE_ARRAY = 2
+MAP_TYPE_PROG_ARRAY = 3
+MAP_TYPE_ARRAY_OF_MAPS = 12
+MAP_TYPE_HASH_OF_MAPS = 13
+_VALUES_MAP_TYPES = (MAP_TYPE_PROG_ARRAY, MAP_TYPE_ARRAY_OF_MAPS, MAP_TYPE_HASH_OF_MAPS)
 MAP_TYPE_RINGBUF = 27
 MAP_TYPE_USER_RINGBUF = 31
 BPF_F_RDONLY_PROG = 1 << 7
@@ -164,6 +168,9 @@ class MapSpec:
     btf_var_id: int = 0      # the VAR (for .maps) or DATASEC (internal) type id
     inner: Optional["MapSpec"] = None
     record_type_id: int = 0  # ring buffers: the record type the program declares (pybpf:record= tag)
+    #: initial contents of a prog array / map-in-map (``__array(values, ...) = { [i] = &x }``):
+    #: slot -> program name (prog arrays) or map name (map-in-map)
+    values: dict = field(default_factory=dict)
 
     @property
     def internal(self) -> bool:
@@ -377,6 +384,7 @@ class ObjectSpec:
         self._collect_maps()
         self._collect_internal_maps()
         self._collect_relocations()
+        self._collect_map_values()
         self._drop_unused_internal_maps()
 
     def _type_str(self, sh, key: str) -> str:
@@ -549,13 +557,34 @@ class ObjectSpec:
                 setattr(spec, f"{m.name}_size", size)
                 setattr(spec, f"{m.name}_type_id", target)
             elif m.name == "values":
-                if mt is None or mt.kind != Kind.ARRAY:
-                    raise BTFError(f"map {name!r}: 'values' must be an array")
+                # __array(values, T): libbpf's rules (parse_btf_map_def)
+                if inner:
+                    raise ObjectError(f"map {name!r}: an inner map cannot have 'values' "
+                                      f"(multi-level map-in-map is not supported)")
+                if m is not st.members[-1]:
+                    raise ObjectError(f"map {name!r}: 'values' must be the last member of its definition")
+                if spec.type not in _VALUES_MAP_TYPES:
+                    raise ObjectError(f"map {name!r}: only prog arrays and map-in-maps (ARRAY_OF_MAPS, "
+                                      f"HASH_OF_MAPS) can have 'values', not map type {spec.type}")
+                if spec.value_size not in (0, 4):
+                    raise ObjectError(f"map {name!r}: value_size {spec.value_size} conflicts with 'values' "
+                                      f"(slots hold a 4-byte fd)")
+                spec.value_size = 4
+                if mt is None or mt.kind != Kind.ARRAY or mt.nelems:
+                    raise BTFError(f"map {name!r}: 'values' must be a zero-sized array (__array(values, ...))")
                 ptr = btf.resolve(mt.elem_type)
-                if ptr is not None and ptr.kind == Kind.PTR:
-                    inner_t = btf.resolve(ptr.size_or_type)
-                    if inner_t is not None and inner_t.kind == Kind.STRUCT:
-                        spec.inner = self._parse_map_def(name + ".inner", ptr.size_or_type, 0, inner=True)
+                if ptr is None or ptr.kind != Kind.PTR:
+                    raise BTFError(f"map {name!r}: 'values' must be an array of pointers")
+                target = btf.resolve(ptr.size_or_type)
+                if spec.type == MAP_TYPE_PROG_ARRAY:
+                    if target is None or target.kind != Kind.FUNC_PROTO:
+                        raise BTFError(f"map {name!r}: a prog array's 'values' must point to a function "
+                                       f"prototype (__array(values, int (void *)))")
+                    continue
+                if target is None or target.kind != Kind.STRUCT:
+                    raise BTFError(f"map {name!r}: a map-in-map's 'values' must point to the inner map's "
+                                   f"definition (a struct with __uint(type, ...) ...)")
+                spec.inner = self._parse_map_def(name + ".inner", ptr.size_or_type, 0, inner=True)
             else:
                 # __uint(name, N) is a pointer to an array of N elements
                 if mt is None or mt.kind != Kind.PTR:
@@ -569,7 +598,7 @@ class ObjectSpec:
                     raise ObjectError(f"map {name!r}: {attr} {value} conflicts with its __type size "
                                       f"{getattr(spec, attr)}")
                 setattr(spec, attr, value)
-        if not spec.type and not inner:
+        if not spec.type:
             raise ObjectError(f"map {name!r} has no type: add __uint(type, BPF_MAP_TYPE_...)")
         return spec
 
@@ -651,6 +680,57 @@ class ObjectSpec:
                 fn.relocations.append(Relocation(insn_index - fn.sec_insn_off, sym, rtype))
                 if 0 < sym.section < len(self._sections):
                     self._referenced_sections.add(self._sections[sym.section][0])
+
+    def _collect_map_values(self) -> None:
+        """Initial slots of prog arrays and map-in-maps: ``.rel.maps`` relocations point each
+        ``values[i]`` at a program (an entry function) or a map (libbpf bpf_object__collect_map_relos)."""
+        maps_idx = self._sec_index.get(".maps")
+        if maps_idx is None or self.btf is None:
+            return
+        datasecs = self.btf.by_name(".maps", Kind.DATASEC)
+        if not datasecs:
+            return
+        # (start, end, map) of each map variable in .maps
+        spans = [(si.offset, si.offset + si.size, self.btf[si.type_id].name) for si in datasecs[0].secinfos]
+        for name, sh, body in self._sections:
+            if sh["sh_type"] != "SHT_REL" or sh["sh_info"] != maps_idx:
+                continue
+            if len(body) % 16:
+                raise ObjectError(f"relocation section {name!r} is truncated")
+            for off in range(0, len(body), 16):
+                r_offset, r_info = struct.unpack_from("<QQ", body, off)
+                sym_idx = r_info >> 32
+                if sym_idx >= len(self._symbols):
+                    raise ObjectError(f".maps relocation at offset {r_offset} refers to symbol #{sym_idx}, "
+                                      f"which does not exist")
+                sym = self._symbols[sym_idx]
+                owner = next((m for lo, hi, m in spans if lo <= r_offset < hi), None)
+                if owner is None or owner not in self.maps:
+                    raise ObjectError(f".maps relocation at offset {r_offset} (to {sym.name!r}) is not inside "
+                                      f"a map definition")
+                mspec = self.maps[owner]
+                st = self.btf.resolve(self.btf[mspec.btf_var_id].size_or_type)
+                member = next((m for m in st.members if m.name == "values"), None)
+                if member is None:
+                    raise ObjectError(f"map {owner!r}: a relocation to {sym.name!r} initializes a member other "
+                                      f"than 'values'")
+                slot_off = r_offset - next(lo for lo, _, m in spans if m == owner) - member.offset
+                ptr_size = 8
+                if slot_off < 0 or slot_off % ptr_size:
+                    raise ObjectError(f"map {owner!r}: relocation to {sym.name!r} is not on a 'values' slot")
+                slot = slot_off // ptr_size
+                if mspec.type == MAP_TYPE_PROG_ARRAY:
+                    prog = next((p for p in self.programs.values()
+                                 if p.function.name == sym.name and sym.type == STT_FUNC), None)
+                    if prog is None:
+                        raise ObjectError(f"map {owner!r}: values[{slot}] = {sym.name!r}, which is not a program "
+                                          f"(an entry function in a SEC(...) program section)")
+                    mspec.values[slot] = prog.name
+                else:
+                    if self.symbol_section(sym) != ".maps" or sym.name not in self.maps:
+                        raise ObjectError(f"map {owner!r}: values[{slot}] = {sym.name!r}, which is not a map "
+                                          f"defined in SEC(\".maps\")")
+                    mspec.values[slot] = sym.name
 
     def _drop_unused_internal_maps(self) -> None:
         """Skip data sections no instruction refers to and no variable lives in (e.g. an
