@@ -29,6 +29,7 @@ from .btf import BTF, INT_BOOL, INT_CHAR, Kind
 _INTS = {(1, False): ctypes.c_uint8, (1, True): ctypes.c_int8, (2, False): ctypes.c_uint16,
          (2, True): ctypes.c_int16, (4, False): ctypes.c_uint32, (4, True): ctypes.c_int32,
          (8, False): ctypes.c_uint64, (8, True): ctypes.c_int64}
+_INT_TYPES = frozenset(_INTS.values())
 
 
 def _plain(v) -> Any:
@@ -89,6 +90,7 @@ class TypedArray(_Typed):
     """Base of generated array types (element access as usual)."""
 
     _text_ = False   # a char array: shown as a string when printable
+    _wide_int_ = None  # an integer of another size (__int128): its signedness
 
     def text(self) -> Optional[str]:
         """The C string in a char array, if printable."""
@@ -101,9 +103,7 @@ class TypedArray(_Typed):
 
     def to_python(self):
         if self._text_:
-            s = self.text()
-            if s is not None:
-                return s
+            return _char_text(bytes(self))
         return [_plain(self[i]) for i in range(len(self))]
 
     def __repr__(self) -> str:
@@ -112,6 +112,17 @@ class TypedArray(_Typed):
             if s is not None:
                 return repr(s)
         return "[" + ", ".join(_show(self[i]) for i in range(len(self))) + "]"
+
+
+def _check_int(value, bits: int, what: str) -> int:
+    """``value`` as an int that fits in ``bits`` bits (signed or unsigned); ctypes would truncate."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if not isinstance(value, int):
+        raise Error(f"{what} takes an int, not {type(value).__name__} {value!r}")
+    if not -(1 << (bits - 1)) <= value < (1 << bits):
+        raise Error(f"{what}: {value} does not fit in {bits} bits")
+    return value
 
 
 def _bitfield_property(byte_off: int, bit_off: int, bits: int, signed: bool) -> property:
@@ -128,7 +139,8 @@ def _bitfield_property(byte_off: int, bit_off: int, bits: int, signed: bool) -> 
     def set(self, value):
         buf = (ctypes.c_char * nbytes).from_buffer(self, byte_off)
         word = int.from_bytes(bytes(buf), "little")
-        word = (word & ~(mask << bit_off)) | ((int(value) & mask) << bit_off)
+        value = _check_int(value, bits, f"a {bits}-bit bitfield")
+        word = (word & ~(mask << bit_off)) | ((value & mask) << bit_off)
         buf[:] = word.to_bytes(nbytes, "little")
 
     return property(get, set)
@@ -151,11 +163,25 @@ def _text_property(field: str) -> property:
     def set(self, value):
         if isinstance(value, str):
             value = value.encode()
+        if not isinstance(value, (bytes, bytearray)):
+            raise Error(f"a char array takes str or bytes, not {type(value).__name__} {value!r}")
         arr = _raw_field(self, field)
         if len(value) > len(arr):
             raise Error(f"{len(value)} bytes do not fit in char[{len(arr)}]")
         ctypes.memset(ctypes.addressof(arr), 0, len(arr))
         ctypes.memmove(ctypes.addressof(arr), bytes(value), len(value))
+
+    return property(get, set)
+
+
+def _wide_int_property(field: str, signed: bool) -> property:
+    def get(self):
+        return int.from_bytes(bytes(_raw_field(self, field)), "little", signed=signed)
+
+    def set(self, value):
+        arr = _raw_field(self, field)
+        value = _check_int(value, 8 * len(arr), f"a {8 * len(arr)}-bit integer")
+        ctypes.memmove(ctypes.addressof(arr), value.to_bytes(len(arr), "little", signed=value < 0), len(arr))
 
     return property(get, set)
 
@@ -175,18 +201,25 @@ def _enum_property(field: str, enum_cls) -> property:
 
     def set(self, value):
         if isinstance(value, str):
-            value = enum_cls[value]
-        setattr(self, field, int(value))
+            try:
+                value = enum_cls[value]
+            except KeyError:
+                raise Error(f"{value!r} is not an enumerator of enum {enum_cls.__name__}") from None
+        bits = 8 * ctypes.sizeof(type(self)._field_types_[field])
+        setattr(self, field, _check_int(value, bits, f"enum {enum_cls.__name__}"))
 
     return property(get, set)
 
 
-_RESERVED = {"_fields_", "_pack_", "_anonymous_", "_members_", "_btf_name_", "_btf_id_", "_field_types_",
-             "_b_base_", "_b_needsfree_", "_objects", "_type_", "_length_", "_text_", "to_python", "text"}
+# attributes of the generated classes that a member must not hide; our own fields
+# (padding, raw char arrays and enums, anonymous members) have names with a space
+# in them ("pad 0"), which no C member can have
+_RESERVED = {"_fields_", "_pack_", "_anonymous_", "_members_", "_btf_name_", "_btf_id_", "_field_types_", "_int_bits_",
+             "_b_base_", "_b_needsfree_", "_objects", "to_python"}
 
 
 def _reserved(n: str) -> bool:
-    return n in _RESERVED or n.startswith(("_pad", "_raw_", "_anon"))
+    return n in _RESERVED or (n.startswith("__") and n.endswith("__"))
 
 
 def _safe_name(name: str, taken: set) -> str:
@@ -226,6 +259,7 @@ class TypeFactory:
                 ct = _INTS[(t.size, t.signed)]
             else:
                 ct = self._array_type(ctypes.c_uint8, t.size, f"{t.name}", False)
+                ct._wide_int_ = t.signed
         elif k in (Kind.ENUM, Kind.ENUM64):
             ct = _INTS.get((t.size, t.signed), ctypes.c_uint32)
         elif k == Kind.PTR:
@@ -276,14 +310,15 @@ class TypeFactory:
         t = btf[tid]
         union = t.kind == Kind.UNION
         if t.kind == Kind.DATASEC:
-            members = [(btf[s.type_id].name, s.type_id, 8 * s.offset, 0) for s in t.secinfos]
+            members = [(btf[s.type_id].name, btf[s.type_id].type_id, 8 * s.offset, 0) for s in t.secinfos]
         else:
             members = [(m.name, m.type_id, m.bit_offset, m.bitfield_size) for m in t.members]
         size = t.size
         fields: list = []
         anonymous: list = []
         props: dict = {}
-        field_types: dict = {}
+        field_types: dict = {}       # raw field -> its ctypes type (for properties)
+        int_bits: dict = {}          # plain integer member -> its width (to check values)
         shown: list = []
         taken: set = set()
         pos = 0                      # next free byte (structs)
@@ -311,41 +346,58 @@ class TypeFactory:
                     shown.append(pyname)
                     continue
                 if off > pos:
-                    fields.append((f"_pad{pad}", ctypes.c_uint8 * (off - pos)))
+                    fields.append((f"pad {pad}", ctypes.c_uint8 * (off - pos)))
                     pad += 1
                 pos = off + ctypes.sizeof(ct)
             if not name and mt is not None and mt.kind in (Kind.STRUCT, Kind.UNION):
-                fname = f"_anon{i}"
+                fname = f"anon {i}"
                 fields.append((fname, ct))
                 anonymous.append(fname)
                 shown.extend(ct._members_)
                 taken.update(ct._members_)
+                int_bits.update(ct._int_bits_)
                 continue
             pyname = _safe_name(name or f"f{i}", taken)
             if issubclass(ct, TypedArray) and ct._text_:
-                raw = f"_raw_{pyname}"
+                raw = f"raw {pyname}"
                 fields.append((raw, ct))
                 field_types[raw] = ct
                 props[pyname] = _text_property(raw)
-            elif mt is not None and mt.kind in (Kind.ENUM, Kind.ENUM64) and self.enum_class(mtid) is not None:
-                raw = f"_raw_{pyname}"
+            elif issubclass(ct, TypedArray) and ct._wide_int_ is not None:
+                raw = f"raw {pyname}"
                 fields.append((raw, ct))
+                field_types[raw] = ct
+                props[pyname] = _wide_int_property(raw, ct._wide_int_)
+            elif mt is not None and mt.kind in (Kind.ENUM, Kind.ENUM64) and self.enum_class(mtid) is not None:
+                raw = f"raw {pyname}"
+                fields.append((raw, ct))
+                field_types[raw] = ct
                 props[pyname] = _enum_property(raw, self.enum_class(mtid))
             else:
                 fields.append((pyname, ct))
+                if ct in _INT_TYPES:
+                    int_bits[pyname] = 8 * ctypes.sizeof(ct)
             shown.append(pyname)
         if not union and size > pos:
-            fields.append((f"_pad{pad}", ctypes.c_uint8 * (size - pos)))
+            fields.append((f"pad {pad}", ctypes.c_uint8 * (size - pos)))
+        if union:   # the union's own size (members may all be smaller: alignment, bitfield regions)
+            fields.append(("pad union", ctypes.c_uint8 * size))
         base = ctypes.Union if union else ctypes.Structure
         label = t.name or f"anon_{tid}"
         ns = {"_pack_": 1, "_btf_name_": label, "_members_": tuple(shown), "_btf_id_": tid,
-              "_field_types_": field_types}
+              "_field_types_": field_types, "_int_bits_": int_bits}
         if anonymous:
             ns["_anonymous_"] = tuple(anonymous)
         ns["_fields_"] = fields
         cls = type(label.lstrip("."), (TypedStruct, base), ns)
         for name, prop in props.items():
             setattr(cls, name, prop)
+        # ctypes reaches the plain fields of anonymous members; properties (bitfields,
+        # char arrays, enums) of theirs are forwarded here
+        for fname in anonymous:
+            for name in _field_type(fields, fname)._members_:
+                if name not in cls.__dict__:
+                    setattr(cls, name, _forward_property(fname, name))
         if ctypes.sizeof(cls) < size:   # unions whose biggest member is a bitfield region
             raise BTFError(f"cannot lay out {btf.type_name(tid)}: {ctypes.sizeof(cls)} != {size} bytes")
         return cls
@@ -364,6 +416,8 @@ class TypeFactory:
     def _simple(self, type_id: int, value):
         if isinstance(value, TypedArray) and value._text_:
             return _char_text(bytes(value))
+        if isinstance(value, TypedArray) and value._wide_int_ is not None:
+            return int.from_bytes(bytes(value), "little", signed=value._wide_int_)
         if isinstance(value, _Typed):
             return value
         v = value.value
@@ -412,35 +466,59 @@ class TypeFactory:
                 cur = getattr(inst, name)
                 if isinstance(cur, _Typed) and not (isinstance(cur, TypedArray) and cur._text_):
                     self._assign(cur, type(cur), v, 0)
-                else:
-                    try:
-                        setattr(inst, name, v)
-                    except (TypeError, KeyError, ValueError) as e:
-                        raise Error(f"{ct._btf_name_}.{name}: cannot set {v!r} ({e})") from None
+                    continue
+                bits = ct._int_bits_.get(name)
+                if bits:   # ctypes would silently truncate
+                    v = _check_int(v, bits, f"{ct._btf_name_}.{name}")
+                try:
+                    setattr(inst, name, v)
+                except Error as e:
+                    raise Error(f"{ct._btf_name_}.{name}: {e}") from None
+                except (TypeError, KeyError, ValueError) as e:
+                    raise Error(f"{ct._btf_name_}.{name}: cannot set {v!r} ({e})") from None
             return
         if issubclass(ct, TypedArray):
+            if ct._wide_int_ is not None:
+                n = ctypes.sizeof(inst)
+                v = _check_int(value, 8 * n, ct._btf_name_)
+                ctypes.memmove(ctypes.addressof(inst), v.to_bytes(n, "little", signed=v < 0), n)
+                return
             if isinstance(value, str):
                 value = value.encode()
+            elif ct._text_ and isinstance(value, (list, tuple)):   # chars as numbers
+                try:
+                    value = bytes(c & 0xff if isinstance(c, int) else c for c in value)
+                except (TypeError, ValueError) as e:
+                    raise Error(f"{ct._btf_name_}: cannot set {value!r} ({e})") from None
             if isinstance(value, (bytes, bytearray)):
                 if len(value) > ctypes.sizeof(inst):
                     raise Error(f"{ct._btf_name_}: {len(value)} bytes do not fit in {ctypes.sizeof(inst)}")
                 ctypes.memmove(ctypes.addressof(inst), bytes(value), len(value))
                 return
+            if not isinstance(value, (list, tuple)):
+                raise Error(f"{ct._btf_name_} takes a list, not {type(value).__name__} {value!r}")
             if len(value) > len(inst):
                 raise Error(f"{ct._btf_name_}: {len(value)} elements do not fit in {len(inst)}")
+            elem = ct._type_
             for i, v in enumerate(value):
                 cur = inst[i]
                 if isinstance(cur, _Typed):
                     self._assign(cur, type(cur), v, 0)
-                else:
+                    continue
+                if elem in _INT_TYPES:
+                    v = _check_int(v, 8 * ctypes.sizeof(elem), f"{ct._btf_name_}[{i}]")
+                try:
                     inst[i] = v
+                except (TypeError, ValueError) as e:
+                    raise Error(f"{ct._btf_name_}[{i}]: cannot set {v!r} ({e})") from None
             return
         raise Error(f"cannot assign {value!r} to {ct.__name__}")
 
     def encode(self, type_id: int, value) -> bytes:
         """Like :meth:`convert`, also for integers, enums (by name) and pointers."""
         ct = self.ctype(type_id)
-        if issubclass(ct, (TypedStruct, TypedArray)):
+        if issubclass(ct, (TypedStruct, TypedArray)) and not (issubclass(ct, TypedArray) and
+                                                              ct._wide_int_ is not None and isinstance(value, int)):
             return self.convert(type_id, value)
         if isinstance(value, (bytes, bytearray, memoryview)):
             return self.convert(type_id, value)
@@ -464,6 +542,21 @@ class TypeFactory:
             return value.to_bytes(size, "little", signed=value < 0)
         except OverflowError:
             raise Error(f"{self.btf.type_name(type_id)}: {value} does not fit in {size} bytes") from None
+
+
+def _field_type(fields: list, fname: str):
+    return next(ct for n, ct in fields if n == fname)
+
+
+def _forward_property(outer: str, name: str) -> property:
+    """Member ``name`` of the anonymous member ``outer``."""
+    def get(self):
+        return getattr(getattr(self, outer), name)
+
+    def set(self, value):
+        setattr(getattr(self, outer), name, value)
+
+    return property(get, set)
 
 
 def _view_property(off: int, ct) -> property:
