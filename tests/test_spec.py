@@ -69,6 +69,12 @@ def test_pybpf_open_accepts_pathlike():
 
 EXPECTED_PROGRAMS = {
     # object: {program: (section, prog type, expected attach type, attach target)}
+    "core_read": {"core_getpid": ("tracepoint/syscalls/sys_enter_getpid", ProgType.TRACEPOINT, None,
+                                  "syscalls/sys_enter_getpid"),
+                  "core_sys_enter": ("raw_tp/sys_enter", ProgType.RAW_TRACEPOINT, None, "sys_enter")},
+    "core_fail": {"guarded": ("raw_tp/sys_enter", ProgType.RAW_TRACEPOINT, None, "sys_enter"),
+                  **{n: ("?raw_tp/sys_enter", ProgType.RAW_TRACEPOINT, None, "sys_enter")
+                     for n in ("missing_field", "missing_type", "missing_enumval", "wrong_size")}},
     "calls_test": {"compute": ("syscall", ProgType.SYSCALL, None, ""),
                    "compute2": ("syscall", ProgType.SYSCALL, None, "")},
     "globals_test": {"read_globals": ("syscall", ProgType.SYSCALL, None, "")},

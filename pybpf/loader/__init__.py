@@ -316,6 +316,12 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
                 f"for fentry/fexit/fmod_ret/lsm this means the kernel has no BPF trampolines)") from None
         raise failure
     reason, details = _verifier_summary(log, linked, btf)
+    from .core import failure_in_log
+    core = failure_in_log(log, linked)
+    if core is not None:
+        # the verifier reached an instruction CO-RE poisoned: name the relocation, not "unknown#195896080"
+        reason = (f"{core}; its instruction {core.insn} (in {core.function}) was poisoned and is reachable "
+                  f"(verifier: {reason})")
     raise VerifierError(failure.command, failure.errno,
                         f"{where} was rejected by the verifier: {reason}\n{details}\n"
                         f"(the whole log is in the exception's .log)", log) from None

@@ -54,6 +54,7 @@ class LinkedProgram:
     func_info_rec_size: int = 8
     line_info_rec_size: int = 16
     layout: list = field(default_factory=list)       # [(FunctionSpec, first insn in this program)]
+    core_failures: list = field(default_factory=list)  # [core.CoreFailure]: insns poisoned by CO-RE
 
     @property
     def insn_cnt(self) -> int:
@@ -188,6 +189,7 @@ class _Linker:
             return
         linked.func_info_rec_size = ext.func_info_rec_size
         linked.line_info_rec_size = ext.line_info_rec_size
+        core = []
         for fn, start in self.layout:
             lo = fn.sec_insn_off * I.INSN_SIZE
             hi = lo + len(fn.insns)
@@ -201,5 +203,9 @@ class _Linker:
                                              rec.line_off, rec.line_col))
             for rec in ext.core_relos.get(fn.section, ()):
                 if lo <= rec.insn_off < hi:
-                    raise ObjectError(f"program {self.prog.name!r}: {fn.name} uses CO-RE relocations "
-                                      f"(BPF_CORE_READ, preserve_access_index), which pybpf does not apply yet")
+                    core.append((rec.insn_off // I.INSN_SIZE + base, rec, fn))
+        if core:
+            # CO-RE: patch this program's copy of each function (libbpf patches before linking,
+            # then copies subprograms: the same result)
+            from .core import apply_core_relocations
+            linked.core_failures = apply_core_relocations(self.spec, self.prog, linked, core, self.facts)
