@@ -111,6 +111,14 @@ EXPECTED_PROGRAMS = {
         "missing_target": ("?tp_btf/no_such_tracepoint", ProgType.TRACING, AttachType.TRACE_RAW_TP,
                            "no_such_tracepoint"),
     },
+    "map_types": {
+        "run": ("raw_tp", ProgType.RAW_TRACEPOINT, None, ""),
+        "tail_caller": ("raw_tp", ProgType.RAW_TRACEPOINT, None, ""),
+        "tail_zero": ("raw_tp", ProgType.RAW_TRACEPOINT, None, ""),
+        "tail_two": ("raw_tp", ProgType.RAW_TRACEPOINT, None, ""),
+        "count_in_task": ("tp_btf/sys_enter", ProgType.TRACING, AttachType.TRACE_RAW_TP, "sys_enter"),
+        "count_egress": ("cgroup_skb/egress", ProgType.CGROUP_SKB, AttachType.CGROUP_INET_EGRESS, ""),
+    },
 }
 
 
