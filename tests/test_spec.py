@@ -78,6 +78,11 @@ EXPECTED_PROGRAMS = {
     "calls_test": {"compute": ("syscall", ProgType.SYSCALL, None, ""),
                    "compute2": ("syscall", ProgType.SYSCALL, None, "")},
     "globals_test": {"read_globals": ("syscall", ProgType.SYSCALL, None, "")},
+    "extern_kconfig": {"kconfig_read": ("syscall", ProgType.SYSCALL, None, "")},
+    "extern_ksyms": {"ksyms_read": ("syscall", ProgType.SYSCALL, None, "")},
+    "extern_refused": {"percpu_missing": ("syscall", ProgType.SYSCALL, None, ""),
+                       "percpu_read": ("?syscall", ProgType.SYSCALL, None, ""),
+                       "unguarded_kfunc": ("?syscall", ProgType.SYSCALL, None, "")},
     "maps_test": {"fill": ("syscall", ProgType.SYSCALL, None, "")},
     "verifier_fail": {"oob": ("syscall", ProgType.SYSCALL, None, "")},
     "tracepoint_test": {

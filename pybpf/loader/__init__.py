@@ -278,9 +278,13 @@ def _needs_trampoline(prog: ProgramSpec) -> bool:
 
 
 def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf_fd: int,
-                 attach_btf_id: int = 0, attach_btf_obj_fd: int = 0, btf=None) -> int:
-    """BPF_PROG_LOAD; on rejection reload with a verifier log and raise VerifierError."""
+                 attach_btf_id: int = 0, attach_btf_obj_fd: int = 0, btf=None, fd_array=None) -> int:
+    """BPF_PROG_LOAD; on rejection reload with a verifier log and raise VerifierError.
+    ``fd_array``: BTF fds that kfunc calls into module BTF index (insn.off), slot 0 unused."""
+    fd_buf = (ctypes.c_int32 * len(fd_array))(*fd_array) if fd_array else None
     request = ProgLoadRequest(prog, linked, insns, btf_fd, attach_btf_id, attach_btf_obj_fd)
+    if fd_buf is not None:
+        request.attr.fd_array = ctypes.addressof(fd_buf)
 
     def attr(log_buf=None) -> ProgLoadAttr:
         return request.attr_with_log(log_buf) if log_buf is not None else request.attr
@@ -341,6 +345,12 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
             from ..spec.btf import BTF as _BTF
             target_btf = _BTF.load(os.fspath(target_btf))
         facts = KernelFacts.running(btf=target_btf)
+    if spec.externs:
+        from . import externs as _externs
+        try:
+            _externs.resolve(spec, facts)
+        except ObjectError as e:
+            raise type(e)(f"{spec.path}: {e}") from None
     # link first: it is pure, so an object pybpf cannot handle (externs, CO-RE, bad
     # relocations) fails with its own message before anything is put in the kernel
     linked = {}
@@ -359,7 +369,10 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
     obj = Object(spec)
     try:
         if btf and spec.btf is not None:
-            obj._btf_fd = load_btf(spec.btf.to_bytes())
+            from .sanitize import kernel_btf
+            raw = kernel_btf(spec.btf)
+            if raw is not None:          # None: a kernel without BTF
+                obj._btf_fd = load_btf(raw)
         for name, mspec in spec.maps.items():
             inner_fd = -1
             if mspec.inner is not None:
@@ -371,10 +384,14 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
                     os.close(inner_fd)
             m = obj._add_map(mspec, fd)
             if mspec.data is not None:
-                m._write_initial(bytes(mspec.data))
+                data = mspec.data
+                if mspec.section == ".kconfig":
+                    data = _externs.resolution_for(spec, facts).kconfig
+                m._write_initial(bytes(data))
                 if mspec.readonly:
                     sc.map_freeze(fd)
         fds = {name: m.fd for name, m in obj.maps.items()}
+        fd_array = _externs.resolution_for(spec, facts).fd_array() if spec.externs else None
         # map-in-map slots once every map exists (libbpf init_map_in_map_slots)
         for name, mspec in spec.maps.items():
             if mspec.inner is not None:
@@ -389,7 +406,7 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
             try:
                 fd = load_program(pspec, lp, lp.with_map_fds(fds), obj._btf_fd,
                                   attach_btf_id=target.btf_id if target else 0, attach_btf_obj_fd=obj_fd,
-                                  btf=spec.btf)
+                                  btf=spec.btf, fd_array=fd_array)
             finally:
                 if module_fd:
                     os.close(module_fd)
@@ -399,9 +416,17 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
         for name, mspec in spec.maps.items():
             if mspec.type == MapType.PROG_ARRAY and mspec.values:
                 _fill_slots(mspec, obj.maps[name].fd, prog_fds, "program")
+    except VerifierError as e:
+        obj.close()
+        if spec.externs:
+            _externs.explain(e, spec)
+        raise
     except BaseException:
         obj.close()
         raise
+    finally:
+        if spec.externs:
+            _externs.release(spec, facts)
     return obj
 
 

@@ -146,8 +146,10 @@ class _Linker:
         sym: Symbol = r.symbol
         section = spec.symbol_section(sym)
         if sym.section == 0:
-            raise self.fail(fn, local, f"refers to extern symbol {sym.name!r} (.kconfig, .ksyms or kfunc); "
-                                       f"pybpf does not resolve externs yet")
+            # an extern: a .kconfig value, a kernel symbol or a kfunc, resolved against self.facts
+            from .externs import relocate as relocate_extern
+            relocate_extern(self, fn, local, idx, r)
+            return
         if r.type not in (I.R_BPF_64_64, I.R_BPF_64_32):
             raise self.fail(fn, local, f"unsupported relocation type {r.type} against {sym.name or section!r}")
         code = self.insns[idx * I.INSN_SIZE]

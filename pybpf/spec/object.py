@@ -23,7 +23,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from ..errors import BTFError, Error, ObjectError
 from . import insn as I
-from .btf import BTF, LINKAGE_EXTERN, LINKAGE_GLOBAL, LINKAGE_STATIC, Kind, VarSecinfo
+from .btf import BTF, INT_BOOL, INT_SIGNED, LINKAGE_EXTERN, LINKAGE_GLOBAL, LINKAGE_STATIC, Kind, VarSecinfo
 from .btf_ext import BTFExt, parse_btf_ext
 from .sections import SectionDef, attach_target, match_section
 
@@ -276,6 +276,65 @@ class VariableSpec:
         return f"<VariableSpec {self.name} {self.type_name} in {self.section}+{self.offset} size={self.size}>"
 
 
+@dataclass
+class ExternSpec:
+    """An extern of the object (an undefined global or weak symbol), resolved at load time.
+
+    ``kind`` is ``"kconfig"`` (``extern ... __kconfig``: a value in the ``.kconfig``
+    map at ``offset``) or ``"ksym"`` (``extern ... __ksym``: a kernel variable or,
+    with ``is_func``, a kfunc).  ``type_id`` is the declared type behind modifiers
+    (a ksym without one, ``extern const void x __ksym``, is untyped: an address
+    from kallsyms); ``index`` is the extern's place in libbpf's order (kconfig
+    first by alignment, size, name; then ksyms by name).
+    """
+
+    name: str
+    kind: str
+    weak: bool
+    btf_id: int               # the VAR or FUNC in the object's BTF
+    var_type_id: int = 0      # the VAR's declared type (kconfig)
+    type_id: int = 0          # ksyms: the type behind modifiers (0 = untyped); kfuncs: the FUNC_PROTO
+    is_func: bool = False
+    index: int = 0
+    # .kconfig
+    kconfig_type: str = ""    # "bool", "tristate", "char", "int" or "char_array"
+    size: int = 0
+    align: int = 0
+    signed: bool = False
+    offset: int = 0
+
+    def __repr__(self) -> str:
+        what = self.kind if not self.is_func else "kfunc"
+        return f"<ExternSpec {self.name} {what}{' weak' if self.weak else ''}>"
+
+
+def _kconfig_type(btf: BTF, type_id: int) -> tuple:
+    """libbpf's find_kcfg_type: (kind of .kconfig value or None if unsupported, signed)."""
+    t = btf.resolve(type_id)
+    if t is None:
+        return None, False
+    if t.kind == Kind.INT:
+        if t.encoding & INT_BOOL:
+            return ("bool" if t.size == 1 else None), False
+        signed = bool(t.encoding & INT_SIGNED)
+        if t.size == 1:
+            return "char", signed
+        return ("int" if t.size in (2, 4, 8) else None), signed
+    if t.kind in (Kind.ENUM, Kind.ENUM64) and t.name == "libbpf_tristate":
+        return ("tristate" if t.kind == Kind.ENUM64 or t.size == 4 else None), False
+    if t.kind == Kind.ARRAY and t.nelems and _kconfig_type(btf, t.elem_type)[0] == "char":
+        return "char_array", False
+    return None, False
+
+
+def _kconfig_align(btf: BTF, type_id: int) -> int:
+    """btf__align_of for the types a .kconfig extern may have."""
+    t = btf.resolve(type_id)
+    while t is not None and t.kind == Kind.ARRAY:
+        t = btf.resolve(t.elem_type)
+    return min(btf.pointer_size, t.size) if t is not None else 0
+
+
 def object_name(path: str) -> str:
     """libbpf's object name: the file's base name up to its first dot."""
     base = os.path.basename(path)
@@ -308,6 +367,8 @@ class ObjectSpec:
         self.maps: dict[str, MapSpec] = {}
         self.programs: dict[str, ProgramSpec] = {}
         self.variables: dict[str, VariableSpec] = {}
+        self.externs: dict[str, ExternSpec] = {}         # .kconfig and .ksyms externs
+        self.kconfig_size = 0                            # bytes of the .kconfig map
         self.functions: dict[str, FunctionSpec] = {}     # every function, keyed by (section, start) internally
         self._funcs_by_pos: dict[tuple[str, int], FunctionSpec] = {}
         try:
@@ -377,12 +438,14 @@ class ObjectSpec:
         if ".BTF" in by_name:
             self.btf = BTF(sections[by_name[".BTF"]][2], source=".BTF", validate=True)
             self._fixup_btf()
+            self._collect_externs()
             if ".BTF.ext" in by_name:
                 self.btf_ext = parse_btf_ext(sections[by_name[".BTF.ext"]][2], self.btf)
 
         self._collect_functions()
         self._collect_maps()
         self._collect_internal_maps()
+        self._add_kconfig_map()
         self._collect_relocations()
         self._collect_map_values()
         self._drop_unused_internal_maps()
@@ -460,6 +523,125 @@ class ObjectSpec:
                 raise BTFError(f"DATASEC {t.name!r}: section size {size} does not fit in BTF's 32 bits")
             infos.sort(key=lambda s: s.offset)
             btf.set_datasec(t, size, infos)
+
+    # -- externs -------------------------------------------------------------------------------
+
+    def _collect_externs(self) -> None:
+        """Externs (undefined GLOBAL/WEAK NOTYPE symbols) and the BTF fix-ups they need, as
+        libbpf's bpf_object__collect_externs (btf.md section 3): find each one's BTF VAR or
+        FUNC and its DATASEC; lay the .kconfig ones out (sorted by alignment, size, name);
+        make .kconfig and .ksyms acceptable to the kernel (no extern VARs, FUNCs in .ksyms
+        replaced by an added ``dummy_ksym`` VAR).  Values are resolved at load."""
+        syms = [s for s in self._symbols
+                if s.section == SHN_UNDEF and s.bind in (STB_GLOBAL, STB_WEAK) and s.type == STT_NOTYPE and s.name]
+        if not syms:
+            return
+        btf = self.btf
+        assert btf is not None
+        sec_of = {}
+        for t in btf.by_kind(Kind.DATASEC):
+            for si in t.secinfos:
+                sec_of.setdefault(si.type_id, t)
+        externs = []
+        for sym in syms:
+            t = next((c for c in btf.by_name(sym.name) if c.kind in (Kind.VAR, Kind.FUNC)), None)
+            if t is None:
+                raise BTFError(f"extern {sym.name!r} has no BTF VAR or FUNC")
+            if t.linkage != LINKAGE_EXTERN:
+                raise BTFError(f"extern {sym.name!r}: its BTF {t.kind.name} [{t.id}] is not extern")
+            sec = sec_of.get(t.id)
+            if sec is None:
+                raise BTFError(f"extern {sym.name!r} is in no BTF DATASEC (declare it __kconfig or __ksym)")
+            weak = sym.bind == STB_WEAK
+            if sec.name == ".kconfig":
+                if t.kind == Kind.FUNC:
+                    raise ObjectError(f"extern function {sym.name!r} cannot be a .kconfig extern")
+                ktype, signed = _kconfig_type(btf, t.type_id)
+                if ktype is None:
+                    raise ObjectError(f"extern (kconfig) {sym.name!r}: type {btf.type_name(t.type_id)} is not "
+                                      f"supported (use bool, enum libbpf_tristate, char, an integer of 1, 2, 4 "
+                                      f"or 8 bytes, or a char array for strings)")
+                externs.append(ExternSpec(sym.name, "kconfig", weak, t.id, var_type_id=t.type_id,
+                                          kconfig_type=ktype, size=btf.size_of(t.type_id),
+                                          align=_kconfig_align(btf, t.type_id), signed=signed))
+            elif sec.name == ".ksyms":
+                externs.append(ExternSpec(sym.name, "ksym", weak, t.id, var_type_id=t.type_id,
+                                          type_id=btf.skip_mods(t.type_id), is_func=t.kind == Kind.FUNC))
+            else:
+                raise ObjectError(f"extern {sym.name!r} is in section {sec.name!r}: only .kconfig (__kconfig) "
+                                  f"and .ksyms (__ksym) externs are supported")
+        # libbpf's order (its extern index shows in poisoned kfunc calls)
+        externs.sort(key=lambda e: (e.kind != "kconfig", -e.align if e.kind == "kconfig" else 0,
+                                    e.size if e.kind == "kconfig" else 0, e.name))
+        off = 0
+        for i, e in enumerate(externs):
+            e.index = i
+            if e.kind == "kconfig":
+                e.offset = (off + e.align - 1) // e.align * e.align
+                off = e.offset + e.size
+        self.kconfig_size = off
+        self.externs = {e.name: e for e in externs}
+        self._fixup_extern_btf()
+
+    def _fixup_extern_btf(self) -> None:
+        from ..loader.sanitize import BTFPatcher
+        btf = self.btf
+        p = BTFPatcher(btf)
+        for sec in btf.by_kind(Kind.DATASEC):
+            if sec.name not in (".kconfig", ".ksyms"):
+                continue
+            missing = [btf[si.type_id].name for si in sec.secinfos if btf[si.type_id].name not in self.externs]
+            if missing:
+                raise BTFError(f"{sec.name} variable {missing[0]!r} has no ELF symbol")
+            infos = []
+            if sec.name == ".kconfig":
+                for si in sec.secinfos:
+                    p.set_word(si.type_id, 3, LINKAGE_GLOBAL)
+                    infos.append((si.type_id, self.externs[btf[si.type_id].name].offset, si.size))
+                infos.sort(key=lambda v: v[1])
+                size = self.kconfig_size
+            else:
+                # every .ksyms entry becomes a 4-byte int VAR: the kernel refuses extern VARs
+                int_id = next((t.id for t in btf.by_kind(Kind.INT) if t.bits == 32), 0) or p.add_int("int", 4, 1)
+                dummy = 0
+                for i, si in enumerate(sec.secinfos):
+                    t = btf[si.type_id]
+                    type_id = si.type_id
+                    if t.kind == Kind.FUNC:
+                        if not dummy:
+                            dummy = p.add_var("dummy_ksym", int_id, LINKAGE_GLOBAL)
+                        # the kernel wants named parameters for a FUNC
+                        for j, param in enumerate(btf[t.type_id].params):
+                            if param.type_id and not param.name:
+                                p.set_word(t.type_id, 3 + 2 * j, p.word(dummy, 0))
+                        p.set_info(t.id, Kind.FUNC, LINKAGE_GLOBAL)
+                        type_id = dummy
+                    else:
+                        p.set_word(t.id, 2, int_id)
+                        p.set_word(t.id, 3, LINKAGE_GLOBAL)
+                    infos.append((type_id, 4 * i, 4))
+                size = 4 * len(infos)
+            p.set_word(sec.id, 2, size)
+            for i, (type_id, offset, sz) in enumerate(infos):
+                p.set_word(sec.id, 3 + 3 * i, type_id)
+                p.set_word(sec.id, 4 + 3 * i, offset)
+                p.set_word(sec.id, 5 + 3 * i, sz)
+        self.btf = p.to_btf(source=btf.source)
+
+    def _add_kconfig_map(self) -> None:
+        """The .kconfig map: a frozen 1-entry array the loader fills with the externs' values
+        (libbpf's ``<obj>.kconfig``: BPF_F_RDONLY_PROG | BPF_F_MMAPABLE)."""
+        kconfig = [e for e in self.externs.values() if e.kind == "kconfig"]
+        if not kconfig:
+            return
+        sec = self.btf.by_name(".kconfig", Kind.DATASEC)[0]
+        m = MapSpec(name=internal_map_name(self.name, ".kconfig"), type=MAP_TYPE_ARRAY, key_size=4,
+                    value_size=self.kconfig_size, max_entries=1, flags=BPF_F_RDONLY_PROG | BPF_F_MMAPABLE,
+                    section=".kconfig", data=bytearray(self.kconfig_size), btf_var_id=sec.id,
+                    value_type_id=sec.id)
+        self.maps[m.name] = m
+        for e in kconfig:
+            self.variables[e.name] = VariableSpec(e.name, m, e.offset, e.size, e.var_type_id, self.btf)
 
     # -- functions and programs ---------------------------------------------------------------
 

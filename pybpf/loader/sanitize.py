@@ -1,0 +1,307 @@
+"""The object's BTF as the running kernel accepts it.
+
+Each BTF kind came with some kernel version (btf.md section 3).  Like libbpf
+(bpf_object__sanitize_btf), pybpf probes once per process which kinds the
+kernel accepts, by loading tiny BTF blobs with BPF_BTF_LOAD, and rewrites a
+*copy* of the object's BTF for what it lacks.  Type ids never change: a kind is
+rewritten into one with a record of the same size, and the only added type (the
+``enum64_placeholder`` INT) goes at the end.  Kernel 6.18 needs none of it.
+
+:class:`BTFPatcher` is the small BTF writer this needs (and the ``.ksyms``
+fix-ups of :mod:`pybpf.spec.object`, which append a VAR): it edits the words of
+existing records, appends types and strings, and writes a new blob.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import os
+import struct
+from dataclasses import dataclass, fields, replace
+from typing import Optional
+
+from ..errors import BTFError, SyscallError
+from ..spec.btf import BTF, BTF_MAGIC, LINKAGE_STATIC, Kind
+
+_HDR = struct.Struct("<HBBIIIII")
+
+
+def _info(kind: int, vlen: int = 0, kflag: bool = False) -> int:
+    return (int(kflag) << 31) | (kind << 24) | vlen
+
+
+class BTFPatcher:
+    """A mutable copy of a BTF blob's types and strings.
+
+    Records are addressed by type id and word index (word 0 = name_off, 1 = info,
+    2 = size/type, 3... = the kind's extra words).  ``to_bytes()`` writes a blob
+    with a 24-byte header, types, then strings.
+    """
+
+    def __init__(self, btf: BTF):
+        if btf.base is not None:
+            raise BTFError("sanitizing split BTF is not supported")
+        raw = btf.raw
+        self.btf = btf
+        self.types = bytearray(raw[btf.type_off:btf.type_off + btf.type_len])
+        self.strings = bytearray(raw[btf.str_off:btf.str_off + btf.str_len])
+        self._offsets = list(btf._offsets)          # word offset of each record, by id - 1
+        self._string_offs: Optional[dict] = None
+
+    # -- records ---------------------------------------------------------------------
+
+    @property
+    def type_count(self) -> int:
+        """Number of types (the last type id)."""
+        return len(self._offsets)
+
+    def _pos(self, type_id: int, word: int) -> int:
+        if not 0 < type_id <= len(self._offsets):
+            raise BTFError(f"no BTF type with id {type_id}")
+        return (self._offsets[type_id - 1] + word) * 4
+
+    def word(self, type_id: int, word: int) -> int:
+        return struct.unpack_from("<I", self.types, self._pos(type_id, word))[0]
+
+    def set_word(self, type_id: int, word: int, value: int) -> None:
+        struct.pack_into("<I", self.types, self._pos(type_id, word), value & 0xFFFFFFFF)
+
+    def kind(self, type_id: int) -> int:
+        return (self.word(type_id, 1) >> 24) & 0x1F
+
+    def vlen(self, type_id: int) -> int:
+        return self.word(type_id, 1) & 0xFFFF
+
+    def set_info(self, type_id: int, kind: int, vlen: int = 0, kflag: bool = False) -> None:
+        self.set_word(type_id, 1, _info(kind, vlen, kflag))
+
+    def append(self, words: list) -> int:
+        """Append a record (its u32 words); returns the new type id."""
+        self._offsets.append(len(self.types) // 4)
+        self.types += struct.pack(f"<{len(words)}I", *[w & 0xFFFFFFFF for w in words])
+        return len(self._offsets)
+
+    def add_int(self, name: str, size: int, encoding: int = 0) -> int:
+        return self.append([self.add_string(name), _info(Kind.INT), size, (encoding << 24) | (size * 8)])
+
+    def add_var(self, name: str, type_id: int, linkage: int) -> int:
+        return self.append([self.add_string(name), _info(Kind.VAR), type_id, linkage])
+
+    # -- strings ---------------------------------------------------------------------
+
+    def string(self, offset: int) -> str:
+        end = self.strings.index(b"\0", offset)
+        return self.strings[offset:end].decode("utf-8", "replace")
+
+    def add_string(self, s: str) -> int:
+        """The offset of ``s`` in the string section, appending it if it is not there."""
+        if self._string_offs is None:
+            self._string_offs = {}
+            pos = 0
+            for part in bytes(self.strings).split(b"\0"):
+                self._string_offs.setdefault(part, pos)
+                pos += len(part) + 1
+        raw = s.encode()
+        off = self._string_offs.get(raw)
+        if off is None:
+            off = len(self.strings)
+            self.strings += raw + b"\0"
+            self._string_offs[raw] = off
+        return off
+
+    def rename_in_place(self, offset: int, old: str, new: str) -> None:
+        """Overwrite the string at ``offset`` with one of the same length (shared by every user)."""
+        a, b = old.encode(), new.encode()
+        if len(a) != len(b) or self.strings[offset:offset + len(a)] != a:
+            raise BTFError(f"cannot rename string {old!r} at {offset}")
+        self.strings[offset:offset + len(b)] = b
+        self._string_offs = None
+
+    # -- output ----------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        hdr = _HDR.pack(BTF_MAGIC, 1, 0, _HDR.size, 0, len(self.types), len(self.types), len(self.strings))
+        return hdr + bytes(self.types) + bytes(self.strings)
+
+    def to_btf(self, source: Optional[str] = None) -> BTF:
+        return BTF(self.to_bytes(), source=source or self.btf.source)
+
+
+# -- what the kernel accepts --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BTFFeatures:
+    """Which BTF the kernel accepts (libbpf's FEAT_BTF_* probes).  All True on 6.18."""
+
+    btf: bool = True            # BPF_BTF_LOAD at all (4.18)
+    func: bool = True           # FUNC and FUNC_PROTO (5.0)
+    global_func: bool = True    # FUNC with global linkage (5.6)
+    datasec: bool = True        # VAR and DATASEC (5.2)
+    float: bool = True          # FLOAT (5.13)
+    decl_tag: bool = True       # DECL_TAG (5.16)
+    type_tag: bool = True       # TYPE_TAG (5.17)
+    enum64: bool = True         # ENUM64 and signed ENUM (6.0)
+    qmark_datasec: bool = True  # DATASEC names starting with '?' (6.10)
+
+    @property
+    def missing(self) -> list:
+        """Names of the features the kernel lacks."""
+        return [f.name for f in fields(self) if not getattr(self, f.name)]
+
+    def without(self, *names: str) -> "BTFFeatures":
+        """The same features with ``names`` turned off (to exercise the rewriting offline)."""
+        return replace(self, **{n: False for n in names})
+
+
+ALL_FEATURES = BTFFeatures()
+NO_FEATURES = BTFFeatures(**{f.name: False for f in fields(BTFFeatures) if f.name != "btf"})
+
+
+def _enc(name_off: int, kind: int, vlen: int, size_or_type: int, *extra: int) -> list:
+    return [name_off, _info(kind, vlen), size_or_type, *extra]
+
+
+def _int32(name_off: int = 0) -> list:
+    return _enc(name_off, Kind.INT, 0, 4, (1 << 24) | 32)       # signed 32-bit int
+
+
+# One tiny blob per feature: (types as u32 words, strings), as libbpf's probes.
+_PROBES = {
+    "btf": (_int32(1), b"\0int\0"),
+    # void x(int a) {}
+    "func": (_int32(1) + _enc(0, Kind.FUNC_PROTO, 1, 0, 7, 1) + _enc(5, Kind.FUNC, 0, 2), b"\0int\0x\0a\0"),
+    "global_func": (_int32(1) + _enc(0, Kind.FUNC_PROTO, 1, 0, 7, 1) + _enc(5, Kind.FUNC, 1, 2),
+                    b"\0int\0x\0a\0"),
+    # static int x; in .data
+    "datasec": (_int32() + _enc(1, Kind.VAR, 0, 1, 0) + _enc(3, Kind.DATASEC, 1, 4, 2, 0, 4), b"\0x\0.data\0"),
+    "float": (_enc(1, Kind.FLOAT, 0, 4), b"\0float\0"),
+    "decl_tag": (_int32() + _enc(1, Kind.VAR, 0, 1, 0) + _enc(1, Kind.DECL_TAG, 0, 2, 0xFFFFFFFF), b"\0tag\0"),
+    "type_tag": (_int32() + _enc(1, Kind.TYPE_TAG, 0, 1) + _enc(0, Kind.PTR, 0, 2), b"\0tag\0"),
+    "enum64": (_enc(1, Kind.ENUM64, 0, 8), b"\0enum64\0"),
+    "qmark_datasec": (_int32() + _enc(1, Kind.VAR, 0, 1, 0) + _enc(3, Kind.DATASEC, 1, 4, 2, 0, 4),
+                      b"\0x\0?.data\0"),
+}
+
+
+def probe_blob(feature: str) -> bytes:
+    """The BTF blob that probes ``feature``."""
+    words, strings = _PROBES[feature]
+    types = struct.pack(f"<{len(words)}I", *words)
+    return _HDR.pack(BTF_MAGIC, 1, 0, _HDR.size, 0, len(types), len(types), len(strings)) + types + strings
+
+
+def kernel_accepts(blob: bytes) -> bool:
+    """True if BPF_BTF_LOAD accepts ``blob`` (the fd is closed again).
+
+    EPERM/EACCES propagate: without privileges nothing can be learned."""
+    from ..kernel import syscall as sc
+    from ..kernel.attrs import BtfLoadAttr
+    from ..kernel.constants import Cmd
+    buf = ctypes.create_string_buffer(blob, len(blob))
+    try:
+        fd = sc.bpf(Cmd.BTF_LOAD, BtfLoadAttr(btf=ctypes.addressof(buf), btf_size=len(blob)))
+    except SyscallError as e:
+        if e.errno in (_errno.EPERM, _errno.EACCES):
+            raise
+        return False
+    os.close(fd)
+    return True
+
+
+_probed: Optional[BTFFeatures] = None
+
+
+def probe_features() -> BTFFeatures:
+    """What the running kernel's BPF_BTF_LOAD accepts, probed once per process.
+
+    Without the privilege to load BTF nothing can be probed: every feature is
+    assumed (and not cached), and loading the object's BTF reports the EPERM."""
+    global _probed
+    if _probed is None:
+        try:
+            if not kernel_accepts(probe_blob("btf")):
+                _probed = BTFFeatures(btf=False, **{n: False for n in NO_FEATURES.missing})
+            else:
+                _probed = BTFFeatures(**{f.name: kernel_accepts(probe_blob(f.name))
+                                         for f in fields(BTFFeatures) if f.name != "btf"})
+        except SyscallError:
+            return ALL_FEATURES
+    return _probed
+
+
+# -- the rewriting ------------------------------------------------------------------------
+
+def sanitize(btf: BTF, features: BTFFeatures) -> bytes:
+    """A copy of ``btf`` rewritten for a kernel with ``features`` (libbpf's
+    bpf_object__sanitize_btf rules, btf.md section 3); ids are preserved."""
+    p = BTFPatcher(btf)
+    f = features
+    placeholder = 0
+    for tid in range(1, p.type_count + 1):
+        kind = p.kind(tid)
+        vlen = p.vlen(tid)
+        if (not f.datasec and kind == Kind.VAR) or (not f.decl_tag and kind == Kind.DECL_TAG):
+            # a 1-byte INT: 4 would be too big for a smaller variable
+            p.set_info(tid, Kind.INT)
+            p.set_word(tid, 2, 1)
+            p.set_word(tid, 3, 8)
+        elif not f.datasec and kind == Kind.DATASEC:
+            # a STRUCT of the variables; section names like .data are not C identifiers
+            name_off = p.word(tid, 0)
+            name = p.string(name_off)
+            p.rename_in_place(name_off, name, name.replace(".", "_").replace("?", "_"))
+            p.set_info(tid, Kind.STRUCT, vlen)
+            for i in range(vlen):
+                var_id, offset = p.word(tid, 3 + 3 * i), p.word(tid, 4 + 3 * i)
+                p.set_word(tid, 3 + 3 * i, p.word(var_id, 0))      # member name = the variable's
+                p.set_word(tid, 4 + 3 * i, var_id)
+                p.set_word(tid, 5 + 3 * i, offset * 8)
+        elif not f.func and kind == Kind.FUNC_PROTO:
+            p.set_info(tid, Kind.ENUM, vlen)
+            p.set_word(tid, 2, 4)           # the kernel wants 4-byte enums
+            # parameters become enumerators, which must be named (libbpf leaves them
+            # empty, and the kernel refuses the enum): unnamed ones are called "_"
+            for i in range(vlen):
+                if not p.word(tid, 3 + 2 * i):
+                    p.set_word(tid, 3 + 2 * i, p.add_string("_"))
+        elif not f.func and kind == Kind.FUNC:
+            p.set_info(tid, Kind.TYPEDEF)
+        elif not f.global_func and kind == Kind.FUNC:
+            p.set_info(tid, Kind.FUNC, LINKAGE_STATIC)
+        elif not f.float and kind == Kind.FLOAT:
+            # an anonymous empty STRUCT of the same size ("float" is no struct name)
+            p.set_word(tid, 0, 0)
+            p.set_info(tid, Kind.STRUCT)
+        elif not f.type_tag and kind == Kind.TYPE_TAG:
+            p.set_word(tid, 0, 0)
+            p.set_info(tid, Kind.CONST)
+        elif not f.enum64 and kind == Kind.ENUM:
+            p.set_info(tid, Kind.ENUM, vlen)    # no signed enums either: clear kind_flag
+        elif not f.enum64 and kind == Kind.ENUM64:
+            # a UNION of 1-byte members, one per enumerator (12-byte records either way)
+            if not placeholder:
+                placeholder = p.add_int("enum64_placeholder", 1)
+            p.set_info(tid, Kind.UNION, vlen)
+            for i in range(vlen):
+                p.set_word(tid, 4 + 3 * i, placeholder)
+                p.set_word(tid, 5 + 3 * i, 0)
+        elif not f.qmark_datasec and kind == Kind.DATASEC:
+            name_off = p.word(tid, 0)
+            name = p.string(name_off)
+            if name.startswith("?"):
+                p.rename_in_place(name_off, name, "_" + name[1:])
+    return p.to_bytes()
+
+
+def kernel_btf(btf: BTF, features: Optional[BTFFeatures] = None) -> Optional[bytes]:
+    """The blob to give BPF_BTF_LOAD for ``btf``: unchanged when the kernel accepts
+    everything, a sanitized copy otherwise, None when the kernel has no BTF at all.
+    ``features`` defaults to the running kernel's (probed once)."""
+    if features is None:
+        features = probe_features()
+    if not features.btf:
+        return None
+    if not features.missing:
+        return btf.to_bytes()
+    return sanitize(btf, features)
