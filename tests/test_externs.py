@@ -17,7 +17,6 @@ import re
 import shutil
 import struct
 import subprocess
-import warnings
 
 import pytest
 
@@ -27,7 +26,6 @@ from pybpf.loader.facts import KernelFacts
 from pybpf.loader.relocate import link_program
 from pybpf.spec import insn as I
 from pybpf.spec.btf import BTF, LINKAGE_GLOBAL, Kind
-from pybpf.spec.object import ExternSpec
 
 from conftest import program
 
@@ -228,12 +226,13 @@ def test_ksym_externs():
     assert not any(m.section == ".kconfig" for m in spec.maps.values())
 
 
-def test_objects_without_externs_keep_their_btf():
+def test_btf_types_added_only_for_kfuncs():
+    from pybpf.spec.btf_dump import btf_from_file
+    for name, added in (("globals_test", 0), ("extern_kconfig", 0), ("extern_ksyms", 1), ("extern_refused", 1)):
+        spec = pybpf.open(program(name))
+        assert len(spec.btf) == len(btf_from_file(program(name))) + added, name     # dummy_ksym, at the end
     spec = pybpf.open(program("globals_test"))
     assert spec.externs == {} and spec.kconfig_size == 0
-    raw = open(program("globals_test"), "rb").read()
-    assert spec.btf.to_bytes() != b"" and not spec.btf.by_name("dummy_ksym")
-    assert b".kconfig" not in raw or not spec.btf.by_name(".kconfig")
 
 
 # -- .kconfig values (libbpf bpf_object__process_kconfig_line typing rules) ---------------------

@@ -37,7 +37,7 @@ from typing import Callable, Optional
 
 from ..errors import Error, ObjectError
 from ..spec import insn as I
-from ..spec.btf import BTF, INT_BOOL, INT_SIGNED, Kind
+from ..spec.btf import BTF, Kind
 
 #: libbpf's constant for a call to an unresolved weak kfunc (+ the extern's index)
 POISON_CALL_KFUNC_BASE = 2002000000
