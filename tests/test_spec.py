@@ -124,6 +124,22 @@ EXPECTED_PROGRAMS = {
         "count_in_task": ("tp_btf/sys_enter", ProgType.TRACING, AttachType.TRACE_RAW_TP, "sys_enter"),
         "count_egress": ("cgroup_skb/egress", ProgType.CGROUP_SKB, AttachType.CGROUP_INET_EGRESS, ""),
     },
+    "uprobe_tool": {
+        "func_entry": ("uprobe", ProgType.KPROBE, None, ""),
+        "func_exit": ("uretprobe", ProgType.KPROBE, None, ""),
+        "getpid_entry": ("uprobe/libc.so.6:getpid", ProgType.KPROBE, None, "libc.so.6:getpid"),
+        "getpid_exit": ("uretprobe/libc.so.6:getpid", ProgType.KPROBE, None, "libc.so.6:getpid"),
+    },
+    "syscall_latency": {
+        "sys_enter": ("raw_tp/sys_enter", ProgType.RAW_TRACEPOINT, None, "sys_enter"),
+        "sys_exit": ("tp_btf/sys_exit", ProgType.TRACING, AttachType.TRACE_RAW_TP, "sys_exit"),
+    },
+    "execsnoop": {
+        "enter_execve": ("tracepoint/syscalls/sys_enter_execve", ProgType.TRACEPOINT, None,
+                         "syscalls/sys_enter_execve"),
+        "exit_execve": ("tracepoint/syscalls/sys_exit_execve", ProgType.TRACEPOINT, None,
+                        "syscalls/sys_exit_execve"),
+    },
 }
 
 
