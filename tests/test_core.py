@@ -27,7 +27,7 @@ from pybpf.loader.core import CoreError, CoreKind, essential_name, parse_spec
 from pybpf.loader.facts import KernelFacts
 from pybpf.loader.relocate import link_program
 from pybpf.spec import insn as I
-from pybpf.spec.btf import BTF, Kind
+from pybpf.spec.btf import BTF
 
 from conftest import program
 
@@ -373,7 +373,8 @@ def test_nothing_found_gives_zero_or_poison():
         assert (res.poison, res.new) == (False, new), kind
     res = resolve(lb, tbtf, lt, "0:0", CoreKind.FIELD_BYTE_OFFSET)
     assert res.poison
-    assert res.reason == "no struct named 'nothere' (the essential name of 'nothere___x') in the target BTF (hand-built)"
+    assert res.reason == ("no struct named 'nothere' (the essential name of 'nothere___x') "
+                          "in the target BTF (hand-built)")
 
 
 def test_kind_must_be_compatible_for_candidates():
@@ -526,6 +527,17 @@ def test_memsz_adjust_is_safe_only_for_pointers_and_unsigned():
     assert (p.orig_sz, p.new_sz, p.fail_memsz_adjust, p.new) == (8, 8, False, 8)
 
 
+def test_array_loads_use_the_element_size():
+    lb, tb, L, T = two_btfs()
+    lt = lb.struct("s", 8, [("a", lb.array(L.USHORT, 4), 0)])
+    tb.struct("s", 16, [("a", tb.array(T.UINT, 4), 0)])
+    tbtf = tb.btf()
+    elem = resolve(lb, tbtf, lt, "0:0:2", 0)        # s->a[2]: an unsigned element, widened
+    assert (elem.orig, elem.new, elem.orig_sz, elem.new_sz, elem.fail_memsz_adjust) == (4, 8, 2, 4, False)
+    whole = resolve(lb, tbtf, lt, "0:0", 0)         # s->a as a field: element sizes, but an array type
+    assert (whole.orig_sz, whole.new_sz, whole.fail_memsz_adjust) == (2, 4, True)
+
+
 # -- whole objects, offline --------------------------------------------------------------------------
 
 # the kernel structures core_read.bpf.c reads, in other layouts and with other enum values
@@ -623,6 +635,22 @@ def test_subprogram_copies_are_patched_in_every_program(tmp_path):
     # the object's own instructions are untouched
     assert insn_value(spec.functions["parent_tgid"].insns, spec.btf_ext.core_relos[".text"][0].insn_off // 8) \
         == 1280
+
+
+def test_instruction_not_holding_the_local_value_is_an_error(vmlinux):
+    spec = pybpf.open(program("core_read"))
+    fn = spec.programs["core_getpid"].function
+    rec = spec.btf_ext.core_relos[fn.section][0]           # r1 = 0x4f0 (task_struct.pid)
+    insns = bytearray(fn.insns)
+    I.set_imm(insns, rec.insn_off // 8, 999)
+    fn.insns = bytes(insns)
+    with pytest.raises(CoreError) as exc:
+        link_program(spec, spec.programs["core_getpid"], KernelFacts(btf=vmlinux))
+    n = rec.insn_off // 8
+    assert re.fullmatch(
+        rf"program 'core_getpid': core_getpid\+{n} \(section tracepoint/syscalls/sys_enter_getpid\): "
+        rf"CO-RE relocation #0 <byte_off> \[5\] struct task_struct.pid \(0:92 @ offset 1264\): "
+        rf"unexpected insn #{n} \(ALU/ALU64\) value: got 999, exp 1264 -> \d+", str(exc.value)), str(exc.value)
 
 
 def test_target_btf_path_through_load_spec_links_offline(tmp_path, monkeypatch):

@@ -774,3 +774,33 @@ def test_xlated_kfunc_calls_like_libbpf(no_fd_leak):
         return [re.sub(r"map\[id:\d+\]", "map[id:N]", i["disasm"]) for i in dump]
     assert norm(ours) == norm(theirs)
     assert any("call bpf_task_from_pid#" in line for line in norm(ours))
+
+
+@pytest.mark.kernel
+def test_module_btf_fds_in_the_kernel(no_fd_leak):
+    """The module path for real, on a kernel without modules: vmlinux's BTF object stands in
+    for a module. The kernel reads the kfunc calls' fd_array slot and refuses it as "not a
+    module BTF", which shows the fd reached it through fd_array[insn.off]."""
+    import ctypes
+    from pybpf.kernel import syscall as sc
+    from pybpf.kernel.attrs import BtfInfo
+    from pybpf.kernel.btf import vmlinux_btf
+    from pybpf.loader.facts import read_kallsyms
+
+    fd = X.open_module_btf_fd("vmlinux")
+    try:
+        name = ctypes.create_string_buffer(64)
+        info = sc.obj_get_info_by_fd(fd, BtfInfo(name=ctypes.addressof(name), name_len=64))
+        assert info.kernel_btf and name.value == b"vmlinux"
+    finally:
+        os.close(fd)
+    with pytest.raises(pybpf.Error, match="no BTF object for kernel module 'pybpf_no_such_module'"):
+        X.open_module_btf_fd("pybpf_no_such_module")
+
+    w = Writer()
+    w.int("int")
+    kallsyms = read_kallsyms()
+    f = KernelFacts(btf=w.btf(), module_btfs={"vmlinux": vmlinux_btf()}, kconfig={}, kernel_version=1,
+                    ksym_address=kallsyms.get)
+    with pytest.raises(pybpf.VerifierError, match="BTF fd for kfunc is not a module BTF"):
+        pybpf.open(program("extern_ksyms")).load(facts=f)

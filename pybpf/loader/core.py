@@ -25,6 +25,17 @@ load and shrunk to the candidates that matched each relocation; records of
 programs that are not loaded are skipped.  Candidates are found without
 decoding the target BTF: the type name is searched in the string section, and
 its offset among the type records (see :class:`_NameIndex`).
+
+The target comes from the kernel facts (``facts.btf``, ``facts.module_btfs``),
+so relocation runs offline against any BTF file.  Entry points:
+:func:`apply_core_relocations` (called by the linker for each program; fills
+``LinkedProgram.core_failures``), :func:`resolve_object` (every record of an
+object, in libbpf's order), :class:`CoreResolver`, :func:`parse_spec`,
+:func:`match_candidate`, :func:`patch_insn` and :func:`failure_in_log`.
+
+One deliberate difference from libbpf: for a 32-bit ENUM, ENUMVAL_VALUE checks
+only the low 32 bits of the ld_imm64 (clang zero-extends an unsigned value
+>= 2^31, libbpf's expectation is sign-extended and its check would fail).
 """
 
 from __future__ import annotations
@@ -538,6 +549,15 @@ class _Poison(Exception):
     pass
 
 
+def _elem_size(btf: BTF, type_id: int, where: str) -> int:
+    """The size a load/store of the field moves: for arrays, of the innermost element
+    (libbpf since "fix LDX/STX/ST CO-RE relocation size adjustment logic", 2025)."""
+    type_id = btf.skip_mods(type_id)
+    while type_id and btf[type_id].kind == Kind.ARRAY:
+        type_id = btf.skip_mods(btf[type_id].elem_type)
+    return _size(btf, type_id, where)
+
+
 def _calc_field(spec: Optional[CoreSpec], kind: CoreKind, where: str):
     """(value, mem size, field type id, validate) as bpf_core_calc_field_relo computes them."""
     if kind == CoreKind.FIELD_EXISTS:
@@ -548,7 +568,7 @@ def _calc_field(spec: Optional[CoreSpec], kind: CoreKind, where: str):
     acc = spec.accessors[-1]
     if acc.name is None:                 # an array element (or the root itself)
         if kind == CoreKind.FIELD_BYTE_OFFSET:
-            return spec.bit_offset // 8, _size(btf, acc.type_id, where), acc.type_id, True
+            return spec.bit_offset // 8, _elem_size(btf, acc.type_id, where), acc.type_id, True
         if kind == CoreKind.FIELD_BYTE_SIZE:
             return _size(btf, acc.type_id, where), 0, 0, True
         raise CoreError(f"{where}: <{kind.log_name}> can't be applied to an array access")
@@ -577,10 +597,7 @@ def _calc_field(spec: Optional[CoreSpec], kind: CoreKind, where: str):
     if kind == CoreKind.FIELD_BYTE_OFFSET:
         val = byte_off
         if not bitfield:
-            elem = ftid
-            while elem and btf[elem].kind == Kind.ARRAY:
-                elem = btf.skip_mods(btf[elem].elem_type)
-            mem_sz, type_id = _size(btf, elem, where), ftid
+            mem_sz, type_id = _elem_size(btf, ftid, where), ftid
     elif kind == CoreKind.FIELD_BYTE_SIZE:
         val = byte_sz
     elif kind == CoreKind.FIELD_SIGNED:
@@ -663,12 +680,18 @@ class _NameIndex:
     vmlinux, where building a full name index costs hundreds."""
 
     def __init__(self, btf: BTF):
-        self.btf = btf
+        self._btf = weakref.ref(btf)            # (the index lives in a WeakKeyDictionary keyed by btf)
+        # kernel BTF went through btf__dedup: each string is stored once, the first hit is the only one
+        self._unique_strings = btf.source.startswith(("/sys/kernel/btf/", "kernel BTF"))
         self._hay: Optional[bytes] = None
         self._flavored: Optional[dict] = None
         self._strings: dict[str, list] = {}
         self._types: dict[str, list] = {}
         self.base = _index(btf.base) if btf.base is not None else None
+
+    @property
+    def btf(self) -> BTF:
+        return self._btf()
 
     def _haystack(self) -> bytes:
         if self._hay is None:
@@ -698,6 +721,8 @@ class _NameIndex:
         pos = hay.find(needle)
         while pos >= 0:
             found.append(pos + base)            # (pos + 1) - 1: the string starts after the NUL
+            if self._unique_strings:
+                break
             pos = hay.find(needle, pos + 1)
         found += self._flavored.get(ess, ())
         self._strings[ess] = found
