@@ -238,15 +238,14 @@ def test_plain_field_offsets_are_the_ctypes_field_offsets(vmlinux, factory):
 def check_bitfields(btf: BTF, factory: TypeFactory, tids, rnd: random.Random) -> tuple[int, int]:
     """Every bitfield of ``tids`` reads and writes exactly its BTF bits; returns how many
     bitfields, and how many signed ones, were checked."""
-    vmlinux = btf
     count = signed = 0
     for tid in tids:
-        size = vmlinux[tid].size
+        size = btf[tid].size
         ct = factory.ctype(tid)
-        for name, bit_off, bits, mtid in flat_members(vmlinux, tid):
+        for name, bit_off, bits, mtid in flat_members(btf, tid):
             if not bits:
                 continue
-            is_signed = vmlinux.resolve(mtid).signed
+            is_signed = btf.resolve(mtid).signed
             orig = bytes(rnd.getrandbits(8) for _ in range(size))
             inst = ct.from_buffer_copy(orig)
             mask = (1 << bits) - 1
@@ -254,7 +253,7 @@ def check_bitfields(btf: BTF, factory: TypeFactory, tids, rnd: random.Random) ->
             want = (int.from_bytes(orig, "little") >> bit_off) & mask
             if is_signed and want >> (bits - 1):
                 want -= 1 << bits
-            where = f"{vmlinux.type_name(tid)}.{name} ({bits} bits at bit {bit_off})"
+            where = f"{btf.type_name(tid)}.{name} ({bits} bits at bit {bit_off})"
             assert getattr(inst, name) == want, where
             # writing: exactly those bits change (neighbours untouched)
             value = rnd.randrange(-(1 << (bits - 1)), 1 << (bits - 1)) if is_signed else rnd.randrange(1 << bits)
@@ -271,13 +270,12 @@ def test_bitfields_read_and_write_exactly_the_btf_bits(vmlinux, factory, sample)
     signed_holders = [t.id for t in vmlinux.by_kind(Kind.STRUCT)
                       if any(m.bitfield_size and vmlinux.resolve(m.type_id).signed for m in t.members)]
     count, signed = check_bitfields(vmlinux, factory, sample + signed_holders, random.Random(2))
-    # vmlinux has one signed bitfield (bpf_insn_aux_data's `int depth:30`, in an
-    # anonymous struct); the hand-built BTF below has more
+    # vmlinux has one signed bitfield (`int depth:30`, in bpf_insn_aux_data's
+    # `struct {...} iter`); the hand-built BTF below has more
     assert count > 1000 and signed >= 1
 
 
 def test_signed_bitfield_sign_extends(vmlinux, factory):
-    # struct perf_event_attr: plain u64 bitfields; find a signed one in the kernel instead
     for t in vmlinux.by_kind(Kind.STRUCT):
         hits = [(n, off, bits) for n, off, bits, mtid in flat_members(vmlinux, t.id)
                 if bits > 1 and vmlinux.resolve(mtid).signed]
@@ -373,10 +371,13 @@ class TinyBTF:
         extra = b"".join(struct.pack("<Ii", self.s(n), v) for n, v in values)
         return self.add(name, 6, len(values), size, extra, int(signed))
 
-    def btf(self) -> BTF:
+    def raw(self) -> bytes:
         types = b"".join(self.records)
         hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(self.strings))
-        return BTF(hdr + types + bytes(self.strings))
+        return hdr + types + bytes(self.strings)
+
+    def btf(self) -> BTF:
+        return BTF(self.raw())
 
 
 @pytest.fixture(scope="module")
@@ -412,9 +413,16 @@ def test_hand_built_bitfields_both_encodings(tiny):
     count, signed = check_bitfields(btf, f, [bits, old], random.Random(3))
     assert (count, signed) == (8, 5)       # signed: a, b, e (signed enum), d (char), x
     v = f.from_bytes(bits, f.encode(bits, {"a": -4, "b": 15, "c": 127, "e": -2, "d": -1, "f": 0xffff, "g": 1}))
-    assert v.to_python() == {"a": -4, "b": 15, "c": 127, "e": -2, "d": -1, "f": 0xffff, "g": 1}
+    assert v.to_python() == {"a": -4, "b": 15, "c": 127, "e": "BLUE", "d": -1, "f": 0xffff, "g": 1}
     raw = (0b100 | 15 << 3 | 127 << 8 | 0b1110 << 15 | 0xff << 19 | 0xffff << 32 | 1 << 48).to_bytes(8, "little")
     assert bytes(v) == raw
+    assert v.e == -2 and v.e.name == "BLUE" and f.encode(bits, {"e": "BLUE"}) == f.encode(bits, {"e": -2})
+    v.e = "GREEN"
+    assert v.e.name == "GREEN"
+    v.e = 5                                  # no name: the number
+    assert v.e == 5 and not isinstance(v.e, enum.Enum)
+    with pytest.raises(pybpf.Error, match="color"):
+        v.e = "PURPLE"
     o = f.from_bytes(old, ((-1 & 7) | 9 << 3 | 0xabcd << 16).to_bytes(4, "little"))
     assert (o.x, o.y, o.z) == (-1, 9, 0xabcd)
 
@@ -606,8 +614,17 @@ def random_value(btf: BTF, factory: TypeFactory, tid: int, rnd: random.Random):
     out = {}
     for name, _, bits, mtid in flat_members(btf, t.id):
         if bits:
-            signed = btf.resolve(mtid).signed
-            out[name] = rnd.randrange(-(1 << (bits - 1)), 1 << (bits - 1)) if signed else rnd.randrange(1 << bits)
+            mt = btf.resolve(mtid)
+            v = rnd.randrange(-(1 << (bits - 1)), 1 << (bits - 1)) if mt.signed else rnd.randrange(1 << bits)
+            if mt.kind in (Kind.ENUM, Kind.ENUM64) and rnd.random() < 0.5:   # an enum bitfield: a name
+                fits = [e.value for e in mt.values if -(1 << (bits - 1)) <= e.value < (1 << bits)]
+                v = factory.enum_class(mt.id)(rnd.choice(fits)).name if fits else v
+            elif mt.kind in (Kind.ENUM, Kind.ENUM64):
+                try:
+                    v = factory.enum_class(mt.id)(v).name
+                except ValueError:
+                    pass
+            out[name] = v
         else:
             out[name] = random_value(btf, factory, mtid, rnd)
     return out
@@ -653,10 +670,22 @@ def map_id(m) -> int:
     return obj_get_info_by_fd(m.fd, MapInfo()).id
 
 
+def _merge_anonymous(pairs: list) -> dict:
+    """bpftool prints an anonymous struct/union member as a "" key holding its members
+    (twice "" if there are two); pybpf reaches them by name in the parent, as C does."""
+    out: dict = {}
+    for k, v in pairs:
+        if k == "" and isinstance(v, dict):
+            out.update(v)
+        else:
+            out[k] = v
+    return out
+
+
 def bpftool_dump(m) -> list:
     out = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(map_id(m))],
                          capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+    return json.loads(out.stdout, object_pairs_hook=_merge_anonymous)
 
 
 def from_bpftool(x, btf: BTF, tid: int):
@@ -670,9 +699,15 @@ def from_bpftool(x, btf: BTF, tid: int):
       list of signed numbers: the list is turned into pybpf's form here.
     - DATASEC values: bpftool prints {".data": [{"var": value}, ...]} (a list of
       one-entry objects); pybpf gives one dict {"var": value, ...}, like a struct.
-    - pointers: bpftool prints them as "0x..." strings; pybpf gives the int.
+    - bitfields: bpftool prints the raw bits as a hex string ("0x5"), not
+      sign-extended, and enum bitfields as numbers too. pybpf gives what C reads:
+      an int, negative for a signed bitfield holding 0b101 in 3 bits (-3), and the
+      enumerator's name like any other enum.
+    - anonymous struct/union members: bpftool nests them under a "" key; pybpf
+      reaches their members by name in the parent (merged by bpftool_dump).
     Enums (the name, or the number when it has none), bools (true/false),
-    integers, structs (objects) and other arrays (lists) are formatted alike.
+    integers, pointers (numbers), structs and unions (objects, every member of a
+    union) and other arrays (lists) are formatted alike.
     """
     t = btf.resolve(tid)
     k = t.kind
@@ -682,7 +717,8 @@ def from_bpftool(x, btf: BTF, tid: int):
         return {btf[s.type_id].name: from_bpftool(merged[btf[s.type_id].name], btf, btf[s.type_id].type_id)
                 for s in t.secinfos}
     if k in (Kind.STRUCT, Kind.UNION):
-        return {name: from_bpftool(x[name], btf, mtid) for name, _, _, mtid in flat_members(btf, t.id)}
+        return {name: from_bpftool_bitfield(x[name], btf, mtid, bits) if bits else from_bpftool(x[name], btf, mtid)
+                for name, _, bits, mtid in flat_members(btf, t.id)}
     if k == Kind.ARRAY:
         if is_char_array(btf, t) and isinstance(x, list):
             return char_text(bytes(c & 0xff if isinstance(c, int) else ord(c) for c in x))
@@ -692,6 +728,16 @@ def from_bpftool(x, btf: BTF, tid: int):
     if k == Kind.PTR and isinstance(x, str):
         return int(x, 16)
     return x
+
+
+def from_bpftool_bitfield(x, btf: BTF, tid: int, bits: int):
+    t = btf.resolve(tid)
+    v = (int(x, 16) if isinstance(x, str) else x) & ((1 << bits) - 1)
+    if t.signed and v >> (bits - 1):
+        v -= 1 << bits
+    if t.kind in (Kind.ENUM, Kind.ENUM64):
+        return next((e.name for e in t.values if e.value == v), v)
+    return v
 
 
 def ours(m) -> dict:
@@ -754,6 +800,62 @@ def test_maps_equal_bpftool_formatting(maps_obj):
     assert ours(lru) == {2 ** 40: 7, 1: 2 ** 63}
     for m in (h, a, p, lru):
         assert ours(m) == theirs(m), m.name
+
+
+@pytest.fixture
+def tricky_map(no_fd_leak):
+    """A hash map whose value type has every kind bpftool formats its own way: signed and
+    enum bitfields, enums, a bool, char arrays (text, full, not text), an int array, a
+    pointer, a nested struct, an anonymous struct, a union."""
+    from pybpf.kernel.constants import MapType
+    from pybpf.loader import create_map, load_btf
+    from pybpf.maps import Map
+    from pybpf.spec.object import MapSpec
+    b = TinyBTF()
+    i32, u32 = b.int_("int", 4, signed=True), b.int_("unsigned int", 4)
+    char, boolean = b.int_("char", 1, signed=True), b.int_("_Bool", 1, enc=INT_BOOL)
+    u64 = b.int_("unsigned long long", 8)
+    color = b.enum("color", [("RED", 0), ("GREEN", 1), ("BLUE", -2)], signed=True)
+    chars8, nums = b.array(char, 8, u32), b.array(u32, 3, u32)
+    vptr = b.add("", 2, 0, 0)
+    inner = b.record(4, "inner", 8, [("p", u32, 0, 0), ("q", u32, 32, 0)])
+    anon = b.record(4, "", 4, [("h", u32, 0, 0)])
+    num = b.record(5, "num", 4, [("u", u32, 0, 0), ("i", i32, 0, 0)])
+    rec = b.record(4, "rec", 80, [
+        ("a", i32, 0, 3), ("b", u32, 3, 5), ("col", color, 8, 4), ("ok", boolean, 16, 0), ("c", color, 32, 0),
+        ("name", chars8, 64, 0), ("full", chars8, 128, 0), ("raw", chars8, 192, 0), ("nums", nums, 256, 0),
+        ("ptr", vptr, 384, 0), ("in", inner, 448, 0), ("", anon, 512, 0), ("n", num, 544, 0),
+        ("big", u64, 576, 0)])
+    spec = MapSpec("typed_vals", MapType.HASH, 4, 80, 16, key_type_id=u32, value_type_id=rec)
+    btf_fd = load_btf(b.raw())
+    try:
+        m = Map(create_map(spec, btf_fd), spec, btf=b.btf())
+    finally:
+        os.close(btf_fd)
+    with m:
+        from pybpf.kernel.attrs import MapInfo
+        from pybpf.kernel.syscall import obj_get_info_by_fd
+        assert obj_get_info_by_fd(m.fd, MapInfo()).btf_value_type_id == rec   # BTF not dropped
+        yield m
+
+
+@pytest.mark.kernel
+def test_tricky_values_equal_bpftool_formatting(tricky_map):
+    m = tricky_map
+    m.update(1, {"a": -3, "b": 31, "col": "BLUE", "ok": True, "c": "GREEN", "name": "hi", "full": "abcdefgh",
+                 "raw": b"\x01\xff", "nums": (1, 2, 3), "ptr": 0xffff888012345678, "in": {"p": 5, "q": 6},
+                 "h": 7, "n": {"u": 0xffffffff}, "big": 2 ** 64 - 1})
+    m.update(2, {"a": 3, "col": 5, "c": 7})               # enums without a name: numbers
+    m.update(3, bytes(80))
+    assert ours(m) == theirs(m)
+    v = m[1]
+    assert v.to_python() == {"a": -3, "b": 31, "col": "BLUE", "ok": True, "c": "GREEN", "name": "hi",
+                             "full": "abcdefgh", "raw": b"\x01\xff", "nums": [1, 2, 3], "ptr": 0xffff888012345678,
+                             "in": {"p": 5, "q": 6}, "h": 7, "n": {"u": 0xffffffff, "i": -1}, "big": 2 ** 64 - 1}
+    assert m[2].col == 5 and m[2].c == 7 and m[3] == bytes(80)
+    # and the raw forms bpftool uses, for the record
+    raw = {e["formatted"]["key"]: e["formatted"]["value"] for e in bpftool_dump(m)}
+    assert (raw[1]["a"], raw[1]["col"], raw[1]["c"], raw[1]["h"]) == ("0x5", "0xe", "GREEN", 7)
 
 
 @pytest.mark.kernel

@@ -125,7 +125,7 @@ def _check_int(value, bits: int, what: str) -> int:
     return value
 
 
-def _bitfield_property(byte_off: int, bit_off: int, bits: int, signed: bool) -> property:
+def _bitfield_property(byte_off: int, bit_off: int, bits: int, signed: bool, enum_cls=None) -> property:
     nbytes = (bit_off + bits + 7) // 8
     mask = (1 << bits) - 1
 
@@ -134,9 +134,19 @@ def _bitfield_property(byte_off: int, bit_off: int, bits: int, signed: bool) -> 
         v = (int.from_bytes(bytes(buf), "little") >> bit_off) & mask
         if signed and v >> (bits - 1):
             v -= 1 << bits
+        if enum_cls is not None:   # an enum bitfield: by name too
+            try:
+                return enum_cls(v)
+            except ValueError:
+                pass
         return v
 
     def set(self, value):
+        if enum_cls is not None and isinstance(value, str):
+            try:
+                value = enum_cls[value]
+            except KeyError:
+                raise Error(f"{value!r} is not an enumerator of enum {enum_cls.__name__}") from None
         buf = (ctypes.c_char * nbytes).from_buffer(self, byte_off)
         word = int.from_bytes(bytes(buf), "little")
         value = _check_int(value, bits, f"a {bits}-bit bitfield")
@@ -328,9 +338,11 @@ class TypeFactory:
             is_bitfield = bool(bitsz) or bit_off % 8 or (mt is not None and mt.kind == Kind.INT
                                                          and mt.bits and mt.bits != 8 * mt.size)
             if is_bitfield:
-                bits = bitsz or (mt.bits if mt is not None and mt.kind == Kind.INT else 8)
+                bits = bitsz or (mt.bits if mt is not None and mt.kind == Kind.INT else 8 * btf.size_of(mtid))
                 pyname = _safe_name(name or f"bf{i}", taken)
-                props[pyname] = _bitfield_property(bit_off // 8, bit_off % 8, bits, bool(mt and mt.signed))
+                is_enum = mt is not None and mt.kind in (Kind.ENUM, Kind.ENUM64)
+                props[pyname] = _bitfield_property(bit_off // 8, bit_off % 8, bits, bool(mt and mt.signed),
+                                                   self.enum_class(mtid) if is_enum else None)
                 shown.append(pyname)
                 continue
             ct = self.ctype(mtid)
