@@ -201,3 +201,20 @@ def test_attach_errors(worker, no_fd_leak):
         with pytest.raises(pybpf.Error, match="no function 'nope'"):
             obj.programs["func_entry"].attach(target=f"{worker}:nope")
         assert obj.links == []
+
+
+@pytest.mark.kernel
+def test_attach_target_set_before_load(worker, no_fd_leak):
+    s = pybpf.open(program("uprobe_tool"))
+    for name in ("func_entry", "func_exit"):
+        s.programs[name].attach_target = f"{worker}:work"
+    s.variables["getpid_tgid"].set(os.getpid())
+    with s.load() as obj:
+        links = obj.attach()                      # every program now names its target
+        assert sorted((l.kind, l.target) for l in links) == [
+            ("uprobe", f"{worker}:work"), ("uprobe", "libc.so.6:getpid"),
+            ("uretprobe", f"{worker}:work"), ("uretprobe", "libc.so.6:getpid")]
+        total = run_worker(worker, 7)
+        os.getpid()
+        assert obj.variables["calls"].get() == 7 and obj.variables["ret_sum"].get() == total
+        assert obj.variables["getpid_calls"].get() >= 1
