@@ -5,6 +5,10 @@
  * BPF_PROG_TEST_RUN, so the BPF side stays out of the consumer's and the
  * producer's timing. Every consumer (pybpf, libbpf's C loop, Python over libbpf)
  * reads the same maps of the same object.
+ *
+ * `hold` serves the tests (tests/test_ringbuf_batch.py): it keeps a record
+ * reserved (BUSY) at the head of `rb`, commits records after it, and waits
+ * until user space sets `release` before committing the first.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -37,6 +41,8 @@ struct {
 __u64 produced;			/* records submitted by produce, over all calls */
 __u64 reserve_failures;		/* produce calls stopped by a full ring */
 __u64 drained;			/* samples seen by drain, over all calls */
+__u32 release;			/* hold: set by user space to let the BUSY record go */
+__u32 holding;			/* hold: 1 while its first record is reserved, not committed */
 struct bench_event *unused_event __attribute__((unused));	/* keeps the type in BTF */
 
 struct produce_args {		/* 16 bytes */
@@ -108,4 +114,63 @@ int drain(void *args)
 	if (ret > 0)
 		drained += ret;
 	return (int)ret;
+}
+
+/* ---- hold ------------------------------------------------------------- */
+
+struct hold_args {		/* 16 bytes */
+	__u64 start_seq;	/* seq of the held record; the 3 after it follow */
+	__u64 max_ns;		/* give up waiting for `release` after this long */
+};
+
+static long hold_wait(__u32 i, void *data)
+{
+	__u64 *deadline = data;
+
+	return *(volatile __u32 *)&release || bpf_ktime_get_ns() > *deadline;
+}
+
+static __always_inline int commit_one(__u64 seq)
+{
+	struct bench_event *e = bpf_ringbuf_reserve(&rb, sizeof(*e), 0);
+
+	if (!e)
+		return 1;
+	e->seq = seq;
+	e->cpu = 0;
+	e->flags = 0;
+	e->value = 0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* Returns 0 once the held record is committed (1 if `release` came in time,
+ * see `holding`), or -1 when the ring is full.
+ */
+SEC("syscall")
+int hold(struct hold_args *args)
+{
+	struct bench_event *held;
+	__u64 deadline = bpf_ktime_get_ns() + args->max_ns;
+	__u64 seq = args->start_seq;
+	int i, failed = 0;
+
+	held = bpf_ringbuf_reserve(&rb, sizeof(*held), 0);
+	if (!held)
+		return -1;
+	held->seq = seq;
+	held->cpu = 0;
+	held->flags = 1;
+	held->value = 0;
+	failed |= commit_one(seq + 1);
+	failed |= commit_one(seq + 2);
+	failed |= commit_one(seq + 3);
+	holding = 1;
+	/* bpf_loop runs at most 8M iterations a call: call it again until released */
+	for (i = 0; i < 16 && !*(volatile __u32 *)&release && bpf_ktime_get_ns() <= deadline; i++)
+		bpf_loop(1 << 23, hold_wait, &deadline, 0);
+	i = *(volatile __u32 *)&release;
+	holding = 0;
+	bpf_ringbuf_submit(held, 0);
+	return failed ? -1 : i;
 }

@@ -8,7 +8,7 @@
 Layers, one way: ``pybpf.spec`` (ELF/BTF, pure) -> ``pybpf.kernel`` (the bpf()
 syscall and UAPI layouts) -> ``pybpf.loader`` (relocate, create, load) ->
 runtime objects (``Object``, ``Map``, ``Program``, ``Link``, ``RingBuffer``,
-``UserRingBuffer``) -> front ends (``python -m pybpf``).
+``UserRingBuffer``, ``PerfBuffer``) -> front ends (``python -m pybpf``).
 """
 
 from __future__ import annotations
@@ -43,10 +43,13 @@ def __getattr__(name):
     if name in ("RingBuffer", "UserRingBuffer"):
         from . import ringbuf
         return getattr(ringbuf, name)
+    if name == "PerfBuffer":
+        from . import perfbuf
+        return perfbuf.PerfBuffer
     raise AttributeError(f"module 'pybpf' has no attribute {name!r}")
 
 
 __all__ = list(_errors_all) + [
     "open", "load", "Object", "Variable", "Map", "Program", "TestRunResult", "Link",
-    "ObjectSpec", "ProgramSpec", "MapSpec", "VariableSpec", "RingBuffer", "UserRingBuffer",
+    "ObjectSpec", "ProgramSpec", "MapSpec", "VariableSpec", "RingBuffer", "UserRingBuffer", "PerfBuffer",
 ]

@@ -34,6 +34,10 @@ _SIGNATURES = {
     "pybpf_load_acquire_u32": (ctypes.c_uint32, [ctypes.c_void_p]),
     "pybpf_xchg_acq_rel_u32": (ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_uint32]),
     "pybpf_fence_acquire": (None, []),
+    # (producer_pos, data, mask, cons, limit, max_bytes, max_records, out, res, copy, copy_size) -> records
+    "pybpf_ringbuf_scan": (ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
+                                             ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint32,
+                                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32]),
 }
 
 _lock = threading.Lock()

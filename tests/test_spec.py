@@ -100,7 +100,8 @@ EXPECTED_PROGRAMS = {
     "link_test": {"link_main": ("syscall", ProgType.SYSCALL, None, ""),
                   "not_autoloaded": ("?syscall", ProgType.SYSCALL, None, "")},
     "bench_ringbuf": {"produce": ("syscall", ProgType.SYSCALL, None, ""),
-                      "drain": ("syscall", ProgType.SYSCALL, None, "")},
+                      "drain": ("syscall", ProgType.SYSCALL, None, ""),
+                      "hold": ("syscall", ProgType.SYSCALL, None, "")},
     "perf_test": {"output": ("raw_tp", ProgType.RAW_TRACEPOINT, None, "")},
     "btf_programs": {
         "count_getpid_btf": ("tp_btf/sys_enter", ProgType.TRACING, AttachType.TRACE_RAW_TP, "sys_enter"),
