@@ -232,7 +232,7 @@ def cmd_load(args) -> int:
         links = []
         if not args.no_attach:
             for prog in obj.programs.values():
-                if prog.spec.sec_def.attach is None:
+                if not prog.auto_attachable:
                     continue
                 try:
                     links.append(prog.attach())

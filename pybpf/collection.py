@@ -94,12 +94,13 @@ class Object:
     # -- built by the loader ---------------------------------------------------------
 
     def _add_map(self, spec, fd: int) -> Map:
-        from .loader import _ringbuf_size
-        from .kernel.constants import MapType
-        max_entries = spec.max_entries
-        if spec.type in (MapType.RINGBUF, MapType.USER_RINGBUF):
-            max_entries = _ringbuf_size(max_entries)
-        m = Map(fd, spec, max_entries=max_entries, btf=self.spec.btf)
+        # the kernel's word on the sizes: the loader may have rounded (ring buffers)
+        # or filled them in (perf event arrays: one entry per possible CPU)
+        from .kernel import syscall as sc
+        from .kernel.attrs import MapInfo
+        info = sc.obj_get_info_by_fd(fd, MapInfo())
+        m = Map(fd, spec, max_entries=info.max_entries, btf=self.spec.btf)
+        m.key_size, m.value_size = info.key_size, info.value_size
         self._maps[spec.name] = m
         for v in self.spec.variables.values():
             if v.map is spec:
@@ -132,7 +133,7 @@ class Object:
         made = []
         try:
             for p in self._programs.values():
-                if p.spec.sec_def.attach is None:
+                if not p.auto_attachable:
                     continue
                 made.append(p.attach())
         except BaseException:

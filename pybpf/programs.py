@@ -29,6 +29,24 @@ class TestRunResult:
     ctx: bytes
 
 
+# iterators over a map's elements need the map, given to Program.iterate(map=...)
+_MAP_ITERATORS = {"bpf_map_elem", "bpf_sk_storage_map", "sockmap"}
+
+
+def auto_attachable(spec) -> bool:
+    """Whether Object.attach() attaches this program: its section must say where
+    (as libbpf's auto-attach, programs such as SEC("uprobe") without a target are skipped)."""
+    kind = spec.sec_def.attach
+    if kind is None or not spec.autoload:
+        return False
+    if kind in ("uprobe", "uretprobe", "kprobe", "kretprobe", "tracepoint", "raw_tracepoint", "usdt",
+                "kprobe_multi", "uprobe_multi", "ksyscall", "trace", "lsm") and not spec.attach_target:
+        return False
+    if kind == "iter" and spec.attach_target in _MAP_ITERATORS:
+        return False
+    return True
+
+
 class Program:
     """A BPF program in the kernel: ``name``, ``section``, ``type``, ``fd``."""
 
@@ -66,6 +84,11 @@ class Program:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
         return f"<Program {self.name} section={self.section!r} {self.type.name} {state}>"
+
+    @property
+    def auto_attachable(self) -> bool:
+        """True if ``attach()`` needs no target: the section says where (``Object.attach()`` attaches these)."""
+        return auto_attachable(self.spec)
 
     @property
     def insn_cnt(self) -> int:
