@@ -782,6 +782,70 @@ def test_core_read_in_the_kernel(vmlinux, no_fd_leak):
     assert (v["comm_size"], v["comm2_offset"], v["uid_signed"]) == (16, comm_member.offset + 2, 0)
 
 
+def proc_stat() -> list:
+    """/proc/self/stat fields, 1-based as in proc(5) (fields[1] is the pid)."""
+    with open("/proc/self/stat") as f:
+        text = f.read()
+    head, _, rest = text.rpartition(")")
+    pid, _, comm = head.partition(" (")
+    return [None, int(pid), comm] + [int(x) if x.lstrip("-").isdigit() else x for x in rest.split()]
+
+
+def proc_status() -> dict:
+    with open("/proc/self/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+@pytest.mark.kernel
+def test_core_heavy_in_the_kernel(vmlinux, no_fd_leak):
+    import resource
+    import signal
+    spec = pybpf.open(program("core_heavy"))
+    assert sum(len(v) for v in spec.btf_ext.core_relos.values()) > 100
+    spec.variables["target_tgid"].set(os.getpid())
+    with spec.load() as obj:
+        with obj.programs["heavy"].attach():
+            os.getpid()
+        f = obj.variables["facts"].get()
+    st, status = proc_stat(), proc_status()
+    assert f.runs >= 1
+    assert (f.pid, f.tgid, f.leader_pid, f.ppid, f.parent_leader_pid) == (os.getpid(),) * 3 + (os.getppid(),) * 2
+    assert (f.prio - 100, f.rt_priority, f.policy) == (st[18], st[41], st[42]) == (st[18], 0, os.sched_getscheduler(0))
+    assert f.nr_cpus_allowed == len(os.sched_getaffinity(0))
+    assert f.exit_signal == signal.SIGCHLD and f.pdeath_signal == 0
+    assert f.start_boottime // (10 ** 9 // os.sysconf("SC_CLK_TCK")) == st[22]
+    assert f.comm == st[2]
+    # mm_struct: these members sit in an anonymous struct in the kernel's mm_struct
+    assert (f.start_code, f.end_code, f.start_stack) == (st[26], st[27], st[28])
+    assert (f.start_data, f.end_data, f.start_brk) == (st[45], st[46], st[47])
+    assert (f.arg_start, f.arg_end, f.env_start, f.env_end) == (st[48], st[49], st[50], st[51])
+    assert f.start_brk <= f.brk and f.total_vm > 0 and f.map_count > 0
+    exe = os.path.basename(os.readlink("/proc/self/exe"))
+    assert (f.exe, f.exe_len) == (exe[:31], len(exe))
+    # signal_struct, cred
+    assert f.nr_threads == int(status["Threads"])
+    assert (f.nofile_cur, f.nofile_max) == resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert f.stack_cur == resource.getrlimit(resource.RLIMIT_STACK)[0] % (1 << 64)
+    assert (f.uid, f.euid, f.suid, f.fsuid) == tuple(int(x) for x in status["Uid"].split())
+    assert (f.gid, f.egid, f.sgid, f.fsgid) == tuple(int(x) for x in status["Gid"].split())
+    assert f.cap_effective == int(status["CapEff"], 16)
+    # namespaces, fs, files
+    assert (f.nodename, f.sysname) == (os.uname().nodename, os.uname().sysname)
+    assert f.umask == int(status["Umask"], 8)
+    assert f.max_fds >= len(os.listdir("/proc/self/fd")) and f.root_name == "/"
+    # enums and types, from the kernel's BTF
+    enum = {e.name: e.value for t in ("enum pid_type", "enum bpf_prog_type", "enum bpf_map_type")
+            for e in vmlinux.find(t).values}
+    assert (f.tgid_type, f.prog_type_tracing, f.map_type_ringbuf) == \
+        (enum["PIDTYPE_TGID"], enum["BPF_PROG_TYPE_TRACING"], enum["BPF_MAP_TYPE_RINGBUF"])
+    sizes = [vmlinux.find(f"struct {n}").size for n in ("task_struct", "mm_struct", "cred", "signal_struct",
+                                                         "new_utsname")]
+    assert [f.size_task, f.size_mm, f.size_cred, f.size_signal, f.size_utsname] == sizes
+    assert (f.comm_len, f.exists_mm, f.exists_nsproxy, f.field_exists_rlim, f.field_exists_arg_start) == \
+        (16, 1, 1, 1, 1)
+    assert (f.reset_on_fork, f.in_execve, f.in_iowait) == (0, 0, 0)
+
+
 @pytest.mark.kernel
 def test_core_read_bitfields_in_the_kernel(sched_reset_on_fork, no_fd_leak):
     v = run_core_read()
@@ -870,7 +934,7 @@ def pybpf_relocations(spec, facts) -> set:
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("name", ["core_read", "core_fail"])
+@pytest.mark.parametrize("name", ["core_read", "core_fail", "core_heavy"])
 def test_every_relocation_as_libbpf(name, vmlinux):
     theirs = libbpf_relocations(program(name))
     ours = pybpf_relocations(pybpf.open(program(name)), KernelFacts.running())

@@ -72,6 +72,7 @@ EXPECTED_PROGRAMS = {
     "core_read": {"core_getpid": ("tracepoint/syscalls/sys_enter_getpid", ProgType.TRACEPOINT, None,
                                   "syscalls/sys_enter_getpid"),
                   "core_sys_enter": ("raw_tp/sys_enter", ProgType.RAW_TRACEPOINT, None, "sys_enter")},
+    "core_heavy": {"heavy": ("raw_tp/sys_enter", ProgType.RAW_TRACEPOINT, None, "sys_enter")},
     "core_fail": {"guarded": ("raw_tp/sys_enter", ProgType.RAW_TRACEPOINT, None, "sys_enter"),
                   **{n: ("?raw_tp/sys_enter", ProgType.RAW_TRACEPOINT, None, "sys_enter")
                      for n in ("missing_field", "missing_type", "missing_enumval", "wrong_size")}},
