@@ -706,6 +706,30 @@ def test_link_decodes_little_of_vmlinux(vmlinux):
     assert len(btf._cache) < 300, len(btf._cache)
 
 
+def test_running_kernel_candidates_are_cached_on_disk_for_the_boot(vmlinux, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    spec = pybpf.open(program("core_heavy"))
+
+    def resolve_fresh():
+        btf = BTF(bytes(vmlinux.raw), source=VMLINUX)       # a new object: no in-process memo
+        out = core.resolve_object(spec, KernelFacts(btf=btf), {"heavy"})
+        return btf, {k: (r.new, r.poison) for k, r in out.items()}
+    btf1, first = resolve_fresh()
+    files = list((tmp_path / "pybpf" / "core").iterdir())
+    assert len(files) == 1 and files[0].name.startswith("vmlinux-")
+    assert core._index(btf1)._strings                       # the first process searched
+    btf2, second = resolve_fresh()
+    assert second == first and not core._index(btf2)._strings   # the second did not
+    # a cache that no longer fits the BTF is noticed and dropped
+    files[0].write_text('{"task_struct": [1], "cred": [2]}')
+    btf3, third = resolve_fresh()
+    assert third == first and core._index(btf3)._strings
+    files[0].write_text("not json")
+    assert resolve_fresh()[1] == first
+    # only the running kernel's vmlinux is cached
+    assert core._disk_cache_path(BTF(bytes(vmlinux.raw), source="copy.btf")) is None
+
+
 def test_same_results_as_clang_against_the_kernel_it_was_built_for(vmlinux):
     """programs/vmlinux.h is this kernel's: every non-bitfield relocation keeps clang's value."""
     spec = pybpf.open(program("core_read"))

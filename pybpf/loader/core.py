@@ -41,6 +41,8 @@ only the low 32 bits of the ld_imm64 (clang zero-extends an unsigned value
 from __future__ import annotations
 
 import bisect
+import json
+import os
 import re
 import struct
 import weakref
@@ -678,7 +680,9 @@ class _NameIndex:
     offset in the type section (a regex literal search in C; hits that do not
     start a record are dropped).  About 1 ms per name on vmlinux, where building
     a by-name index decodes every name (~250 ms), and gathering every record's
-    name_off into an array costs ~10 ms before the first lookup."""
+    name_off into an array costs ~10 ms before the first lookup.  For the
+    running kernel's vmlinux the answers are also kept on disk for the boot
+    (checked against the BTF when used), so later processes skip the searches."""
 
     def __init__(self, btf: BTF):
         self._btf = weakref.ref(btf)            # (the index lives in a WeakKeyDictionary keyed by btf)
@@ -689,6 +693,9 @@ class _NameIndex:
         self._strings: dict[str, list] = {}
         self._types: dict[str, list] = {}
         self.base = _index(btf.base) if btf.base is not None else None
+        self._disk_path = _disk_cache_path(btf)
+        self._disk: dict[str, list] = _read_disk_cache(self._disk_path) if self._disk_path else {}
+        self._dirty = False
 
     @property
     def btf(self) -> BTF:
@@ -734,6 +741,10 @@ class _NameIndex:
         found = self._types.get(ess)
         if found is not None:
             return found
+        found = self._disk.get(ess)
+        if found is not None and self._check(ess, found):
+            self._types[ess] = found
+            return found
         offs = list(self.string_offsets(ess))
         if self.base is not None:               # split BTF: names may be base strings
             offs += self.base.string_offsets(ess)
@@ -756,7 +767,62 @@ class _NameIndex:
                 view.release()
         found = sorted(ids)
         self._types[ess] = found
+        if self._disk_path:
+            self._dirty = True
         return found
+
+    def _check(self, ess: str, ids: list) -> bool:
+        """A cached answer still names types with that essential name (else drop the cache)."""
+        btf = self.btf
+        try:
+            ok = all(isinstance(i, int) and essential_name(btf[i].name) == ess for i in ids)
+        except (BTFError, IndexError, TypeError):
+            ok = False
+        if not ok:
+            self._disk = {}
+        return ok
+
+    def flush(self) -> None:
+        """Write the names looked up so far to the disk cache (running kernel's vmlinux only)."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        _write_disk_cache(self._disk_path, {**self._disk, **self._types})
+
+
+def _disk_cache_path(btf: BTF) -> Optional[str]:
+    """Where the running kernel's vmlinux candidates are cached across processes: keyed by boot
+    (the kernel's BTF cannot change without a reboot) and blob size; None for any other BTF."""
+    from ..kernel.btf import VMLINUX
+    if btf.source != VMLINUX or btf.base is not None:
+        return None
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pybpf", "core", f"vmlinux-{boot}-{len(btf.raw)}-{len(btf)}.json")
+
+
+def _read_disk_cache(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_disk_cache(path: str, data: dict) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except OSError:
+        pass            # a read-only home: search every time
 
 
 _indexes: "weakref.WeakKeyDictionary[BTF, _NameIndex]" = weakref.WeakKeyDictionary()
@@ -1073,6 +1139,7 @@ def resolve_object(spec, facts, programs) -> dict:
             if prog is not None and prog.name not in programs:
                 continue        # a program that is not loaded: libbpf does not relocate it
             out[(section, rec.insn_off)] = resolver.resolve(rec, i, section)
+    _index(target).flush()
     per_spec.append((key, target, facts, out))
     del per_spec[:-4]
     return out
