@@ -23,7 +23,7 @@ needs_vmlinux = pytest.mark.skipif(not os.path.exists(VMLINUX), reason="kernel h
 @needs_vmlinux
 def test_vmlinux_is_memoized_by_content(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    kbtf._memo.clear()
+    kbtf.forget()
     first = kbtf.vmlinux_btf()
     assert kbtf.vmlinux_btf() is first
     task = first.find("struct task_struct")
@@ -34,7 +34,7 @@ def test_vmlinux_is_memoized_by_content(tmp_path, monkeypatch):
 @needs_vmlinux
 def test_disk_index_cache_is_used_and_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    kbtf._memo.clear()
+    kbtf.forget()
     fresh = kbtf.vmlinux_btf()
     cached = list((tmp_path / "pybpf" / "btf").glob("*.idx"))
     assert len(cached) == 1
@@ -42,14 +42,14 @@ def test_disk_index_cache_is_used_and_checked(tmp_path, monkeypatch):
     offsets.frombytes(cached[0].read_bytes())
     assert list(offsets) == list(fresh._offsets)
     # a new process (memo cleared) gets the same types from the cached index
-    kbtf._memo.clear()
+    kbtf.forget()
     again = kbtf.vmlinux_btf()
     assert again is not fresh
     assert len(again) == len(fresh)
     assert again.find("struct task_struct").size == fresh.find("struct task_struct").size
     # a corrupt cache entry is not trusted: the index pass runs again
     cached[0].write_bytes(array.array("I", [0, 4, 8]).tobytes())
-    kbtf._memo.clear()
+    kbtf.forget()
     third = kbtf.vmlinux_btf()
     assert len(third) == len(fresh)
     assert third[len(fresh)].name == fresh[len(fresh)].name

@@ -79,11 +79,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as cache:
         os.environ["XDG_CACHE_HOME"] = cache
-        kbtf._memo.clear()
+        kbtf.forget()
         kbtf.parse_cached(raw, source=args.btf)            # fills the disk cache
 
         def from_disk():
-            kbtf._memo.clear()
+            kbtf.forget()
             kbtf.parse_cached(raw, source=args.btf)
         disk = best(from_disk, args.repeat)
         memo = best(lambda: kbtf.parse_cached(raw, source=args.btf), args.repeat)

@@ -24,6 +24,12 @@ VMLINUX = "/sys/kernel/btf/vmlinux"
 _memo: dict[tuple, BTF] = {}
 
 
+def forget() -> None:
+    """Drop the in-process memo (the next open parses again, from the disk index cache)."""
+    _memo.clear()
+    _by_path.clear()
+
+
 def _cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "pybpf", "btf")
@@ -59,8 +65,29 @@ def parse_cached(raw: bytes, *, source: str, base: Optional[BTF] = None) -> BTF:
     return btf
 
 
+_by_path: dict[str, tuple] = {}
+
+
 def vmlinux_btf(path: str = VMLINUX) -> BTF:
-    """The running kernel's BTF (or another vmlinux BTF file)."""
+    """The running kernel's BTF (or another vmlinux BTF file).
+
+    Within a process the parsed BTF is reused while the file's size and times are
+    unchanged (no re-read, no re-hash); otherwise it is looked up by content hash."""
+    try:
+        st = os.stat(path)
+        key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        hit = _by_path.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+    except OSError:
+        key = None
+    btf = _read_vmlinux(path)
+    if key is not None:
+        _by_path[path] = (key, btf)
+    return btf
+
+
+def _read_vmlinux(path: str) -> BTF:
     try:
         with open(path, "rb") as f:
             raw = f.read()

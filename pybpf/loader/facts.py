@@ -34,7 +34,8 @@ class KernelFacts:
                  kconfig: Optional[dict] = None, kernel_version: Optional[int] = None,
                  ksym_address: Optional[Callable[[str], Optional[int]]] = None, running: bool = False):
         self._btf = btf
-        self._module_btfs = module_btfs
+        # module BTF is split on top of the running kernel's vmlinux: not for an injected target
+        self._module_btfs = module_btfs if module_btfs is not None else ({} if btf is not None else None)
         self._kconfig = kconfig
         self._kernel_version = kernel_version
         self._ksym_address = ksym_address
