@@ -32,11 +32,19 @@ ANCHORS = {"user_ringbuf.o": 0.003}
 ANCHOR_CORE = 0.027
 
 
+# as a user runs it: bytecode cached in __pycache__ (this workplace sets PYTHONDONTWRITEBYTECODE,
+# which would recompile every module in every run)
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def wall(cmd: list, runs: int, after=None) -> float:
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=ENV)  # warm up
+    if after:
+        after()
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=ENV)
         times.append(time.perf_counter() - t)
         if after:
             after()
@@ -59,8 +67,10 @@ def main() -> int:
         return 1
     py = sys.executable
     interp = wall([py, "-c", "pass"], args.runs)
+    imported = wall([py, "-c", "import pybpf, pybpf.loader.core"], args.runs)
     import pybpf  # noqa: E402
-    print(f"interpreter start ({py} -c pass): {interp * 1000:.1f} ms; median of {args.runs} runs\n")
+    print(f"interpreter start ({py} -c pass): {interp * 1000:.1f} ms; with 'import pybpf': "
+          f"{imported * 1000:.1f} ms; median of {args.runs} runs\n")
     print(f"{'object':<24} {'bpftool':>9} {'pybpf':>9} {'pybpf/bpftool':>14} {'in-process':>11} {'anchor':>8}")
     for obj in objects:
         name = os.path.basename(obj)
