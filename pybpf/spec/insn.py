@@ -23,13 +23,13 @@ BPF_DW = 0x18
 LD_IMM64 = BPF_LD | BPF_IMM | BPF_DW   # 0x18
 CALL = BPF_JMP | BPF_CALL              # 0x85
 
-# src_reg values of ld_imm64 and call (include/uapi/linux/bpf.h)
-PSEUDO_MAP_FD = 1
-PSEUDO_MAP_VALUE = 2
-PSEUDO_BTF_ID = 3
-PSEUDO_FUNC = 4
-PSEUDO_CALL = 1
-PSEUDO_KFUNC_CALL = 2
+# src_reg values of ld_imm64 and call (include/uapi/linux/bpf.h), defined once in kernel.constants
+from ..kernel.constants import BPF_PSEUDO_BTF_ID as PSEUDO_BTF_ID  # noqa: E402
+from ..kernel.constants import BPF_PSEUDO_CALL as PSEUDO_CALL  # noqa: E402
+from ..kernel.constants import BPF_PSEUDO_FUNC as PSEUDO_FUNC  # noqa: E402
+from ..kernel.constants import BPF_PSEUDO_KFUNC_CALL as PSEUDO_KFUNC_CALL  # noqa: E402
+from ..kernel.constants import BPF_PSEUDO_MAP_FD as PSEUDO_MAP_FD  # noqa: E402
+from ..kernel.constants import BPF_PSEUDO_MAP_VALUE as PSEUDO_MAP_VALUE  # noqa: E402
 
 # ELF relocation types for BPF (llvm/BinaryFormat/ELFRelocs/BPF.def)
 R_BPF_NONE = 0
