@@ -17,6 +17,14 @@ copies, no syscall per record) and follow the kernel's protocol
 
 The acquire/release accesses that pair with the kernel's go through the tiny C
 helper in :mod:`pybpf.atomics`; everything else is plain Python on memoryviews.
+
+Speed comes from batches, never from a ctypes call per record: the consumer
+scans a batch of headers in one C call and releases consumer_pos once per
+batch, then makes the batch's Python objects with C-level loops
+(``struct.unpack_from`` of a whole run of equal records, ``map``/``slice``);
+the producer publishes a whole :meth:`UserRingBuffer.write_batch` with one
+producer_pos release.  ``tools/bench_ringbuf.py`` measures all of it against
+libbpf (see README, Performance).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import itertools
 import mmap
 import operator
 import platform
+import queue
 import select
 import struct
 import sys
@@ -38,7 +47,7 @@ from . import atomics
 from .errors import ClosedError, Error, PermissionError, RingBufferFullError, SyscallError, TimeoutError
 from .kernel.constants import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ, MapType
 
-__all__ = ["RingBuffer", "Ring", "UserRingBuffer", "Sample", "SampleSizeError"]
+__all__ = ["RingBuffer", "Ring", "UserRingBuffer", "Sample", "SampleSizeError", "RateMeter"]
 
 _BUSY = BPF_RINGBUF_BUSY_BIT
 _DISCARD = BPF_RINGBUF_DISCARD_BIT
@@ -330,9 +339,16 @@ class Ring:
     def available(self) -> int:
         """Bytes between consumer_pos and producer_pos now (records being written included)."""
         owner = self._owner
-        with owner._lock:
+        if not owner._lock.acquire(blocking=False):
+            # A consume is running (maybe this is its callback): the mappings
+            # stay until it returns, whatever close() does meanwhile.
             owner._check()
             return owner._load_u64(self._prod_addr) - owner._load_u64(self._cons_addr)
+        try:
+            owner._check()
+            return owner._load_u64(self._prod_addr) - owner._load_u64(self._cons_addr)
+        finally:
+            owner._leave()
 
     def read_batch(self, max_records: int | None = None, type=None):  # noqa: A002
         """:meth:`RingBuffer.read_batch` for this ring alone."""
@@ -1000,6 +1016,29 @@ class Sample:
             return f"<Sample at position {self._pos} (submitted or discarded)>"
 
 
+class _Mutex:
+    """A mutex made of a one-token ``queue.SimpleQueue``: ``get()`` takes the
+    token (waiting, interruptibly, while another thread has it), ``put()`` gives
+    it back.  Uncontended, a get/put pair costs half of ``threading.Lock``'s
+    acquire/release in CPython 3.11 (which parses keyword arguments and reads
+    the clock on every acquire), and the user ring producer takes it once or
+    twice per sample.  ``with mutex:`` for the paths that are not hot."""
+
+    __slots__ = ("take", "give")
+
+    def __init__(self):
+        q = queue.SimpleQueue()
+        q.put(None)
+        self.take = q.get
+        self.give = q.put
+
+    def __enter__(self):
+        self.take()
+
+    def __exit__(self, *exc):
+        self.give(None)
+
+
 class UserRingBuffer:
     """Producer for a ``BPF_MAP_TYPE_USER_RINGBUF`` map.
 
@@ -1013,8 +1052,8 @@ class UserRingBuffer:
     Counters: ``records`` and ``bytes`` submitted, ``discards``; :attr:`free`
     is the room left now.
 
-    One producer per map: the methods are serialized with a lock, so threads of
-    this process may share the object.  Use as a context manager or call
+    One producer per map: the methods are serialized with a mutex, so threads
+    of this process may share the object.  Use as a context manager or call
     :meth:`close`.
     """
 
@@ -1030,7 +1069,8 @@ class UserRingBuffer:
         self.records = 0
         self.bytes = 0
         self.discards = 0
-        self._lock = threading.Lock()
+        self._lock = _Mutex()
+        self._take, self._give = self._lock.take, self._lock.give
         self._pending: dict[int, Sample] = {}
         self._closed = True  # until fully set up
         self._epoll = None
@@ -1053,9 +1093,6 @@ class UserRingBuffer:
             self._data, self._hdr, self._prod_pos = data, hdr, prod_pos
             self._plain_release = _PLAIN_RELEASE
             self._prod = self._load_u64(self._prod_addr)  # we are the only writer from here on
-            # producer_pos as the kernel last saw it: reserve() only writes the
-            # BUSY header; submit/discard/write publish (see _commit)
-            self._published = self._prod
             self._cons = self._load_u64(self._cons_addr)  # cached; reloaded when short of room
             self._epoll = select.epoll(1)
             self._epoll.register(fd, select.EPOLLOUT)  # level-triggered: fires while any byte is free
@@ -1083,8 +1120,6 @@ class UserRingBuffer:
             self._xchg(self._data_addr + (pos & self._mask), n | _DISCARD)
             self.discards += 1
         self._pending.clear()
-        if self._maps and self._prod != self._published:
-            self._publish()
         for view in self._views:
             view.release()
         self._views = ()
@@ -1125,6 +1160,11 @@ class UserRingBuffer:
     epoll_fd = fileno
 
     # -- producing --
+    #
+    # Headers are written with plain stores: a new sample's header before the
+    # producer_pos release that makes it visible, a reserved sample's commit
+    # with a release of its own (the xchg of libbpf's user_ringbuf_commit, a
+    # plain store on x86, see _PLAIN_RELEASE).
 
     def _check_size(self, n: int) -> int:
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
@@ -1135,17 +1175,16 @@ class UserRingBuffer:
         return (n + _ROUND) & _ALIGN
 
     def _publish(self) -> None:
-        """Releases producer_pos up to everything written (under the lock)."""
-        self._published = prod = self._prod
+        """Releases producer_pos up to everything written (mutex held)."""
         # pairs with the drain's smp_load_acquire of producer_pos: the headers and
         # payloads written before are visible to the kernel with it
         if self._plain_release:
-            self._prod_pos[0] = prod
+            self._prod_pos[0] = self._prod
         else:
-            self._store_u64(self._prod_addr, prod)
+            self._store_u64(self._prod_addr, self._prod)
 
     def _room(self, total: int) -> bool:
-        """True when ``total`` more bytes fit (under the lock)."""
+        """True when ``total`` more bytes fit (mutex held)."""
         if self.size - (self._prod - self._cons) >= total:
             return True
         # pairs with the kernel's smp_store_release of consumer_pos after a drain
@@ -1153,20 +1192,22 @@ class UserRingBuffer:
         return self.size - (self._prod - self._cons) >= total
 
     def _reserve(self, n: int, total: int) -> Sample | None:
-        """Reserves under the lock; None when there is no room."""
+        """Reserves (mutex held); None when there is no room."""
         if self._closed:
             raise ClosedError(f"user ring buffer '{self.name}' is closed")
         prod = self._prod
-        if self.size - (prod - self._cons) < total and not self._room(total):
+        if prod + total - self._cons > self.size and not self._room(total):
             return None
         off = prod & self._mask
-        # BUSY, and beyond the published producer_pos until the commit: the
-        # kernel's drain cannot read the sample before submit.
+        # BUSY first: the drain stops at this sample until it is committed
         self._hdr[off >> 3] = (n | _BUSY) << _HDR_SHIFT
-        self._prod = prod + total
-        start = off + _HDR
+        self._prod = end = prod + total
+        if self._plain_release:
+            self._prod_pos[0] = end
+        else:
+            self._store_u64(self._prod_addr, end)
         sample = _new_sample(Sample)  # Sample(...) without a Python-level __init__ call
-        sample.data = self._data[start:start + n]
+        sample.data = self._data[off + _HDR:off + _HDR + n]
         sample._ring = self
         sample._pos = prod
         self._pending[prod] = sample
@@ -1184,22 +1225,27 @@ class UserRingBuffer:
         :class:`SampleSizeError` (a :class:`pybpf.Error` and ``ValueError``) if
         ``n`` can never fit (more than :attr:`max_sample`).
         """
-        if n.__class__ is int and 0 <= n <= self.max_sample:
-            total = (n + _ROUND) & _ALIGN
-        else:
-            total = self._check_size(n)  # raises, or accepts an int subclass
-        lock = self._lock
-        lock.acquire()  # not `with`: half the cost, and this runs once per sample
+        # This and submit() run once per sample: every bytecode shows in the
+        # rate (tools/bench_ringbuf.py), so the usual case is spelled out
+        # here and everything else goes to _reserve/_commit.
+        if n.__class__ is not int or n < 0 or n > self.max_sample:
+            self._check_size(n)  # raises, or accepts an int subclass
+        total = (n + _ROUND) & _ALIGN
+        self._take()
         try:
-            # _reserve, inlined: this is the per-sample path
-            if self._closed:
-                raise ClosedError(f"user ring buffer '{self.name}' is closed")
             prod = self._prod
-            if self.size - (prod - self._cons) < total and not self._room(total):
-                raise self._full_error(n, total)
+            if prod + total - self._cons > self.size or self._closed:
+                sample = self._reserve(n, total)  # reloads consumer_pos; raises if closed
+                if sample is None:
+                    raise self._full_error(n, total)
+                return sample
             off = prod & self._mask
             self._hdr[off >> 3] = (n | _BUSY) << _HDR_SHIFT
-            self._prod = prod + total
+            self._prod = end = prod + total
+            if self._plain_release:
+                self._prod_pos[0] = end
+            else:
+                self._store_u64(self._prod_addr, end)
             sample = _new_sample(Sample)
             sample.data = self._data[off + _HDR:off + _HDR + n]
             sample._ring = self
@@ -1207,10 +1253,10 @@ class UserRingBuffer:
             self._pending[prod] = sample
             return sample
         finally:
-            lock.release()
+            self._give(None)
 
     def _wait_for_room(self, total: int, deadline: float | None, backoff: float) -> float:
-        """Waits (lock not held) until ``total`` bytes may fit or the deadline; returns the next back-off."""
+        """Waits (mutex not held) until ``total`` bytes may fit or the deadline; returns the next back-off."""
         epoll = self._epoll
         if epoll is None:
             raise ClosedError(f"user ring buffer '{self.name}' is closed")
@@ -1256,17 +1302,9 @@ class UserRingBuffer:
             backoff = self._wait_for_room(total, deadline, backoff)
 
     def _commit(self, sample: Sample, flag: int, what: str) -> None:
+        """submit/discard, mutex held."""
         if sample.__class__ is not Sample and not isinstance(sample, Sample):
             raise Error(f"{what}() takes a Sample from reserve(), not {type(sample).__name__}")
-        lock = self._lock
-        lock.acquire()
-        try:
-            self._commit_locked(sample, flag, what)
-        finally:
-            lock.release()
-
-    def _commit_locked(self, sample: Sample, flag: int, what: str) -> None:
-        """_commit with the lock held."""
         if self._closed:
             raise ClosedError(f"user ring buffer '{self.name}' is closed")
         pos = sample._pos
@@ -1274,22 +1312,19 @@ class UserRingBuffer:
             if sample._ring is not self:
                 raise Error(f"{what}(): the sample belongs to another ring buffer")
             raise Error(f"{what}(): the sample was already submitted or discarded")
-        n = sample.data.nbytes
+        data = sample.data
+        n = data.nbytes
         try:
-            sample.data.release()  # no writes through it after the commit
+            data.release()  # no writes through it after the commit
         except BufferError:
             raise Error(f"{what}(): something still holds a buffer export of sample.data "
                         "(e.g. numpy.frombuffer, ctypes from_buffer): drop it first; "
                         "the sample stays reserved") from None
         del self._pending[pos]
-        if pos >= self._published:
-            # Not visible to the kernel yet: a plain store, published with
-            # everything before it by one producer_pos release.
+        # pairs with the drain's smp_load_acquire of the header
+        if self._plain_release:
             self._hdr[(pos & self._mask) >> 3] = (n | flag) << _HDR_SHIFT
-            self._publish()
         else:
-            # Already published as BUSY (a later sample was committed first):
-            # pairs with the drain's smp_load_acquire of the header.
             self._xchg(self._data_addr + (pos & self._mask), n | flag)
         if flag:
             self.discards += 1
@@ -1299,40 +1334,44 @@ class UserRingBuffer:
 
     def submit(self, sample: Sample) -> None:
         """Commits ``sample``: the kernel's drain will hand it to the BPF program."""
-        if sample.__class__ is not Sample:
-            return self._commit(sample, 0, "submit")  # a subclass, or an error
-        lock = self._lock
-        lock.acquire()
+        self._take()
         try:
-            # _commit, inlined for the common case: this is the per-sample path
-            pos = sample._pos
             pending = self._pending
+            try:
+                pos = sample._pos
+            except AttributeError:
+                pos = None
             popped = pending.pop(pos, None)
-            if popped is not sample or self._closed or pos < self._published:
+            if popped is not sample:
+                # not a pending sample of ours, or closed (close() empties
+                # pending): _commit says which
                 if popped is not None:
-                    pending[pos] = popped  # put back: the general path decides
-                return self._commit_locked(sample, 0, "submit")
+                    pending[pos] = popped
+                return self._commit(sample, 0, "submit")
             data = sample.data
             n = data.nbytes
             try:
-                data.release()
+                data.release()  # no writes through it after the commit
             except BufferError:
                 pending[pos] = sample
-                return self._commit_locked(sample, 0, "submit")
-            self._hdr[(pos & self._mask) >> 3] = n << _HDR_SHIFT
-            self._published = self._prod
+                return self._commit(sample, 0, "submit")  # explains
+            # pairs with the drain's smp_load_acquire of the header
             if self._plain_release:
-                self._prod_pos[0] = self._prod
+                self._hdr[(pos & self._mask) >> 3] = n << _HDR_SHIFT
             else:
-                self._store_u64(self._prod_addr, self._prod)
+                self._xchg(self._data_addr + (pos & self._mask), n)
             self.records += 1
             self.bytes += n
         finally:
-            lock.release()
+            self._give(None)
 
     def discard(self, sample: Sample) -> None:
         """Abandons ``sample``: the kernel's drain skips it and frees the space."""
-        self._commit(sample, _DISCARD, "discard")
+        self._take()
+        try:
+            self._commit(sample, _DISCARD, "discard")
+        finally:
+            self._give(None)
 
     def write(self, data, timeout_ms: int | float | None = 0) -> None:
         """Copies ``data`` (any bytes-like object) into the ring as one sample.
@@ -1355,13 +1394,12 @@ class UserRingBuffer:
                 raise
             self.submit(sample)
             return
-        lock = self._lock
-        lock.acquire()
+        self._take()
         try:
             if self._closed:
                 raise ClosedError(f"user ring buffer '{self.name}' is closed")
             prod = self._prod
-            if self.size - (prod - self._cons) < total and not self._room(total):
+            if prod + total - self._cons > self.size and not self._room(total):
                 raise self._full_error(n, total)
             off = prod & self._mask
             start = off + _HDR
@@ -1373,7 +1411,7 @@ class UserRingBuffer:
             self.records += 1
             self.bytes += n
         finally:
-            lock.release()
+            self._give(None)
 
     def write_batch(self, samples, timeout_ms: int | float | None = 0) -> int:
         """Copies every bytes-like object of ``samples`` into the ring, in order, as
@@ -1512,3 +1550,48 @@ def _packer(length: int, stride: int, count: int) -> struct.Struct:
         one = f"Q{length}s" + (f"{pad}x" if pad else "")
         st = table[i] = struct.Struct("=" + one * count)
     return st
+
+
+# --- live rates -----------------------------------------------------------------
+
+def _si(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+class RateMeter:
+    """Records/s and bytes/s of ring buffers, from their counters: a live status
+    line for a consumer loop (``python -m pybpf load`` can print one)::
+
+        meter = RateMeter(rb, urb)
+        while True:
+            rb.poll(1000)
+            print(meter.line(), end="\\r")   # rates since the previous line
+
+    Takes anything with ``records`` and ``bytes`` counters and a ``name``
+    (:class:`RingBuffer`, :class:`Ring`, :class:`UserRingBuffer`,
+    :class:`pybpf.PerfBuffer`).
+    """
+
+    def __init__(self, *buffers, clock: Callable[[], float] = time.monotonic):
+        self.buffers = buffers
+        self._clock = clock
+        self._since = clock()
+        self._counts = [(b.records, b.bytes) for b in buffers]
+
+    def rates(self) -> list[tuple[str, float, float]]:
+        """(name, records/s, bytes/s) of each buffer since the previous call (or since creation)."""
+        now = self._clock()
+        elapsed = max(now - self._since, 1e-9)
+        counts = [(b.records, b.bytes) for b in self.buffers]
+        rates = [(getattr(b, "name", "?"), (r - r0) / elapsed, (n - n0) / elapsed)
+                 for b, (r, n), (r0, n0) in zip(self.buffers, counts, self._counts)]
+        self._since, self._counts = now, counts
+        return rates
+
+    def line(self) -> str:
+        """``"events: 1.23M records/s, 29.5MB/s | ..."`` (see :meth:`rates`)."""
+        return " | ".join(f"{name}: {_si(records)} records/s, {_si(nbytes)}B/s"
+                          for name, records, nbytes in self.rates())
