@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
-import itertools
 import mmap
 import operator
 import platform
@@ -969,12 +968,8 @@ class Sample:
     the block raises.
     """
 
-    __slots__ = ("data", "_ring", "_pos")
-
-    def __init__(self, ring: UserRingBuffer, pos: int, data: memoryview):
-        self.data = data
-        self._ring = ring
-        self._pos = pos
+    # set by UserRingBuffer.reserve (no __init__: cheaper); _index: of the header in u64s
+    __slots__ = ("data", "_ring", "_pos", "_index")
 
     def __len__(self) -> int:
         return self.data.nbytes
@@ -1002,7 +997,7 @@ class Sample:
             if exc_type is None:
                 self.submit()  # raises ClosedError
             return
-        if ring._pending.get(self._pos) is not self:
+        if self not in ring._pending:
             return  # already submitted or discarded inside the block
         if exc_type is None:
             self.submit()
@@ -1014,6 +1009,20 @@ class Sample:
             return f"<Sample {len(self)} bytes at position {self._pos}>"
         except ValueError:
             return f"<Sample at position {self._pos} (submitted or discarded)>"
+
+
+class _ReleaseStores:
+    """``cells[i] = v``: a release store of the u64 at ``addr + 8 * i`` through the
+    C helper, where a memoryview store is not one (not x86: see _PLAIN_RELEASE)."""
+
+    __slots__ = ("_addr", "_store")
+
+    def __init__(self, addr: int, store):
+        self._addr = addr
+        self._store = store
+
+    def __setitem__(self, i: int, value: int) -> None:
+        self._store(self._addr + 8 * i, value)
 
 
 class _Mutex:
@@ -1071,7 +1080,7 @@ class UserRingBuffer:
         self.discards = 0
         self._lock = _Mutex()
         self._take, self._give = self._lock.take, self._lock.give
-        self._pending: dict[int, Sample] = {}
+        self._pending: set[Sample] = set()  # reserved, not yet submitted or discarded
         self._closed = True  # until fully set up
         self._epoll = None
         self._views = ()
@@ -1089,9 +1098,10 @@ class UserRingBuffer:
             data = prod.mem[page:]
             hdr = data.cast("Q")  # a whole header in one store: len, then pg_off = 0
             prod_pos = prod.mem[:8].cast("Q")
-            self._views = (prod_pos, hdr, data)
-            self._data, self._hdr, self._prod_pos = data, hdr, prod_pos
-            self._plain_release = _PLAIN_RELEASE
+            payload = data[_HDR:]  # payload[off:off + n] is the sample whose header is at off
+            self._views = (prod_pos, hdr, payload, data)
+            self._data, self._hdr, self._payload = data, hdr, payload
+            self._set_release(_PLAIN_RELEASE)
             self._prod = self._load_u64(self._prod_addr)  # we are the only writer from here on
             self._cons = self._load_u64(self._cons_addr)  # cached; reloaded when short of room
             self._epoll = select.epoll(1)
@@ -1114,16 +1124,16 @@ class UserRingBuffer:
             self._teardown()
 
     def _teardown(self) -> None:
-        for pos, sample in self._pending.items():
+        for sample in self._pending:
             n = sample.data.nbytes
             _release_quietly(sample.data)
-            self._xchg(self._data_addr + (pos & self._mask), n | _DISCARD)
+            self._xchg(self._data_addr + (sample._pos & self._mask), n | _DISCARD)
             self.discards += 1
         self._pending.clear()
         for view in self._views:
             view.release()
         self._views = ()
-        self._data = self._hdr = self._prod_pos = None
+        self._data = self._hdr = self._payload = self._prod_pos = self._commit_hdr = None
         for m in self._maps:
             m.close()
         self._maps = []
@@ -1174,14 +1184,22 @@ class UserRingBuffer:
                                   f"at most {self.max_sample} bytes")
         return (n + _ROUND) & _ALIGN
 
+    def _set_release(self, plain: bool) -> None:
+        """The release stores: ``_prod_pos[0] = pos`` (producer_pos) and
+        ``_commit_hdr[i] = header`` (the 8-byte header at data + 8 * i):
+        memoryview stores on x86, the C helper elsewhere (see _PLAIN_RELEASE)."""
+        if plain:
+            self._prod_pos = self._views[0]
+            self._commit_hdr = self._hdr
+        else:
+            self._prod_pos = _ReleaseStores(self._prod_addr, self._store_u64)
+            self._commit_hdr = _ReleaseStores(self._data_addr, self._store_u64)
+
     def _publish(self) -> None:
         """Releases producer_pos up to everything written (mutex held)."""
         # pairs with the drain's smp_load_acquire of producer_pos: the headers and
         # payloads written before are visible to the kernel with it
-        if self._plain_release:
-            self._prod_pos[0] = self._prod
-        else:
-            self._store_u64(self._prod_addr, self._prod)
+        self._prod_pos[0] = self._prod
 
     def _room(self, total: int) -> bool:
         """True when ``total`` more bytes fit (mutex held)."""
@@ -1202,15 +1220,13 @@ class UserRingBuffer:
         # BUSY first: the drain stops at this sample until it is committed
         self._hdr[off >> 3] = (n | _BUSY) << _HDR_SHIFT
         self._prod = end = prod + total
-        if self._plain_release:
-            self._prod_pos[0] = end
-        else:
-            self._store_u64(self._prod_addr, end)
-        sample = _new_sample(Sample)  # Sample(...) without a Python-level __init__ call
-        sample.data = self._data[off + _HDR:off + _HDR + n]
+        self._prod_pos[0] = end  # release: the BUSY header with it
+        sample = Sample()
+        sample.data = self._payload[off:off + n]
         sample._ring = self
         sample._pos = prod
-        self._pending[prod] = sample
+        sample._index = off >> 3
+        self._pending.add(sample)
         return sample
 
     def _full_error(self, n: int, total: int) -> RingBufferFullError:
@@ -1234,23 +1250,25 @@ class UserRingBuffer:
         self._take()
         try:
             prod = self._prod
-            if prod + total - self._cons > self.size or self._closed:
-                sample = self._reserve(n, total)  # reloads consumer_pos; raises if closed
+            if prod + total - self._cons > self.size:
+                sample = self._reserve(n, total)  # reloads consumer_pos
                 if sample is None:
                     raise self._full_error(n, total)
                 return sample
             off = prod & self._mask
-            self._hdr[off >> 3] = (n | _BUSY) << _HDR_SHIFT
+            index = off >> 3
+            try:
+                self._hdr[index] = (n | _BUSY) << _HDR_SHIFT
+            except TypeError:  # None: closed (_reserve says so)
+                return self._reserve(n, total)
             self._prod = end = prod + total
-            if self._plain_release:
-                self._prod_pos[0] = end
-            else:
-                self._store_u64(self._prod_addr, end)
-            sample = _new_sample(Sample)
-            sample.data = self._data[off + _HDR:off + _HDR + n]
+            self._prod_pos[0] = end  # release: the BUSY header with it
+            sample = Sample()
+            sample.data = self._payload[off:off + n]
             sample._ring = self
             sample._pos = prod
-            self._pending[prod] = sample
+            sample._index = index
+            self._pending.add(sample)
             return sample
         finally:
             self._give(None)
@@ -1307,8 +1325,7 @@ class UserRingBuffer:
             raise Error(f"{what}() takes a Sample from reserve(), not {type(sample).__name__}")
         if self._closed:
             raise ClosedError(f"user ring buffer '{self.name}' is closed")
-        pos = sample._pos
-        if self._pending.get(pos) is not sample:
+        if sample not in self._pending:
             if sample._ring is not self:
                 raise Error(f"{what}(): the sample belongs to another ring buffer")
             raise Error(f"{what}(): the sample was already submitted or discarded")
@@ -1320,12 +1337,9 @@ class UserRingBuffer:
             raise Error(f"{what}(): something still holds a buffer export of sample.data "
                         "(e.g. numpy.frombuffer, ctypes from_buffer): drop it first; "
                         "the sample stays reserved") from None
-        del self._pending[pos]
-        # pairs with the drain's smp_load_acquire of the header
-        if self._plain_release:
-            self._hdr[(pos & self._mask) >> 3] = (n | flag) << _HDR_SHIFT
-        else:
-            self._xchg(self._data_addr + (pos & self._mask), n | flag)
+        self._pending.remove(sample)
+        # release: pairs with the drain's smp_load_acquire of the header
+        self._commit_hdr[sample._index] = (n | flag) << _HDR_SHIFT
         if flag:
             self.discards += 1
         else:
@@ -1336,30 +1350,21 @@ class UserRingBuffer:
         """Commits ``sample``: the kernel's drain will hand it to the BPF program."""
         self._take()
         try:
-            pending = self._pending
             try:
-                pos = sample._pos
-            except AttributeError:
-                pos = None
-            popped = pending.pop(pos, None)
-            if popped is not sample:
+                self._pending.remove(sample)
+            except (KeyError, TypeError):
                 # not a pending sample of ours, or closed (close() empties
                 # pending): _commit says which
-                if popped is not None:
-                    pending[pos] = popped
                 return self._commit(sample, 0, "submit")
             data = sample.data
             n = data.nbytes
             try:
                 data.release()  # no writes through it after the commit
             except BufferError:
-                pending[pos] = sample
+                self._pending.add(sample)
                 return self._commit(sample, 0, "submit")  # explains
-            # pairs with the drain's smp_load_acquire of the header
-            if self._plain_release:
-                self._hdr[(pos & self._mask) >> 3] = n << _HDR_SHIFT
-            else:
-                self._xchg(self._data_addr + (pos & self._mask), n)
+            # release: pairs with the drain's smp_load_acquire of the header
+            self._commit_hdr[sample._index] = n << _HDR_SHIFT
             self.records += 1
             self.bytes += n
         finally:
@@ -1429,15 +1434,12 @@ class UserRingBuffer:
         if not count:
             return 0
         uniform = _uniform_length(items)
-        if uniform < 0:
-            views = [x if x.__class__ is bytes or x.__class__ is bytearray else memoryview(x).cast("B")
-                     for x in items]
-            sizes = [len(v) if v.__class__ is not memoryview else v.nbytes for v in views]
-            biggest = max(sizes)
-        else:
+        if uniform >= 0:
             views, sizes, biggest = items, None, uniform
-        if biggest > self.max_sample:
-            self._check_size(biggest)  # raises
+            if biggest > self.max_sample:
+                self._check_size(biggest)  # raises
+        else:
+            views, sizes = self._sample_views(items)
         forever = timeout_ms is None or timeout_ms < 0
         deadline = None if forever else time.monotonic() + timeout_ms / 1000
         backoff = _FULL_BACKOFF_MIN
@@ -1447,7 +1449,14 @@ class UserRingBuffer:
                 if self._closed:
                     raise ClosedError(f"user ring buffer '{self.name}' is closed")
                 if uniform >= 0:
-                    written += self._write_uniform(views, written, uniform)
+                    try:
+                        written += self._write_uniform(views, written, uniform)
+                    except (TypeError, struct.error):
+                        # equal lengths, but not all bytes/bytearray (struct's
+                        # "s" takes no other): nothing was published, go generic
+                        uniform = -1
+                        views, sizes = self._sample_views(items)
+                        written += self._write_each(views, sizes, written)
                 else:
                     written += self._write_each(views, sizes, written)
                 if written == count:
@@ -1457,8 +1466,25 @@ class UserRingBuffer:
                 return written
             backoff = self._wait_for_room(needed, deadline, backoff)
 
+    def _sample_views(self, items) -> tuple[list, list]:
+        """Every sample as bytes-like 'B' data and its size; raises SampleSizeError first."""
+        views = [x if x.__class__ is bytes or x.__class__ is bytearray else memoryview(x).cast("B")
+                 for x in items]
+        sizes = [len(v) if v.__class__ is not memoryview else v.nbytes for v in views]
+        biggest = max(sizes)
+        if biggest > self.max_sample:
+            self._check_size(biggest)  # raises
+        return views, sizes
+
     def _write_uniform(self, items, first: int, length: int) -> int:
-        """Writes items[first:] (bytes of ``length`` bytes each) as far as they fit; under the lock."""
+        """Writes items[first:] (bytes of ``length`` bytes each) as far as they fit (mutex held).
+
+        Per run of up to 256 samples: one struct.pack_into writes the payloads
+        (zeros where the headers go), one strided memoryview store writes the
+        headers.  The data area is mapped twice, so a run that wraps is
+        contiguous.  Raises TypeError or struct.error before anything is
+        published if an item is not bytes/bytearray.
+        """
         stride = (length + _ROUND) & _ALIGN
         want = len(items) - first
         if self.size - (self._prod - self._cons) < want * stride:
@@ -1466,17 +1492,18 @@ class UserRingBuffer:
         n = min(want, (self.size - (self._prod - self._cons)) // stride)
         if not n:
             return 0
-        header = length << _HDR_SHIFT
-        data, mask = self._data, self._mask
+        data, hdr, mask = self._data, self._hdr, self._mask
+        step = stride >> 3
         prod = self._prod
         done = 0
         while done < n:
             run = min(n - done, _UNPACK_RUN)
             run = 1 << (run.bit_length() - 1)
-            packer = _packer(length, stride, run)
-            chunk = items[first + done:first + done + run]
-            # the data area is mapped twice: a run that wraps is contiguous
-            packer.pack_into(data, prod & mask, *itertools.chain.from_iterable(zip(itertools.repeat(header), chunk)))
+            packer, headers = _packer(length, stride, run)
+            off = prod & mask
+            packer.pack_into(data, off, *items[first + done:first + done + run])
+            i = off >> 3
+            hdr[i:i + run * step:step] = headers
             prod += run * stride
             done += run
         self._prod = prod
@@ -1521,22 +1548,23 @@ class UserRingBuffer:
             return self.size - (self._prod - self._cons)
 
 
-_new_sample = object.__new__
-_BYTES_TYPES = frozenset((bytes, bytearray))
 _packers: dict[tuple[int, int], list] = {}
 
 
 def _uniform_length(items) -> int:
-    """The common length of ``items`` when all are bytes/bytearray of one length, else -1."""
-    if not set(map(type, items)) <= _BYTES_TYPES:
+    """The common length of ``items`` when they all have one, else -1 (their
+    types are left to struct.pack_into: its "s" takes bytes and bytearray)."""
+    try:
+        length = len(items[0])
+        lengths = list(map(len, items))
+    except TypeError:
         return -1
-    lengths = set(map(len, items))
-    return lengths.pop() if len(lengths) == 1 else -1
+    return length if lengths.count(length) == len(lengths) else -1
 
 
-def _packer(length: int, stride: int, count: int) -> struct.Struct:
-    """A Struct writing ``count`` back-to-back samples of ``length`` bytes, each
-    after its 8-byte header (packed as one native u64: len, pg_off 0)."""
+def _packer(length: int, stride: int, count: int) -> tuple[struct.Struct, memoryview]:
+    """A Struct writing ``count`` back-to-back samples of ``length`` bytes (zeros in
+    their 8-byte headers), and the ``count`` headers (native u64: len, pg_off 0)."""
     key = (length, stride)
     table = _packers.get(key)
     if table is None:
@@ -1544,12 +1572,13 @@ def _packer(length: int, stride: int, count: int) -> struct.Struct:
             _packers.clear()
         table = _packers[key] = [None] * (_UNPACK_RUN.bit_length())
     i = count.bit_length() - 1
-    st = table[i]
-    if st is None:
+    entry = table[i]
+    if entry is None:
         pad = stride - _HDR - length
-        one = f"Q{length}s" + (f"{pad}x" if pad else "")
-        st = table[i] = struct.Struct("=" + one * count)
-    return st
+        one = f"{_HDR}x{length}s" + (f"{pad}x" if pad else "")
+        headers = memoryview(struct.pack(f"={count}Q", *[length << _HDR_SHIFT] * count)).cast("B").cast("Q")
+        entry = table[i] = (struct.Struct("=" + one * count), headers)
+    return entry
 
 
 # --- live rates -----------------------------------------------------------------

@@ -476,6 +476,22 @@ def test_write_batch_publishes_everything_in_one_go(obj):
 
 
 @pytest.mark.kernel
+def test_write_batch_of_equal_lengths_that_are_not_all_bytes(obj):
+    # equal lengths take the struct path, which only packs bytes/bytearray: the
+    # others make it fall back before anything is published
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        samples = [struct.pack("<I", 1), memoryview(struct.pack("<I", 2)), bytearray(struct.pack("<I", 3)),
+                   (ctypes.c_uint32 * 1)(4)]
+        assert urb.write_batch(samples) == 4
+        assert drain(obj) == 4
+        assert seen(obj, 0, 4) == [1, 2, 3, 4]
+        assert urb.write_batch([struct.pack("<I", i) for i in range(5, 300)]) == 295  # runs of 256 + the rest
+        assert drain(obj) == 295
+        assert seen(obj, 295 - 256 + 4, 3) == [299 - 255, 299 - 254, 299 - 253]
+        assert var(obj, "drained_bytes") == 4 * 299
+
+
+@pytest.mark.kernel
 def test_write_batch_wraps_around_many_times(obj):
     with UserRingBuffer(obj.maps["urb"]) as urb:
         seq = 0
@@ -551,7 +567,7 @@ def test_write_and_reserve_interleave_in_order(obj):
 def test_user_ring_buffer_through_the_c_helper_release(obj):
     # What non-x86 machines do: producer_pos released by the C helper.
     with UserRingBuffer(obj.maps["urb"]) as urb:
-        urb._plain_release = False
+        urb._set_release(False)
         urb.write(struct.pack("<I", 7))
         with urb.reserve(4) as sample:
             sample[:] = struct.pack("<I", 8)
