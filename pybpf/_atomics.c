@@ -9,9 +9,9 @@
  * PyInit function): setuptools only builds it as a shared library next to
  * pybpf/atomics.py, which loads it with ctypes. The ring buffer protocol itself
  * (positions, headers) stays in Python; keep this file tiny. The one exception
- * is pybpf_ringbuf_scan: walking record headers in Python costs ~100 ns a
- * record and copying fixed-size records out with strided memoryviews ~10 ns,
- * more than everything else a batch does (see ringbuf.py).
+ * is pybpf_ringbuf_scan: walking record headers in Python costs ~400 ns a
+ * record on the test machine, this loop ~7 ns; and copying fixed-size records
+ * into a ctypes array here beats strided memoryview copies 2-3x (ringbuf.py).
  */
 #include <stdint.h>
 #include <string.h>
