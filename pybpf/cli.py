@@ -294,12 +294,20 @@ def cmd_load(args) -> int:
             sel = selectors.DefaultSelector()
             for r in rings:
                 sel.register(r.fileno(), selectors.EVENT_READ, r)
+            meter = None
+            if args.rate:
+                from pybpf.ringbuf import RateMeter
+                meter = RateMeter(*rings, *(u for u, _, _ in users))
+                next_rate = time.monotonic() + 1.0
             while True:
                 timeout = 0.5
                 if stop_after is not None:
                     timeout = max(0.0, min(timeout, stop_after - time.monotonic()))
                 for key, _ in sel.select(timeout):
                     key.data.consume()
+                if meter is not None and time.monotonic() >= next_rate:
+                    print(f"pybpf: {meter.line()}", file=sys.stderr, flush=True)
+                    next_rate += 1.0
                 if args.count is not None and counter["records"] >= args.count:
                     break
                 if stop_after is not None and time.monotonic() >= stop_after:
@@ -364,6 +372,8 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     p.add_argument("--count", type=int, metavar="N", help="stop after N records")
     p.add_argument("--log", action="store_true", help="on a verifier rejection, print the whole verifier log")
+    p.add_argument("--rate", action="store_true",
+                   help="print each ring buffer's records/s and bytes/s to stderr every second")
     p = sub.add_parser("inspect", help="show an object's programs, maps, globals and types (no root needed)",
                        description="Describe OBJECT offline: programs (section, type, attach target, instruction "
                                    "counts, subprograms, relocations), maps, global variables.")

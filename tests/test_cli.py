@@ -139,10 +139,12 @@ def test_feed_json_sample_by_btf_type():
 @pytest.mark.kernel
 def test_generic_object_streams_hex_or_fields(tmp_path):
     """An object without tutorial types still loads and stops after --duration."""
-    s = Session("load", program("ringbuf_test"), "--duration", "0.5")
+    s = Session("load", program("ringbuf_test"), "--duration", "1.6", "--rate")
     code, err = s.finish()
     assert code == 0, err
     assert "no ring buffer" not in err
+    rates = [l for l in err.splitlines() if l.startswith("pybpf: ")]
+    assert rates and "rb: 0 records/s, 0B/s" in rates[0]
 
 
 def test_without_root_says_so_in_one_line():
