@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Iterator, Mapping, Optional
 
+from .resource import Resource
 from .errors import ClosedError, Error
 from .maps import Map
 from .programs import Program
@@ -71,7 +72,7 @@ class _ReadOnlyDict(Mapping):
         return f"{{{', '.join(f'{k!r}: {v!r}' for k, v in self._d.items())}}}"
 
 
-class Object:
+class Object(Resource):
     """A loaded BPF object: ``maps``, ``programs``, ``variables`` (name → object) and ``links``.
 
     Use it as a context manager, or call :meth:`close`: that detaches every
@@ -160,12 +161,6 @@ class Object:
         if self._btf_fd >= 0:
             fd, self._btf_fd = self._btf_fd, -1
             os.close(fd)
-
-    def __enter__(self) -> "Object":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __del__(self):
         try:

@@ -15,6 +15,7 @@ import errno as _errno
 import os
 from typing import Optional
 
+from .resource import Resource
 from .errors import ClosedError, Error, NotSupportedError, SyscallError
 from .kernel import perf, tracefs
 from .kernel import syscall as sc
@@ -22,7 +23,7 @@ from .kernel.attrs import LinkCreateAttr, RawTracepointOpenAttr
 from .kernel.constants import AttachType, Cmd
 
 
-class Link:
+class Link(Resource):
     """An attachment of a program.  ``close()`` (or leaving the ``with`` block) detaches it.
 
     ``fd`` is the BPF link fd, or the perf event fd for a perf-event attachment
@@ -50,12 +51,6 @@ class Link:
         fds, self._fds = self._fds, []
         for fd in fds:
             os.close(fd)
-
-    def __enter__(self) -> "Link":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fds[0]}"

@@ -6,6 +6,7 @@ import mmap
 import os
 from typing import Iterator, Optional
 
+from .resource import Resource
 from .errors import ClosedError, Error
 from .kernel import syscall as sc
 from .kernel.constants import MapType
@@ -28,7 +29,7 @@ def _type_name(t: int) -> str:
         return str(t)
 
 
-class Map:
+class Map(Resource):
     """A BPF map in the kernel.
 
     Attributes: ``name``, ``type`` (:class:`~pybpf.kernel.constants.MapType`),
@@ -86,12 +87,6 @@ class Map:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
-
-    def __enter__(self) -> "Map":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"

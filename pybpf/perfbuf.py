@@ -30,6 +30,7 @@ import threading
 from typing import Callable
 
 from . import atomics
+from .resource import Resource
 from .errors import ClosedError, Error
 from .kernel import perf
 from .kernel import syscall as sc
@@ -85,7 +86,7 @@ class _CpuRing:
         self.mapping.close()
 
 
-class PerfBuffer:
+class PerfBuffer(Resource):
     """Consumer of a ``BPF_MAP_TYPE_PERF_EVENT_ARRAY`` map: one perf ring per CPU.
 
     ``PerfBuffer(map, callback, lost_callback)`` opens a BPF output event on
@@ -208,12 +209,6 @@ class PerfBuffer:
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
-
-    def __enter__(self) -> PerfBuffer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __del__(self) -> None:
         if getattr(self, "_rings", None):

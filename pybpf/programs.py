@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from .resource import Resource
 from .errors import ClosedError, Error
 from .kernel import syscall as sc
 from .kernel.attrs import TestRunAttr
@@ -47,7 +48,7 @@ def auto_attachable(spec) -> bool:
     return True
 
 
-class Program:
+class Program(Resource):
     """A BPF program in the kernel: ``name``, ``section``, ``type``, ``fd``."""
 
     def __init__(self, fd: int, spec, linked=None, owner=None):
@@ -74,12 +75,6 @@ class Program:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
-
-    def __enter__(self) -> "Program":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"

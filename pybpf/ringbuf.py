@@ -43,6 +43,7 @@ import time
 from typing import Callable
 
 from . import atomics
+from .resource import Resource
 from .errors import ClosedError, Error, PermissionError, RingBufferFullError, SyscallError, TimeoutError
 from .kernel.constants import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ, MapType
 
@@ -581,7 +582,7 @@ class Ring:
         return (ctype * total).from_buffer(buf) if total else (ctype * 0)()
 
 
-class RingBuffer:
+class RingBuffer(Resource):
     """Consumer of ``BPF_MAP_TYPE_RINGBUF`` maps.
 
     ``RingBuffer(map, callback)`` maps the ring; :meth:`consume` and
@@ -717,12 +718,6 @@ class RingBuffer:
         if getattr(self, "_outv", None) is not None:
             self._outv.release()
             self._outv = None
-
-    def __enter__(self) -> RingBuffer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __del__(self) -> None:
         if getattr(self, "_rings", None):
@@ -1048,7 +1043,7 @@ class _Mutex:
         self.give(None)
 
 
-class UserRingBuffer:
+class UserRingBuffer(Resource):
     """Producer for a ``BPF_MAP_TYPE_USER_RINGBUF`` map.
 
     ``reserve(n)`` returns a :class:`Sample` to fill, then ``submit(sample)``
@@ -1140,12 +1135,6 @@ class UserRingBuffer:
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
-
-    def __enter__(self) -> UserRingBuffer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __del__(self) -> None:
         if getattr(self, "_maps", None):
