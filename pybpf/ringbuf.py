@@ -244,21 +244,9 @@ def _unpack_records(out: list, buf, offset: int, length: int, stride: int, n: in
 
 
 def _record_ctype(btf, type_spec, what: str):
-    """The ctypes type of records of ``type_spec`` (a ctypes type, or a BTF type
-    spelling, id or Type of ``btf``)."""
-    if isinstance(type_spec, type) and issubclass(type_spec, (ctypes.Structure, ctypes.Union, ctypes.Array,
-                                                              ctypes._SimpleCData)):
-        return type_spec
-    if btf is None:
-        raise Error(f"{what}: the map has no BTF to find type {type_spec!r} in; pass a ctypes type")
-    from .spec.typed import factory_for
-    if isinstance(type_spec, str):
-        type_id = btf.find(type_spec).id
-    elif isinstance(type_spec, int):
-        type_id = type_spec
-    else:
-        type_id = type_spec.id
-    return factory_for(btf).ctype(type_id)
+    """The ctypes type of records of ``type_spec`` (see :func:`pybpf.spec.typed.record_ctype`)."""
+    from .spec.typed import record_ctype
+    return record_ctype(btf, type_spec, what)
 
 
 class _KeptExport(Exception):

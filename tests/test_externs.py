@@ -794,7 +794,7 @@ def test_module_btf_fds_in_the_kernel(no_fd_leak):
         assert info.kernel_btf and name.value == b"vmlinux"
     finally:
         os.close(fd)
-    with pytest.raises(pybpf.Error, match="no BTF object for kernel module 'pybpf_no_such_module'"):
+    with pytest.raises(pybpf.Error, match="no kernel BTF object for module 'pybpf_no_such_module'"):
         X.open_module_btf_fd("pybpf_no_such_module")
 
     w = Writer()

@@ -134,3 +134,27 @@ def btf_from_fd(fd: int, base: Optional[BTF] = None) -> BTF:
         return parse_cached(buf.raw[:info.btf_size], source=f"kernel BTF {label}", base=base)
     except BTFError:
         raise
+
+
+def module_btf_fd(module: str) -> int:
+    """A new fd for the running kernel's BTF object of ``module`` (BPF_BTF_GET_NEXT_ID over
+    every BTF object, matching its name): for ``attach_btf_obj_fd`` and kfunc ``fd_array``
+    entries.  The caller closes it."""
+    btf_id = 0
+    while True:
+        btf_id = sc.get_next_id(Cmd.BTF_GET_NEXT_ID, btf_id)
+        if btf_id is None:
+            raise Error(f"no kernel BTF object for module {module!r} (is the module loaded?)")
+        try:
+            fd = sc.get_fd_by_id(Cmd.BTF_GET_FD_BY_ID, btf_id)
+        except Error:
+            continue            # gone meanwhile
+        name = ctypes.create_string_buffer(64)
+        try:
+            info = sc.obj_get_info_by_fd(fd, BtfInfo(name=ctypes.addressof(name), name_len=64))
+        except BaseException:
+            os.close(fd)
+            raise
+        if info.kernel_btf and name.value.decode(errors="replace") == module:
+            return fd
+        os.close(fd)

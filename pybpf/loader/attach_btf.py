@@ -22,12 +22,10 @@ so it is testable offline; only the module BTF's fd is looked up in the kernel.
 
 from __future__ import annotations
 
-import ctypes
-import os
 from dataclasses import dataclass
 from typing import Optional
 
-from ..errors import Error, NotSupportedError, SyscallError
+from ..errors import Error, NotSupportedError
 from ..kernel.constants import AttachType, ProgType
 from ..spec.btf import Kind
 from ..spec.object import ProgramSpec
@@ -121,26 +119,6 @@ def resolve_attach_btf(prog: ProgramSpec, facts) -> AttachBTF:
 
 
 def module_btf_fd(module: str) -> int:
-    """A new fd for the kernel BTF object of ``module`` (BPF_BTF_GET_NEXT_ID over every BTF
-    object, matching its name), for ``attach_btf_obj_fd``.  The caller closes it."""
-    from ..kernel import syscall as sc
-    from ..kernel.attrs import BtfInfo
-    from ..kernel.constants import Cmd
-    btf_id = 0
-    while True:
-        btf_id = sc.get_next_id(Cmd.BTF_GET_NEXT_ID, btf_id)
-        if btf_id is None:
-            raise Error(f"no kernel BTF object for module {module!r} (is the module loaded?)")
-        try:
-            fd = sc.get_fd_by_id(Cmd.BTF_GET_FD_BY_ID, btf_id)
-        except SyscallError:
-            continue   # gone meanwhile
-        name = ctypes.create_string_buffer(64)
-        try:
-            info = sc.obj_get_info_by_fd(fd, BtfInfo(name=ctypes.addressof(name), name_len=64))
-        except BaseException:
-            os.close(fd)
-            raise
-        if info.kernel_btf and name.value.decode(errors="replace") == module:
-            return fd
-        os.close(fd)
+    """A new fd for the kernel BTF object of ``module``, for ``attach_btf_obj_fd`` (the caller closes it)."""
+    from ..kernel.btf import module_btf_fd as open_fd
+    return open_fd(module)

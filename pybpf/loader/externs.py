@@ -152,25 +152,9 @@ class ResolvedExtern:
 
 
 def open_module_btf_fd(module: str) -> int:
-    """A new fd for the running kernel's BTF object of ``module`` (found by walking BTF ids)."""
-    import ctypes
-    from ..kernel import syscall as sc
-    from ..kernel.attrs import BtfInfo
-    from ..kernel.constants import Cmd
-    btf_id = 0
-    while True:
-        btf_id = sc.get_next_id(Cmd.BTF_GET_NEXT_ID, btf_id)
-        if btf_id is None:
-            raise Error(f"no BTF object for kernel module {module!r} is loaded")
-        try:
-            fd = sc.get_fd_by_id(Cmd.BTF_GET_FD_BY_ID, btf_id)
-        except Error:
-            continue            # gone meanwhile
-        name = ctypes.create_string_buffer(64)
-        info = sc.obj_get_info_by_fd(fd, BtfInfo(name=ctypes.addressof(name), name_len=64))
-        if info.kernel_btf and name.value.decode(errors="replace") == module:
-            return fd
-        os.close(fd)
+    """A new fd for the running kernel's BTF object of ``module`` (the caller closes it)."""
+    from ..kernel.btf import module_btf_fd
+    return module_btf_fd(module)
 
 
 class ExternResolution:

@@ -593,11 +593,34 @@ def factory_for(btf: BTF) -> TypeFactory:
     return f
 
 
+def _is_ctype(type_spec) -> bool:
+    return isinstance(type_spec, type) and issubclass(
+        type_spec, (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes._SimpleCData))
+
+
+def record_type_id(btf: Optional[BTF], type_spec, what: str) -> int:
+    """The BTF type id named by ``type_spec``: a spelling (``"struct event"``), an id or a Type."""
+    if btf is None:
+        raise Error(f"{what}: the map has no BTF to find type {type_spec!r} in; pass a ctypes type")
+    if isinstance(type_spec, str):
+        return btf.find(type_spec).id
+    if isinstance(type_spec, int):
+        return type_spec
+    return type_spec.id
+
+
+def record_ctype(btf: Optional[BTF], type_spec, what: str):
+    """The ctypes type of records of ``type_spec``: a ctypes type as is, or the type
+    :class:`TypeFactory` makes for a BTF spelling, id or Type of ``btf``."""
+    if _is_ctype(type_spec):
+        return type_spec
+    return factory_for(btf).ctype(record_type_id(btf, type_spec, what))
+
+
 def record_decoder(btf: Optional[BTF], type_spec, what: str):
     """A function turning a record (bytes-like) into a typed value, for ``type_spec``:
     a BTF type spelling (``"struct event"``), a BTF type id or Type, or a ctypes type."""
-    if isinstance(type_spec, type) and issubclass(type_spec, (ctypes.Structure, ctypes.Union, ctypes.Array,
-                                                              ctypes._SimpleCData)):
+    if _is_ctype(type_spec):
         ct = type_spec
         size = ctypes.sizeof(ct)
 
@@ -606,14 +629,7 @@ def record_decoder(btf: Optional[BTF], type_spec, what: str):
                 raise Error(f"{what}: a {len(record)}-byte record is shorter than {ct.__name__} ({size} bytes)")
             return ct.from_buffer_copy(record[:size]) if len(record) > size else ct.from_buffer_copy(record)
         return from_ctypes
-    if btf is None:
-        raise Error(f"{what}: the map has no BTF to find type {type_spec!r} in; pass a ctypes type")
-    if isinstance(type_spec, str):
-        type_id = btf.find(type_spec).id
-    elif isinstance(type_spec, int):
-        type_id = type_spec
-    else:
-        type_id = type_spec.id
+    type_id = record_type_id(btf, type_spec, what)
     factory = factory_for(btf)
     size = btf.size_of(type_id)
     name = btf.type_name(type_id)
