@@ -155,8 +155,8 @@ def parse_feed(text: str, btf: Optional[BTF], stype) -> bytes:
         except OSError as e:
             raise pybpf.Error(f"--feed: cannot read {text[1:]}: {e.strerror}") from None
     if stype is None or btf is None:
-        raise pybpf.Error(f"--feed: the sample type of this user ring buffer is unknown; give hex:... or @file, "
-                          f"or name the type with --type MAP='struct NAME'")
+        raise pybpf.Error("--feed: the sample type of this user ring buffer is unknown; give hex:... or @file, "
+                          "or name the type with --type MAP='struct NAME'")
     try:
         value = json.loads(text)
     except ValueError:

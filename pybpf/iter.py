@@ -18,7 +18,6 @@ import ctypes
 import errno as _errno
 import os
 from typing import Iterator as _Iter
-from typing import Optional
 
 from .errors import Error, SyscallError
 from .kernel import syscall as sc
@@ -136,7 +135,7 @@ def attach_iter(program, target: str = "", *, map=None, tid: int = 0, pid: int =
     except SyscallError as e:
         hint = ""
         if map is None and e.errno in (_errno.EBADF, _errno.EINVAL) and program.spec.attach_target in _MAP_ITERS:
-            hint = f" (this iterator walks a map: give it with iterate(map=...))"
+            hint = " (this iterator walks a map: give it with iterate(map=...))"
         raise type(e)(e.command, e.errno, f"program {program.name!r}: cannot attach iterator "
                                           f"{program.spec.attach_target!r}{hint}") from None
     return Iterator(program, program.spec.attach_target, fd)

@@ -119,7 +119,6 @@ class _Linker:
         return self.place(target_fn)
 
     def link(self) -> LinkedProgram:
-        spec = self.spec
         self.place(self.prog.function)
         i = 0
         while i < len(self.layout):       # the layout grows as callees are appended

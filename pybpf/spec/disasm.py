@@ -72,7 +72,7 @@ LD_IMM64 = BPF_LD | BPF_IMM | BPF_DW
 
 # src_reg of ld_imm64 and call (include/uapi/linux/bpf.h)
 from ..kernel.constants import (  # noqa: E402 - UAPI values, defined once
-    BPF_PSEUDO_BTF_ID, BPF_PSEUDO_CALL, BPF_PSEUDO_FUNC, BPF_PSEUDO_KFUNC_CALL, BPF_PSEUDO_MAP_FD,
+    BPF_PSEUDO_CALL, BPF_PSEUDO_FUNC, BPF_PSEUDO_KFUNC_CALL, BPF_PSEUDO_MAP_FD,
     BPF_PSEUDO_MAP_IDX, BPF_PSEUDO_MAP_IDX_VALUE, BPF_PSEUDO_MAP_VALUE)
 
 _ALU_OPS = {
