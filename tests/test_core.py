@@ -29,6 +29,7 @@ from pybpf.loader.relocate import link_program
 from pybpf.spec import insn as I
 from pybpf.spec.btf import BTF
 
+from btf_builder import BTFBuilder
 from conftest import program
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
@@ -37,71 +38,7 @@ POISON = (0x85, 0, 0, 0, 0xBAD2310)      # call unknown#195896080
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-class Builder:
-    """A raw BTF blob, one method per kind, each returning the new type id (split BTF: pass the
-    base's type count + 1 and string section length)."""
-
-    def __init__(self, first_id: int = 1, str_base: int = 0):
-        self.records: list[bytes] = []
-        self.first_id = first_id
-        self.str_base = str_base
-        self.strings = bytearray(b"" if str_base else b"\0")
-        self.offs: dict[str, int] = {} if str_base else {"": 0}
-
-    def s(self, name: str) -> int:
-        if name not in self.offs:
-            self.offs[name] = self.str_base + len(self.strings)
-            self.strings += name.encode() + b"\0"
-        return self.offs[name]
-
-    def add(self, name, kind, vlen, size_or_type, extra=b"", kflag=0) -> int:
-        self.records.append(struct.pack("<III", self.s(name), (kflag << 31) | (kind << 24) | vlen, size_or_type)
-                            + extra)
-        return self.first_id + len(self.records) - 1
-
-    def int_(self, name, size, signed=False, bit_off=0):
-        return self.add(name, 1, 0, size, struct.pack("<I", (int(signed) << 24) | (bit_off << 16) | 8 * size))
-
-    def ptr(self, t): return self.add("", 2, 0, t)
-    def typedef(self, name, t): return self.add(name, 8, 0, t)
-    def const(self, t): return self.add("", 10, 0, t)
-    def fwd(self, name, union=False): return self.add(name, 7, 0, 0, kflag=int(union))
-
-    def array(self, elem, nelems, index=1):
-        return self.add("", 3, 0, 0, struct.pack("<III", elem, index, nelems))
-
-    def composite(self, kind, name, size, members, kflag=0):
-        """members: (name, type, bit_offset[, bitfield_size])"""
-        extra = b""
-        for m in members:
-            bits = m[3] if len(m) > 3 else 0
-            extra += struct.pack("<III", self.s(m[0]), m[1], (bits << 24) | m[2] if kflag else m[2])
-        return self.add(name, kind, len(members), size, extra, kflag)
-
-    def struct(self, name, size, members, kflag=0): return self.composite(4, name, size, members, kflag)
-    def union(self, name, size, members, kflag=0): return self.composite(5, name, size, members, kflag)
-
-    def enum(self, name, values, size=4, signed=False):
-        extra = b"".join(struct.pack("<II", self.s(n), v & 0xFFFFFFFF) for n, v in values)
-        return self.add(name, 6, len(values), size, extra, int(signed))
-
-    def enum64(self, name, values, size=8, signed=False):
-        extra = b"".join(struct.pack("<III", self.s(n), v & 0xFFFFFFFF, (v >> 32) & 0xFFFFFFFF) for n, v in values)
-        return self.add(name, 19, len(values), size, extra, int(signed))
-
-    def func_proto(self, ret, params):
-        return self.add("", 13, len(params), ret, b"".join(struct.pack("<II", self.s(n), t) for n, t in params))
-
-    def to_bytes(self) -> bytes:
-        types = b"".join(self.records)
-        hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(self.strings))
-        return hdr + types + bytes(self.strings)
-
-    def btf(self, base=None) -> BTF:
-        return BTF(self.to_bytes(), source="hand-built", base=base)
-
-
-def relo(btf_builder: Builder, type_id: int, access: str, kind: int, insn_off: int = 0):
+def relo(btf_builder: BTFBuilder, type_id: int, access: str, kind: int, insn_off: int = 0):
     """A CoreRelo-like record (the access string is added to the builder's strings)."""
     return SimpleNamespace(insn_off=insn_off, type_id=type_id, access_str_off=btf_builder.s(access), kind=kind)
 
@@ -170,7 +107,7 @@ def test_essential_name(name, ess):
 
 def sample_btf():
     """struct sample { int a; struct { int b[10]; }; } (the uapi comment's example), plus extras."""
-    b = Builder()
+    b = BTFBuilder()
     INT = b.int_("int", 4, signed=True)
     ARR = b.array(INT, 10)
     ANON = b.struct("", 40, [("b", ARR, 0)])
@@ -220,7 +157,7 @@ def test_parse_spec_enum_errors():
 
 def two_btfs():
     """A local and a target BTF sharing names, with layout differences."""
-    lb, tb = Builder(), Builder()
+    lb, tb = BTFBuilder(), BTFBuilder()
     L = SimpleNamespace(INT=lb.int_("int", 4, signed=True), UINT=lb.int_("unsigned int", 4),
                         LONG=lb.int_("long", 8, signed=True), USHORT=lb.int_("unsigned short", 2),
                         SHORT=lb.int_("short", 2, signed=True))
@@ -424,17 +361,17 @@ def test_candidates_are_cached_and_pruned_like_libbpf(monkeypatch):
 
 
 def test_module_btf_only_when_vmlinux_has_no_candidate():
-    base = Builder()
+    base = BTFBuilder()
     INT = base.int_("int", 4, signed=True)
     base.int_("long", 8, signed=True)
     vm_task = base.struct("task", 4, [("a", INT, 0)])
     base_btf = base.btf()
-    mod = Builder(first_id=len(base_btf.types), str_base=base_btf._str_end)
-    mod.offs.update(base.offs)                                  # names may point into the base's strings
+    mod = BTFBuilder(first_id=len(base_btf.types), str_base=base_btf._str_end)
+    mod.str_offs.update(base.str_offs)                                # names may point into the base's strings
     mod_thing = mod.struct("mod_thing", 16, [("pad", INT, 0), ("x", INT, 64)])
     mod.struct("task", 8, [("b", INT, 0)])                      # shadowed: vmlinux has a 'task'
     mod_btf = mod.btf(base=base_btf)
-    lb = Builder()
+    lb = BTFBuilder()
     LINT = lb.int_("int", 4, signed=True)
     lthing = lb.struct("mod_thing___x", 4, [("x", LINT, 0)])
     ltask = lb.struct("task", 4, [("b", LINT, 0)])
@@ -457,13 +394,13 @@ def test_module_btf_only_when_vmlinux_has_no_candidate():
 
 
 def test_module_search_reports_count():
-    base = Builder()
+    base = BTFBuilder()
     base.int_("int", 4, signed=True)
     base_btf = base.btf()
-    lb = Builder()
+    lb = BTFBuilder()
     lt = lb.struct("ghost", 4, [("a", lb.int_("int", 4, signed=True), 0)])
     rec = relo(lb, lt, "0:0", 0)
-    mods = [("m1", Builder(first_id=2, str_base=base_btf._str_end).btf(base=base_btf))]
+    mods = [("m1", BTFBuilder(first_id=2, str_base=base_btf._str_end).btf(base=base_btf))]
     res = core.CoreResolver(lb.btf(), base_btf, lambda: mods).resolve(rec)
     assert res.poison and res.reason.endswith("or in any of 1 module BTFs")
 

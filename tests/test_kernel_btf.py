@@ -13,6 +13,7 @@ from pybpf.kernel import syscall as sc
 from pybpf.kernel.attrs import MapInfo, ProgInfo
 from pybpf.spec.btf import BTF, Kind
 
+from btf_builder import BTFBuilder
 from conftest import program
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
@@ -56,17 +57,13 @@ def test_disk_index_cache_is_used_and_checked(tmp_path, monkeypatch):
 
 def test_split_btf_continues_ids_and_strings():
     """A module-style split BTF on top of a base: ids and string offsets continue after the base."""
-    import struct
-
-    def blob(types: bytes, strings: bytes) -> bytes:
-        return struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings)) + types + strings
-
-    base_strings = b"\0int\0"
-    base = BTF(blob(struct.pack("<IIII", 1, 1 << 24, 4, (1 << 24) | 32), base_strings), source="base")
-    # split: [2] PTR -> int, [3] TYPEDEF 'myint' -> [1]; 'myint' at split offset 0 -> absolute len(base strings)
-    split_strings = b"myint\0"
-    types = struct.pack("<III", 0, 2 << 24, 1) + struct.pack("<III", len(base_strings), 8 << 24, 1)
-    split = BTF(blob(types, split_strings), source="split", base=base)
+    base_builder = BTFBuilder()
+    base_builder.int_("int", 4, signed=True)
+    base = base_builder.btf(source="base")
+    split_builder = BTFBuilder(first_id=2, str_base=len(base_builder.strings))
+    split_builder.ptr(1)                    # [2] int *
+    split_builder.typedef("myint", 1)       # [3] 'myint', its name after the base's strings
+    split = split_builder.btf(base=base, source="split")
     assert split.first_id == 2 and len(split) == 2
     assert split[3].name == "myint" and split[3].type_id == 1
     assert split[1].name == "int"                     # base types through the split

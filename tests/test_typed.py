@@ -26,6 +26,7 @@ import pybpf
 from pybpf.spec.btf import BTF, INT_BOOL, INT_CHAR, Kind
 from pybpf.spec.typed import TypeFactory, factory_for
 
+from btf_builder import BTFBuilder
 from conftest import program
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
@@ -339,50 +340,9 @@ def test_members_named_like_our_padding_keep_their_names(vmlinux, factory):
 
 # -- hand-built BTF: both bitfield encodings, signed bitfields, odd unions, odd names -------
 
-class TinyBTF:
-    """A raw BTF blob, one method per kind used here; each returns the new type id."""
-
-    def __init__(self):
-        self.records, self.strings = [], bytearray(b"\0")
-
-    def s(self, name: str) -> int:
-        off = len(self.strings)
-        self.strings += name.encode() + b"\0"
-        return off if name else 0
-
-    def add(self, name, kind, vlen, size_or_type, extra=b"", kflag=0) -> int:
-        self.records.append(struct.pack("<III", self.s(name), (kflag << 31) | (kind << 24) | vlen, size_or_type)
-                            + extra)
-        return len(self.records)
-
-    def int_(self, name, size, signed=False, bits=None, enc=0):
-        return self.add(name, 1, 0, size, struct.pack("<I", ((enc | signed) << 24) | (bits or 8 * size)))
-
-    def record(self, kind, name, size, members, kflag=1):
-        """members: (name, type, bit offset, bitfield size)"""
-        extra = b"".join(struct.pack("<III", self.s(n), t, (bits << 24) | off if kflag else off)
-                         for n, t, off, bits in members)
-        return self.add(name, kind, len(members), size, extra, kflag)
-
-    def array(self, elem, n, index):
-        return self.add("", 3, 0, 0, struct.pack("<III", elem, index, n))
-
-    def enum(self, name, values, size=4, signed=False):
-        extra = b"".join(struct.pack("<Ii", self.s(n), v) for n, v in values)
-        return self.add(name, 6, len(values), size, extra, int(signed))
-
-    def raw(self) -> bytes:
-        types = b"".join(self.records)
-        hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(self.strings))
-        return hdr + types + bytes(self.strings)
-
-    def btf(self) -> BTF:
-        return BTF(self.raw())
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    b = TinyBTF()
+    b = BTFBuilder()
     i32 = b.int_("int", 4, signed=True)
     u32 = b.int_("unsigned int", 4)
     char = b.int_("char", 1, signed=True)
@@ -811,7 +771,7 @@ def tricky_map(no_fd_leak):
     from pybpf.loader import create_map, load_btf
     from pybpf.maps import Map
     from pybpf.spec.object import MapSpec
-    b = TinyBTF()
+    b = BTFBuilder()
     i32, u32 = b.int_("int", 4, signed=True), b.int_("unsigned int", 4)
     char, boolean = b.int_("char", 1, signed=True), b.int_("_Bool", 1, enc=INT_BOOL)
     u64 = b.int_("unsigned long long", 8)
@@ -827,7 +787,7 @@ def tricky_map(no_fd_leak):
         ("ptr", vptr, 384, 0), ("in", inner, 448, 0), ("", anon, 512, 0), ("n", num, 544, 0),
         ("big", u64, 576, 0)])
     spec = MapSpec("typed_vals", MapType.HASH, 4, 80, 16, key_type_id=u32, value_type_id=rec)
-    btf_fd = load_btf(b.raw())
+    btf_fd = load_btf(b.to_bytes())
     try:
         m = Map(create_map(spec, btf_fd), spec, btf=b.btf())
     finally:
