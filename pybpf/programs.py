@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
 from typing import Optional
 
+from ._record import Record
 from .resource import Resource
 from .errors import ClosedError, Error
 from .kernel import syscall as sc
@@ -18,16 +18,18 @@ from .kernel.constants import Cmd, ProgType
 _CTX_ONLY = frozenset({ProgType.SYSCALL, ProgType.RAW_TRACEPOINT, ProgType.TRACING})
 
 
-@dataclass
-class TestRunResult:
+class TestRunResult(Record):
     """What BPF_PROG_TEST_RUN returned: ``retval``, ``duration`` (ns per run), the
     output packet ``data`` and the output context ``ctx``."""
 
     __test__ = False  # not a pytest test class
-    retval: int
-    duration: int
-    data: bytes
-    ctx: bytes
+    _fields = ("retval", "duration", "data", "ctx")
+
+    def __init__(self, retval: int, duration: int, data: bytes, ctx: bytes):
+        self.retval = retval
+        self.duration = duration
+        self.data = data
+        self.ctx = ctx
 
 
 # iterators over a map's elements need the map, given to Program.iterate(map=...)

@@ -33,7 +33,7 @@ import ctypes
 import errno as _errno
 import mmap
 import operator
-import platform
+import os
 import queue
 import select
 import struct
@@ -63,7 +63,7 @@ _HDR_SHIFT = 0 if sys.byteorder == "little" else 32
 # compiler cannot move across the interpreter's calls, so the user ring
 # producer publishes producer_pos with it: ~40 ns instead of a ~150-350 ns
 # ctypes call per sample.  Elsewhere (arm64...) it calls the C helper.
-_PLAIN_RELEASE = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+_PLAIN_RELEASE = os.uname().machine.lower() in ("x86_64", "amd64", "i386", "i686")
 # A user sample must fit a struct bpf_dynptr (DYNPTR_MAX_SIZE): a larger one
 # makes the kernel's drain fail with -E2BIG and wedges the ring.
 _DYNPTR_MAX_SIZE = (1 << 24) - 1

@@ -7,14 +7,23 @@ skip with a reason when not run as root, except when PYBPF_REQUIRE_KERNEL=1
 
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROGRAMS = ROOT / "programs"
 REQUIRE_KERNEL = os.environ.get("PYBPF_REQUIRE_KERNEL") == "1"
+
+# pybpf's disk caches (pybpf/_cache.py) start empty for every run, and the run never reads
+# or leaves entries in the user's own cache; subprocesses (the CLI tests) share it
+SESSION_CACHE = tempfile.mkdtemp(prefix="pybpf-test-cache-")
+os.environ["XDG_CACHE_HOME"] = SESSION_CACHE
+atexit.register(shutil.rmtree, SESSION_CACHE, True)
 
 
 def _kernel_unavailable_reason() -> str | None:

@@ -148,8 +148,10 @@ def test_generic_object_streams_hex_or_fields(tmp_path):
 
 def test_without_root_says_so_in_one_line():
     """As an unprivileged user (root drops to nobody: the kernel clears its capabilities)."""
-    # warm every import first: the interpreter's own files are not readable by nobody here
+    # warm every import first (parsing, not from pybpf's cache, imports pyelftools): the
+    # interpreter's own files are not readable by nobody here
     drop = ("import os, sys, locale, gettext, pybpf, pybpf.cli\n"
+            "os.environ['PYBPF_CACHE'] = '0'\n"
             "pybpf.open(sys.argv[1])\n"
             "if os.geteuid() == 0:\n"
             "    os.setegid(65534); os.seteuid(65534)\n"

@@ -664,7 +664,7 @@ def test_running_kernel_candidates_are_cached_on_disk_for_the_boot(vmlinux, tmp_
     files[0].write_text("not json")
     assert resolve_fresh()[1] == first
     # only the running kernel's vmlinux is cached
-    assert core._disk_cache_path(BTF(bytes(vmlinux.raw), source="copy.btf")) is None
+    assert core._disk_cache_name(BTF(bytes(vmlinux.raw), source="copy.btf")) is None
 
 
 def test_same_results_as_clang_against_the_kernel_it_was_built_for(vmlinux):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import array
 import ctypes
-import hashlib
 import os
 from typing import Optional
 
+from .. import _cache
 from ..errors import BTFError, Error
 from ..spec.btf import BTF
 from . import syscall as sc
@@ -30,37 +30,23 @@ def forget() -> None:
     _by_path.clear()
 
 
-def _cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "pybpf", "btf")
-
-
 def parse_cached(raw: bytes, *, source: str, base: Optional[BTF] = None) -> BTF:
     """A BTF for ``raw``: the same object again within this process, and the record
     index from the disk cache across processes (both keyed by the content's hash)."""
-    digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    digest = _cache.digest(raw)
     key = (digest, id(base) if base is not None else None)
     btf = _memo.get(key)
     if btf is not None:
         return btf
-    path = os.path.join(_cache_dir(), f"{digest}.idx")
+    name = f"{digest}.idx"
+    cached = _cache.read("btf", name)
     offsets = None
-    try:
-        with open(path, "rb") as f:
-            offsets = array.array("I")
-            offsets.frombytes(f.read())
-    except (OSError, ValueError):
-        offsets = None
+    if cached is not None and len(cached) % 4 == 0:
+        offsets = array.array("I")
+        offsets.frombytes(cached)
     btf = BTF(raw, source=source, base=base, index=offsets)
     if offsets is None:
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(array.array("I", btf._offsets).tobytes())
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only home: parse every time
+        _cache.write("btf", name, array.array("I", btf._offsets).tobytes())
     _memo[key] = btf
     return btf
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
-import platform
 
 from .. import errors
 from .attrs import GetIdAttr, InfoByFdAttr, MapElemAttr, MapFdAttr, ObjPinAttr
@@ -39,8 +38,8 @@ _PROG_LOAD_EAGAIN_ATTEMPTS = 5
 
 def syscall_number(table: dict[str, int], name: str) -> int:
     """The number of system call *name* on this machine, from *table*
-    (``platform.machine()`` -> number)."""
-    machine = platform.machine()
+    (``os.uname().machine`` -> number)."""
+    machine = os.uname().machine
     try:
         return table[machine]
     except KeyError:

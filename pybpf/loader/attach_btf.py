@@ -22,7 +22,7 @@ so it is testable offline; only the module BTF's fd is looked up in the kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import Optional
 
 from ..errors import Error, NotSupportedError
@@ -35,15 +35,11 @@ BTF_LSM_PREFIX = "bpf_lsm_"
 BTF_ITER_PREFIX = "bpf_iter_"
 
 
-@dataclass(frozen=True)
-class AttachBTF:
+class AttachBTF(namedtuple("AttachBTF", "btf_id type_name kind module", defaults=("vmlinux",))):
     """Where a program attaches: type ``btf_id`` called ``type_name`` (a ``kind``) in
-    ``module``'s BTF (``"vmlinux"`` for the kernel itself)."""
+    ``module``'s BTF (``"vmlinux"`` for the kernel itself).  Immutable."""
 
-    btf_id: int
-    type_name: str
-    kind: Kind
-    module: str = "vmlinux"
+    __slots__ = ()
 
     @property
     def in_module(self) -> bool:

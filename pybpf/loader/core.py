@@ -42,14 +42,14 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 import re
 import struct
 import weakref
-from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable, Optional
 
+from .._record import Record
+from .. import _cache
 from ..errors import BTFError, Error, NotSupportedError, ObjectError
 from ..spec import insn as I
 from ..spec.btf import BTF, INT_SIGNED, Kind
@@ -181,26 +181,31 @@ def _size(btf: BTF, type_id: int, what: str) -> int:
 
 # -- specs -----------------------------------------------------------------------------------------
 
-@dataclass
-class Accessor:
+class Accessor(Record):
     """One step of a spec: the root (``name`` None), a named member of struct/union
     ``type_id`` (index ``idx``), an array element of type ``type_id``, or an enumerator."""
 
-    type_id: int
-    idx: int
-    name: Optional[str] = None
+    _fields = ("type_id", "idx", "name")
+
+    def __init__(self, type_id: int, idx: int, name: Optional[str] = None):
+        self.type_id = type_id
+        self.idx = idx
+        self.name = name
 
 
-@dataclass
-class CoreSpec:
+class CoreSpec(Record):
     """libbpf's struct bpf_core_spec: a relocation's meaning in one BTF."""
 
-    btf: BTF
-    root_type_id: int
-    kind: CoreKind
-    raw: list = field(default_factory=list)          # the access string's indexes (target: as matched)
-    accessors: list = field(default_factory=list)    # [Accessor]
-    bit_offset: int = 0
+    _fields = ("btf", "root_type_id", "kind", "raw", "accessors", "bit_offset")
+
+    def __init__(self, btf: BTF, root_type_id: int, kind: CoreKind, raw: list | None = None,
+                 accessors: list | None = None, bit_offset: int = 0):
+        self.btf = btf
+        self.root_type_id = root_type_id
+        self.kind = kind
+        self.raw = [] if raw is None else raw  # the access string's indexes (target: as matched)
+        self.accessors = [] if accessors is None else accessors  # [Accessor]
+        self.bit_offset = bit_offset
 
     def path(self) -> str:
         """The type and the accessors as libbpf prints them: ``struct task_struct.real_parent``,
@@ -522,26 +527,33 @@ def match_candidate(local: CoreSpec, tbtf: BTF, tid: int, why: Optional[list] = 
 
 # -- values (bpf_core_calc_*_relo) -------------------------------------------------------------------
 
-@dataclass
-class Resolution:
+class Resolution(Record):
     """What a relocation resolved to (libbpf's bpf_core_relo_res plus the why)."""
 
-    section: str
-    index: int                      # relo #index in its section, as libbpf numbers them
-    insn_off: int                   # bytes in the ELF section
-    kind: CoreKind
-    local: Optional[CoreSpec] = None
-    target: Optional[CoreSpec] = None   # the first matching candidate's spec
-    orig: int = 0
-    new: int = 0
-    poison: bool = False
-    validate: bool = True
-    validate_mask: int = _M64
-    orig_sz: int = 0
-    new_sz: int = 0
-    fail_memsz_adjust: bool = False
-    reason: str = ""                # why nothing matched (when nothing did)
-    error: Optional[str] = None     # the relocation cannot be applied: the load fails
+    _fields = ("section", "index", "insn_off", "kind", "local", "target", "orig", "new", "poison", "validate",
+               "validate_mask", "orig_sz", "new_sz", "fail_memsz_adjust", "reason", "error")
+
+    def __init__(self, section: str, index: int, insn_off: int, kind: CoreKind,
+                 local: Optional[CoreSpec] = None, target: Optional[CoreSpec] = None, orig: int = 0,
+                 new: int = 0, poison: bool = False, validate: bool = True, validate_mask: int = _M64,
+                 orig_sz: int = 0, new_sz: int = 0, fail_memsz_adjust: bool = False, reason: str = "",
+                 error: Optional[str] = None):
+        self.section = section
+        self.index = index  # relo #index in its section, as libbpf numbers them
+        self.insn_off = insn_off  # bytes in the ELF section
+        self.kind = kind
+        self.local = local
+        self.target = target  # the first matching candidate's spec
+        self.orig = orig
+        self.new = new
+        self.poison = poison
+        self.validate = validate
+        self.validate_mask = validate_mask
+        self.orig_sz = orig_sz
+        self.new_sz = new_sz
+        self.fail_memsz_adjust = fail_memsz_adjust
+        self.reason = reason  # why nothing matched (when nothing did)
+        self.error = error  # the relocation cannot be applied: the load fails
 
     def describe(self) -> str:
         return self.local.format() if self.local is not None else f"<{self.kind.log_name}>"
@@ -693,8 +705,8 @@ class _NameIndex:
         self._strings: dict[str, list] = {}
         self._types: dict[str, list] = {}
         self.base = _index(btf.base) if btf.base is not None else None
-        self._disk_path = _disk_cache_path(btf)
-        self._disk: dict[str, list] = _read_disk_cache(self._disk_path) if self._disk_path else {}
+        self._disk_name = _disk_cache_name(btf)
+        self._disk: dict[str, list] = _read_disk_cache(self._disk_name) if self._disk_name else {}
         self._dirty = False
 
     @property
@@ -767,7 +779,7 @@ class _NameIndex:
                 view.release()
         found = sorted(ids)
         self._types[ess] = found
-        if self._disk_path:
+        if self._disk_name:
             self._dirty = True
         return found
 
@@ -787,42 +799,37 @@ class _NameIndex:
         if not self._dirty:
             return
         self._dirty = False
-        _write_disk_cache(self._disk_path, {**self._disk, **self._types})
+        # a read-only home is not an error: the searches are done every time
+        _cache.write("core", self._disk_name,
+                     json.dumps({**self._disk, **self._types}, separators=(",", ":")).encode())
 
 
-def _disk_cache_path(btf: BTF) -> Optional[str]:
-    """Where the running kernel's vmlinux candidates are cached across processes: keyed by boot
-    (the kernel's BTF cannot change without a reboot) and blob size; None for any other BTF."""
+def _boot_id() -> Optional[str]:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _disk_cache_name(btf: BTF) -> Optional[str]:
+    """The name under which the running kernel's vmlinux candidates are cached across processes:
+    keyed by boot (the kernel's BTF cannot change without a reboot) and blob size; None for any
+    other BTF."""
     from ..kernel.btf import VMLINUX
     if btf.source != VMLINUX or btf.base is not None:
         return None
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-    except OSError:
-        return None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "pybpf", "core", f"vmlinux-{boot}-{len(btf.raw)}-{len(btf)}.json")
+    boot = _boot_id()
+    return f"vmlinux-{boot}-{len(btf.raw)}-{len(btf)}.json" if boot else None
 
 
-def _read_disk_cache(path: str) -> dict:
+def _read_disk_cache(name: str) -> dict:
+    raw = _cache.read("core", name)
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        data = json.loads(raw) if raw is not None else {}
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _write_disk_cache(path: str, data: dict) -> None:
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except OSError:
-        pass            # a read-only home: search every time
 
 
 _indexes: "weakref.WeakKeyDictionary[BTF, _NameIndex]" = weakref.WeakKeyDictionary()
@@ -835,11 +842,13 @@ def _index(btf: BTF) -> _NameIndex:
     return idx
 
 
-@dataclass
-class Candidate:
-    btf: BTF
-    type_id: int
-    where: str          # "vmlinux" or the module's name
+class Candidate(Record):
+    _fields = ("btf", "type_id", "where")
+
+    def __init__(self, btf: BTF, type_id: int, where: str):
+        self.btf = btf
+        self.type_id = type_id
+        self.where = where  # "vmlinux" or the module's name
 
     def __str__(self) -> str:
         return f"[{self.type_id}] {self.btf.type_name(self.type_id)} ({self.where})"
@@ -1051,21 +1060,25 @@ def patch_insn(insns: bytearray, idx: int, res: Resolution) -> Optional[str]:
 
 # -- the object: target facts, libbpf's order, per-program application ----------------------------------
 
-@dataclass
-class CoreFailure:
+class CoreFailure(Record):
     """A poisoned instruction: a relocation that had no match, kept so a verifier error can name it."""
 
-    insn: int               # index in the linked program
-    function: str
-    section: str
-    relo_index: int         # relo #N of its section, as libbpf numbers them
-    kind: str               # libbpf's name: byte_off, enumval_value...
-    type_id: int            # local root type
-    type_name: str          # "struct task_struct___gone"
-    path: str               # "task_struct___gone.gone_field"
-    access: str             # "0:0"
-    reason: str
-    spec: str               # libbpf's format: "<byte_off> [7] struct task_struct___gone.gone_field (0:0 @ offset 0)"
+    _fields = ("insn", "function", "section", "relo_index", "kind", "type_id", "type_name", "path", "access",
+               "reason", "spec")
+
+    def __init__(self, insn: int, function: str, section: str, relo_index: int, kind: str, type_id: int,
+                 type_name: str, path: str, access: str, reason: str, spec: str):
+        self.insn = insn  # index in the linked program
+        self.function = function
+        self.section = section
+        self.relo_index = relo_index  # relo #N of its section, as libbpf numbers them
+        self.kind = kind  # libbpf's name: byte_off, enumval_value...
+        self.type_id = type_id  # local root type
+        self.type_name = type_name  # "struct task_struct___gone"
+        self.path = path  # "task_struct___gone.gone_field"
+        self.access = access  # "0:0"
+        self.reason = reason
+        self.spec = spec  # libbpf's format: "<byte_off> [7] struct task_struct___gone.gone_field (0:0 @ offset 0)"
 
     def __str__(self) -> str:
         """``CO-RE relocation #0 <byte_off> [7] struct foo___x.bar (0:0 @ offset 0) could not be applied: why``."""
@@ -1111,13 +1124,25 @@ def resolve_object(spec, facts, programs) -> dict:
     """Resolve the CO-RE records of ``spec`` for loading ``programs`` (names), in libbpf's order:
     .BTF.ext sections and records as stored, skipping programs not loaded and records in no
     function.  Returns {(section, insn_off): Resolution}; cached per spec, target and programs."""
-    target = _target_btf(facts)
-    modules = _module_btfs(facts, target)
     key = (frozenset(programs),)
     per_spec = _object_cache.setdefault(spec, [])
-    for k, tgt, fcts, out in per_spec:
-        if k == key and tgt is target and fcts is facts:
+    for k, fcts, out in per_spec:
+        if k == key and fcts is facts:
             return out
+    disk_name = _resolution_cache_name(spec, facts, programs)
+    out = _read_resolutions(disk_name, spec) if disk_name else None
+    if out is None:
+        out = _resolve_object(spec, facts, programs)
+        if disk_name:
+            _write_resolutions(disk_name, spec, out)
+    per_spec.append((key, facts, out))
+    del per_spec[:-4]
+    return out
+
+
+def _resolve_object(spec, facts, programs) -> dict:
+    target = _target_btf(facts)
+    modules = _module_btfs(facts, target)
     resolver = CoreResolver(spec.btf, target, modules)
     by_function = {id(p.function): p for p in spec.programs.values()}
     fns: dict[str, list] = {}
@@ -1140,9 +1165,60 @@ def resolve_object(spec, facts, programs) -> dict:
                 continue        # a program that is not loaded: libbpf does not relocate it
             out[(section, rec.insn_off)] = resolver.resolve(rec, i, section)
     _index(target).flush()
-    per_spec.append((key, target, facts, out))
-    del per_spec[:-4]
     return out
+
+
+# -- resolutions cached on disk (running kernel only) --------------------------------------------
+#
+# Resolving is deterministic: the same object (content), programs and kernel BTF give the same
+# resolutions.  For the running kernel, whose BTF only changes with a reboot or a module (un)load
+# (KernelFacts.kernel_btf_identity), the resolutions are kept on disk so that a later process
+# loading the same object reads neither vmlinux BTF (~20 ms) nor searches it.  Entries refer to the
+# object's own BTF by a persistent id and drop the target specs (Resolution.target is None).
+
+def _resolution_cache_name(spec, facts, programs) -> Optional[str]:
+    digest = getattr(spec, "content_digest", None)
+    ident = facts.kernel_btf_identity() if hasattr(facts, "kernel_btf_identity") else None
+    if not digest or not ident or spec.btf is None:
+        return None
+    key = "\0".join([digest, ident, ",".join(sorted(programs))]).encode()
+    return _cache.digest(key + _cache.code_stamp("spec", "loader")) + ".pickle"
+
+
+def _read_resolutions(name: str, spec) -> Optional[dict]:
+    import pickle
+    raw = _cache.read("core", name)
+    if raw is None:
+        return None
+
+    class Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid):
+            if pid != "local":
+                raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+            return spec.btf
+    try:
+        import io
+        out = Unpickler(io.BytesIO(raw)).load()
+    except Exception:      # torn or from other code: resolve again
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def _write_resolutions(name: str, spec, out: dict) -> None:
+    import io
+    import pickle
+    local = spec.btf
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return "local" if obj is local else None
+    buf = io.BytesIO()
+    try:
+        Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(
+            {k: r.replace(target=None) for k, r in out.items()})
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return
+    _cache.write("core", name, buf.getvalue())
 
 
 def _target_name(target: BTF) -> str:

@@ -32,9 +32,9 @@ import re
 import struct
 import warnings
 import weakref
-from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .._record import Record
 from ..errors import Error, ObjectError
 from ..spec import insn as I
 from ..spec.btf import BTF, Kind
@@ -138,17 +138,20 @@ def essential_name(name: str) -> str:
 
 # -- resolution -------------------------------------------------------------------------------
 
-@dataclass
-class ResolvedExtern:
+class ResolvedExtern(Record):
     """What an extern became on one kernel.  ``resolved`` False: a weak extern the
     kernel does not have (its value/address is 0, calls to it are poisoned)."""
 
-    name: str
-    resolved: bool = False
-    btf_id: int = 0              # typed ksyms and kfuncs: the VAR/FUNC id in the kernel's BTF
-    module: Optional[str] = None  # ... in this module's BTF (None: vmlinux)
-    fd_index: int = 0            # kfuncs in modules: index of the module BTF fd in fd_array
-    address: int = 0             # untyped ksyms: the kallsyms address
+    _fields = ("name", "resolved", "btf_id", "module", "fd_index", "address")
+
+    def __init__(self, name: str, resolved: bool = False, btf_id: int = 0, module: Optional[str] = None,
+                 fd_index: int = 0, address: int = 0):
+        self.name = name
+        self.resolved = resolved
+        self.btf_id = btf_id  # typed ksyms and kfuncs: the VAR/FUNC id in the kernel's BTF
+        self.module = module  # ... in this module's BTF (None: vmlinux)
+        self.fd_index = fd_index  # kfuncs in modules: index of the module BTF fd in fd_array
+        self.address = address  # untyped ksyms: the kallsyms address
 
 
 def open_module_btf_fd(module: str) -> int:

@@ -34,6 +34,7 @@ class KernelFacts:
                  kconfig: Optional[dict] = None, kernel_version: Optional[int] = None,
                  ksym_address: Optional[Callable[[str], Optional[int]]] = None, running: bool = False):
         self._btf = btf
+        self._btf_given = btf is not None or module_btfs is not None
         # module BTF is split on top of the running kernel's vmlinux: not for an injected target
         self._module_btfs = module_btfs if module_btfs is not None else ({} if btf is not None else None)
         self._kconfig = kconfig
@@ -73,6 +74,23 @@ class KernelFacts:
                     except Error:
                         pass
         return self._module_btfs
+
+    def kernel_btf_identity(self) -> Optional[str]:
+        """For the running kernel's own BTF (not one given): a name for that BTF (vmlinux and
+        module BTFs) that changes when it can change (a reboot, a module loaded or unloaded),
+        found without reading it; None otherwise.  Keys the disk cache of CO-RE resolutions."""
+        if not self.running_kernel or self._btf_given:
+            return None
+        from ..kernel.btf import VMLINUX
+        folder = os.path.dirname(VMLINUX)
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                parts = [f.read().strip()]
+            with os.scandir(folder) as it:
+                parts += sorted(f"{e.name}:{e.stat().st_size}" for e in it)
+        except OSError:
+            return None
+        return " ".join(parts) if any(p.startswith("vmlinux:") for p in parts) else None
 
     # -- kconfig --------------------------------------------------------------------------
 

@@ -22,39 +22,46 @@ section to instruction indexes in the linked program.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional
 
+from .._record import Record
 from ..errors import ObjectError
 from ..spec import insn as I
 from ..spec.object import STT_SECTION, FunctionSpec, ObjectSpec, ProgramSpec, Symbol
 
 
-@dataclass
-class MapRef:
+class MapRef(Record):
     """An ld_imm64 at ``insn`` that needs the fd of map ``map_name``.
 
     ``offset`` is None for BPF_PSEUDO_MAP_FD, else the byte offset into the map
     value (BPF_PSEUDO_MAP_VALUE)."""
 
-    insn: int
-    map_name: str
-    offset: Optional[int] = None
+    _fields = ("insn", "map_name", "offset")
+
+    def __init__(self, insn: int, map_name: str, offset: Optional[int] = None):
+        self.insn = insn
+        self.map_name = map_name
+        self.offset = offset
 
 
-@dataclass
-class LinkedProgram:
+class LinkedProgram(Record):
     """A program ready to load once map fds are known."""
 
-    name: str
-    insns: bytearray
-    map_refs: list = field(default_factory=list)
-    func_info: list = field(default_factory=list)    # [(insn, type_id)]
-    line_info: list = field(default_factory=list)    # [(insn, file_name_off, line_off, line_col)]
-    func_info_rec_size: int = 8
-    line_info_rec_size: int = 16
-    layout: list = field(default_factory=list)       # [(FunctionSpec, first insn in this program)]
-    core_failures: list = field(default_factory=list)  # [core.CoreFailure]: insns poisoned by CO-RE
+    _fields = ("name", "insns", "map_refs", "func_info", "line_info", "func_info_rec_size",
+               "line_info_rec_size", "layout", "core_failures")
+
+    def __init__(self, name: str, insns: bytearray, map_refs: list | None = None,
+                 func_info: list | None = None, line_info: list | None = None, func_info_rec_size: int = 8,
+                 line_info_rec_size: int = 16, layout: list | None = None, core_failures: list | None = None):
+        self.name = name
+        self.insns = insns
+        self.map_refs = [] if map_refs is None else map_refs
+        self.func_info = [] if func_info is None else func_info  # [(insn, type_id)]
+        self.line_info = [] if line_info is None else line_info  # [(insn, file_name_off, line_off, line_col)]
+        self.func_info_rec_size = func_info_rec_size
+        self.line_info_rec_size = line_info_rec_size
+        self.layout = [] if layout is None else layout  # [(FunctionSpec, first insn in this program)]
+        self.core_failures = [] if core_failures is None else core_failures  # [core.CoreFailure]: insns poisoned by CO-RE
 
     @property
     def insn_cnt(self) -> int:

@@ -18,7 +18,7 @@ import ctypes
 import errno as _errno
 import os
 import struct
-from dataclasses import dataclass, fields, replace
+from collections import namedtuple
 from typing import Optional
 
 from ..errors import BTFError, SyscallError
@@ -130,32 +130,37 @@ class BTFPatcher:
 
 # -- what the kernel accepts --------------------------------------------------------------
 
-@dataclass(frozen=True)
-class BTFFeatures:
-    """Which BTF the kernel accepts (libbpf's FEAT_BTF_* probes).  All True on 6.18."""
+_FEATURES = (
+    "btf",            # BPF_BTF_LOAD at all (4.18)
+    "func",           # FUNC and FUNC_PROTO (5.0)
+    "global_func",    # FUNC with global linkage (5.6)
+    "datasec",        # VAR and DATASEC (5.2)
+    "float",          # FLOAT (5.13)
+    "decl_tag",       # DECL_TAG (5.16)
+    "type_tag",       # TYPE_TAG (5.17)
+    "enum64",         # ENUM64 and signed ENUM (6.0)
+    "qmark_datasec",  # DATASEC names starting with '?' (6.10)
+)
 
-    btf: bool = True            # BPF_BTF_LOAD at all (4.18)
-    func: bool = True           # FUNC and FUNC_PROTO (5.0)
-    global_func: bool = True    # FUNC with global linkage (5.6)
-    datasec: bool = True        # VAR and DATASEC (5.2)
-    float: bool = True          # FLOAT (5.13)
-    decl_tag: bool = True       # DECL_TAG (5.16)
-    type_tag: bool = True       # TYPE_TAG (5.17)
-    enum64: bool = True         # ENUM64 and signed ENUM (6.0)
-    qmark_datasec: bool = True  # DATASEC names starting with '?' (6.10)
+
+class BTFFeatures(namedtuple("BTFFeatures", _FEATURES, defaults=(True,) * len(_FEATURES))):
+    """Which BTF the kernel accepts (libbpf's FEAT_BTF_* probes), one bool per feature,
+    all True by default (and on 6.18).  Immutable."""
+
+    __slots__ = ()
 
     @property
     def missing(self) -> list:
         """Names of the features the kernel lacks."""
-        return [f.name for f in fields(self) if not getattr(self, f.name)]
+        return [n for n in self._fields if not getattr(self, n)]
 
     def without(self, *names: str) -> "BTFFeatures":
         """The same features with ``names`` turned off (to exercise the rewriting offline)."""
-        return replace(self, **{n: False for n in names})
+        return self._replace(**{n: False for n in names})
 
 
 ALL_FEATURES = BTFFeatures()
-NO_FEATURES = BTFFeatures(**{f.name: False for f in fields(BTFFeatures) if f.name != "btf"})
+NO_FEATURES = BTFFeatures(**{n: False for n in _FEATURES if n != "btf"})
 
 
 def _enc(name_off: int, kind: int, vlen: int, size_or_type: int, *extra: int) -> list:
@@ -223,8 +228,7 @@ def probe_features() -> BTFFeatures:
             if not kernel_accepts(probe_blob("btf")):
                 _probed = BTFFeatures(btf=False, **{n: False for n in NO_FEATURES.missing})
             else:
-                _probed = BTFFeatures(**{f.name: kernel_accepts(probe_blob(f.name))
-                                         for f in fields(BTFFeatures) if f.name != "btf"})
+                _probed = BTFFeatures(**{n: kernel_accepts(probe_blob(n)) for n in _FEATURES if n != "btf"})
         except SyscallError:
             return ALL_FEATURES
     return _probed

@@ -6,34 +6,49 @@ in record order; id 0 is ``void``.
 
 Parsing uses precompiled :class:`struct.Struct` objects rather than
 ``construct``: vmlinux has ~126k types and construct measured much slower on it
-(tools/bench_btf.py: ~70x slower than this index pass).  The header, which is parsed once, is declared with
-construct because it reads best that way.
+(tools/bench_btf.py: ~70x slower than this index pass).  The headers are declared
+as named struct fields (:class:`Header`) too: importing construct alone took
+11-18 ms of every ``python -m pybpf`` process (tools/bench_load.py), more than
+loading most objects.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, field
+from collections import namedtuple
 from typing import Iterator, Optional
 
-import construct as cs
-
+from .._record import Record
 from ..errors import BTFError
 
 BTF_MAGIC = 0xEB9F
 
-BTF_HEADER = cs.Struct(
-    "magic" / cs.Int16ul,
-    "version" / cs.Int8ul,
-    "flags" / cs.Int8ul,
-    "hdr_len" / cs.Int32ul,
-    "type_off" / cs.Int32ul,
-    "type_len" / cs.Int32ul,
-    "str_off" / cs.Int32ul,
-    "str_len" / cs.Int32ul,
-)
-BTF_HEADER_SIZE = 24
+
+
+class Header(struct.Struct):
+    """A fixed little-endian header declared as (name, struct format) fields;
+    ``parse(buf)`` returns a named tuple of its fields."""
+
+    def __init__(self, name: str, fields: list):
+        super().__init__("<" + "".join(fmt for _, fmt in fields))
+        self._tuple = namedtuple(name, [n for n, _ in fields])
+
+    def parse(self, buf):
+        return self._tuple._make(self.unpack_from(buf))
+
+
+BTF_HEADER = Header("btf_header", [  # struct btf_header, include/uapi/linux/btf.h
+    ("magic", "H"),
+    ("version", "B"),
+    ("flags", "B"),
+    ("hdr_len", "I"),
+    ("type_off", "I"),
+    ("type_len", "I"),
+    ("str_off", "I"),
+    ("str_len", "I"),
+])
+BTF_HEADER_SIZE = BTF_HEADER.size
 
 
 class Kind(enum.IntEnum):
@@ -77,14 +92,16 @@ _U32 = struct.Struct("<I")
 _SECINFO = struct.Struct("<III")
 
 
-@dataclass
-class Member:
+class Member(Record):
     """A STRUCT/UNION member. ``bit_offset`` from the start of the struct; ``bitfield_size`` 0 unless a bitfield."""
 
-    name: str
-    type_id: int
-    bit_offset: int
-    bitfield_size: int = 0
+    _fields = ("name", "type_id", "bit_offset", "bitfield_size")
+
+    def __init__(self, name: str, type_id: int, bit_offset: int, bitfield_size: int = 0):
+        self.name = name
+        self.type_id = type_id
+        self.bit_offset = bit_offset
+        self.bitfield_size = bitfield_size
 
     @property
     def offset(self) -> int:
@@ -92,29 +109,34 @@ class Member:
         return self.bit_offset // 8
 
 
-@dataclass
-class Param:
-    name: str
-    type_id: int
+class Param(Record):
+    _fields = ("name", "type_id")
+
+    def __init__(self, name: str, type_id: int):
+        self.name = name
+        self.type_id = type_id
 
 
-@dataclass
-class EnumValue:
-    name: str
-    value: int
+class EnumValue(Record):
+    _fields = ("name", "value")
+
+    def __init__(self, name: str, value: int):
+        self.name = name
+        self.value = value
 
 
-@dataclass
-class VarSecinfo:
+class VarSecinfo(Record):
     """One variable of a DATASEC: the VAR's type id, its offset and size in the section."""
 
-    type_id: int
-    offset: int
-    size: int
+    _fields = ("type_id", "offset", "size")
+
+    def __init__(self, type_id: int, offset: int, size: int):
+        self.type_id = type_id
+        self.offset = offset
+        self.size = size
 
 
-@dataclass
-class Type:
+class Type(Record):
     """One BTF type record.
 
     Common fields: ``id``, ``kind``, ``name`` ("" when anonymous), ``kind_flag``,
@@ -123,33 +145,42 @@ class Type:
     the type section (used to patch a blob in place).
     """
 
-    id: int
-    kind: Kind
-    name: str
-    kind_flag: bool
-    vlen: int
-    size_or_type: int
-    record_offset: int = 0
-    # INT
-    encoding: int = 0
-    int_offset: int = 0
-    bits: int = 0
-    # ARRAY
-    elem_type: int = 0
-    index_type: int = 0
-    nelems: int = 0
-    # STRUCT / UNION
-    members: list = field(default_factory=list)
-    # ENUM / ENUM64
-    values: list = field(default_factory=list)
-    # FUNC_PROTO
-    params: list = field(default_factory=list)
-    # VAR: linkage; FUNC: linkage is the vlen
-    linkage: int = 0
-    # DATASEC
-    secinfos: list = field(default_factory=list)
-    # DECL_TAG
-    component_idx: int = -1
+    _fields = ("id", "kind", "name", "kind_flag", "vlen", "size_or_type", "record_offset", "encoding",
+               "int_offset", "bits", "elem_type", "index_type", "nelems", "members", "values", "params",
+               "linkage", "secinfos", "component_idx")
+
+    def __init__(self, id: int, kind: Kind, name: str, kind_flag: bool, vlen: int, size_or_type: int,
+                 record_offset: int = 0, encoding: int = 0, int_offset: int = 0, bits: int = 0,
+                 elem_type: int = 0, index_type: int = 0, nelems: int = 0, members: list | None = None,
+                 values: list | None = None, params: list | None = None, linkage: int = 0,
+                 secinfos: list | None = None, component_idx: int = -1):
+        self.id = id
+        self.kind = kind
+        self.name = name
+        self.kind_flag = kind_flag
+        self.vlen = vlen
+        self.size_or_type = size_or_type
+        self.record_offset = record_offset
+        # INT
+        self.encoding = encoding
+        self.int_offset = int_offset
+        self.bits = bits
+        # ARRAY
+        self.elem_type = elem_type
+        self.index_type = index_type
+        self.nelems = nelems
+        # STRUCT / UNION
+        self.members = [] if members is None else members
+        # ENUM / ENUM64
+        self.values = [] if values is None else values
+        # FUNC_PROTO
+        self.params = [] if params is None else params
+        # VAR: linkage; FUNC: linkage is the vlen
+        self.linkage = linkage
+        # DATASEC
+        self.secinfos = [] if secinfos is None else secinfos
+        # DECL_TAG
+        self.component_idx = component_idx
 
     @property
     def size(self) -> int:
@@ -253,6 +284,19 @@ class BTF:
         with open(path, "rb") as f:
             return cls(f.read(), source=path, **kwargs)
 
+    def __getstate__(self):
+        # the u32 view on raw cannot be pickled and is rebuilt from raw; decoded types and
+        # strings are left out (they are decoded again on demand, faster than unpickled)
+        state = self.__dict__.copy()
+        del state["_words"], state["_cache"], state["_str_cache"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._words = memoryview(self.raw)[self.type_off:self.type_off + self.type_len].cast("I")
+        self._cache = {}
+        self._str_cache = {}
+
     # -- parsing -----------------------------------------------------------------
 
     def _fail(self, what: str) -> BTFError:
@@ -262,7 +306,7 @@ class BTF:
         raw = self.raw
         if len(raw) < BTF_HEADER_SIZE:
             raise self._fail(f"{len(raw)} bytes is shorter than the 24-byte header")
-        hdr = BTF_HEADER.parse(bytes(raw[:BTF_HEADER_SIZE]))
+        hdr = BTF_HEADER.parse(raw)
         if hdr.magic != BTF_MAGIC:
             if hdr.magic == 0x9FEB:
                 raise self._fail("big-endian BTF is not supported")

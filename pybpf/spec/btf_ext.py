@@ -11,44 +11,46 @@ instruction index in the final program.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
-import construct as cs
-
+from .._record import Record
 from ..errors import BTFError
-from .btf import BTF
+from .btf import BTF, Header
 
-BTF_EXT_HEADER = cs.Struct(
-    "magic" / cs.Int16ul,
-    "version" / cs.Int8ul,
-    "flags" / cs.Int8ul,
-    "hdr_len" / cs.Int32ul,
-    "func_info_off" / cs.Int32ul,
-    "func_info_len" / cs.Int32ul,
-    "line_info_off" / cs.Int32ul,
-    "line_info_len" / cs.Int32ul,
-)
+BTF_EXT_HEADER = Header("btf_ext_header", [  # libbpf's struct btf_ext_header (first 24 bytes)
+    ("magic", "H"),
+    ("version", "B"),
+    ("flags", "B"),
+    ("hdr_len", "I"),
+    ("func_info_off", "I"),
+    ("func_info_len", "I"),
+    ("line_info_off", "I"),
+    ("line_info_len", "I"),
+])
 
 _U32 = struct.Struct("<I")
 _BLOCK = struct.Struct("<II")
 
 
-@dataclass
-class FuncInfo:
+class FuncInfo(Record):
     """``insn_off`` (bytes in the ELF section) → the FUNC type describing the function there."""
 
-    insn_off: int
-    type_id: int
+    _fields = ("insn_off", "type_id")
+
+    def __init__(self, insn_off: int, type_id: int):
+        self.insn_off = insn_off
+        self.type_id = type_id
 
 
-@dataclass
-class LineInfo:
+class LineInfo(Record):
     """``insn_off`` (bytes) → source file, source text of the line, line and column."""
 
-    insn_off: int
-    file_name_off: int
-    line_off: int
-    line_col: int
+    _fields = ("insn_off", "file_name_off", "line_off", "line_col")
+
+    def __init__(self, insn_off: int, file_name_off: int, line_off: int, line_col: int):
+        self.insn_off = insn_off
+        self.file_name_off = file_name_off
+        self.line_off = line_off
+        self.line_col = line_col
 
     @property
     def line(self) -> int:
@@ -59,26 +61,33 @@ class LineInfo:
         return self.line_col & 0x3FF
 
 
-@dataclass
-class CoreRelo:
+class CoreRelo(Record):
     """A CO-RE relocation: instruction, local type, access string, relocation kind."""
 
-    insn_off: int
-    type_id: int
-    access_str_off: int
-    kind: int
+    _fields = ("insn_off", "type_id", "access_str_off", "kind")
+
+    def __init__(self, insn_off: int, type_id: int, access_str_off: int, kind: int):
+        self.insn_off = insn_off
+        self.type_id = type_id
+        self.access_str_off = access_str_off
+        self.kind = kind
 
 
-@dataclass
-class BTFExt:
+class BTFExt(Record):
     """Parsed ``.BTF.ext``: per ELF section name, lists of records."""
 
-    func_info_rec_size: int = 8
-    line_info_rec_size: int = 16
-    core_relo_rec_size: int = 16
-    func_info: dict = field(default_factory=dict)   # section name -> [FuncInfo]
-    line_info: dict = field(default_factory=dict)   # section name -> [LineInfo]
-    core_relos: dict = field(default_factory=dict)  # section name -> [CoreRelo]
+    _fields = ("func_info_rec_size", "line_info_rec_size", "core_relo_rec_size", "func_info", "line_info",
+               "core_relos")
+
+    def __init__(self, func_info_rec_size: int = 8, line_info_rec_size: int = 16,
+                 core_relo_rec_size: int = 16, func_info: dict | None = None, line_info: dict | None = None,
+                 core_relos: dict | None = None):
+        self.func_info_rec_size = func_info_rec_size
+        self.line_info_rec_size = line_info_rec_size
+        self.core_relo_rec_size = core_relo_rec_size
+        self.func_info = {} if func_info is None else func_info  # section name -> [FuncInfo]
+        self.line_info = {} if line_info is None else line_info  # section name -> [LineInfo]
+        self.core_relos = {} if core_relos is None else core_relos  # section name -> [CoreRelo]
 
 
 def parse_btf_ext(raw: bytes, btf: BTF, *, source: str = ".BTF.ext") -> BTFExt:
@@ -89,7 +98,7 @@ def parse_btf_ext(raw: bytes, btf: BTF, *, source: str = ".BTF.ext") -> BTFExt:
 
     if len(raw) < 24:
         raise fail(f"{len(raw)} bytes is shorter than the 24-byte header")
-    hdr = BTF_EXT_HEADER.parse(raw[:24])
+    hdr = BTF_EXT_HEADER.parse(raw)
     if hdr.magic != 0xEB9F:
         raise fail(f"bad magic 0x{hdr.magic:04x}")
     if hdr.version != 1:

@@ -184,7 +184,7 @@ def decode(insns: bytes) -> list[tuple[int, Insn]]:
 
 
 def _helper_table_name(imm: int) -> Optional[str]:
-    from ..kernel.constants import Helper
+    from ..kernel.helpers import Helper
     try:
         return "bpf_" + Helper(imm).name
     except ValueError:

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import struct
-from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
-
+from .._record import Record
+from .. import _cache
 from ..errors import BTFError, Error, ObjectError
 from . import insn as I
 from .btf import BTF, INT_BOOL, INT_SIGNED, LINKAGE_EXTERN, LINKAGE_GLOBAL, LINKAGE_STATIC, Kind, VarSecinfo
@@ -69,61 +67,72 @@ _MAP_DEF_MEMBERS = ("type", "max_entries", "map_flags", "numa_node", "map_extra"
                     "key", "value", "pinning", "values")
 
 
-@dataclass
-class Symbol:
+class Symbol(Record):
     """An ELF symbol (``section`` is its section index, 0 for undefined)."""
 
-    name: str
-    section: int
-    value: int
-    size: int
-    type: int
-    bind: int
-    visibility: int
+    _fields = ("name", "section", "value", "size", "type", "bind", "visibility")
+
+    def __init__(self, name: str, section: int, value: int, size: int, type: int, bind: int, visibility: int):
+        self.name = name
+        self.section = section
+        self.value = value
+        self.size = size
+        self.type = type
+        self.bind = bind
+        self.visibility = visibility
 
 
-@dataclass
-class Relocation:
+class Relocation(Record):
     """An ELF relocation inside a function: ``insn`` is the instruction index
     relative to the function's first instruction."""
 
-    insn: int
-    symbol: Symbol
-    type: int
+    _fields = ("insn", "symbol", "type")
+
+    def __init__(self, insn: int, symbol: Symbol, type: int):
+        self.insn = insn
+        self.symbol = symbol
+        self.type = type
 
 
-@dataclass
-class FunctionSpec:
+class FunctionSpec(Record):
     """A BPF function: a program's entry function or a ``.text`` subprogram."""
 
-    name: str
-    section: str
-    sec_insn_off: int          # index of the first instruction in its ELF section
-    insns: bytes
-    relocations: list = field(default_factory=list)
-    linkage: int = LINKAGE_GLOBAL
+    _fields = ("name", "section", "sec_insn_off", "insns", "relocations", "linkage")
+
+    def __init__(self, name: str, section: str, sec_insn_off: int, insns: bytes,
+                 relocations: list | None = None, linkage: int = LINKAGE_GLOBAL):
+        self.name = name
+        self.section = section
+        self.sec_insn_off = sec_insn_off  # index of the first instruction in its ELF section
+        self.insns = insns
+        self.relocations = [] if relocations is None else relocations
+        self.linkage = linkage
 
     @property
     def insn_cnt(self) -> int:
         return len(self.insns) // I.INSN_SIZE
 
 
-@dataclass
-class ProgramSpec:
+class ProgramSpec(Record):
     """A program: an entry function in a program section, plus what its section name says.
 
     ``autoload`` (False for sections starting with ``?``) and ``attach_target``
     may be changed before loading.
     """
 
-    name: str
-    section: str
-    sec_def: SectionDef
-    function: FunctionSpec
-    license: str = ""
-    kern_version: int = 0
-    autoload: bool = True
-    attach_target: str = ""
+    _fields = ("name", "section", "sec_def", "function", "license", "kern_version", "autoload",
+               "attach_target")
+
+    def __init__(self, name: str, section: str, sec_def: SectionDef, function: FunctionSpec,
+                 license: str = "", kern_version: int = 0, autoload: bool = True, attach_target: str = ""):
+        self.name = name
+        self.section = section
+        self.sec_def = sec_def
+        self.function = function
+        self.license = license
+        self.kern_version = kern_version
+        self.autoload = autoload
+        self.attach_target = attach_target
 
     @property
     def prog_type(self):
@@ -143,8 +152,7 @@ class ProgramSpec:
         return f"<ProgramSpec {self.name} section={self.section!r} type={self.sec_def.prog_type}>"
 
 
-@dataclass
-class MapSpec:
+class MapSpec(Record):
     """A map to create: from a BTF-defined ``.maps`` entry or an internal data section.
 
     Internal maps (``.data``, ``.rodata``, ``.bss``) have ``section`` set and
@@ -152,25 +160,34 @@ class MapSpec:
     ``value_size`` may be changed before loading.
     """
 
-    name: str
-    type: int
-    key_size: int = 0
-    value_size: int = 0
-    max_entries: int = 0
-    flags: int = 0
-    key_type_id: int = 0
-    value_type_id: int = 0
-    pinning: int = 0
-    map_extra: int = 0
-    numa_node: int = 0
-    section: str = ".maps"
-    data: Optional[bytearray] = None
-    btf_var_id: int = 0      # the VAR (for .maps) or DATASEC (internal) type id
-    inner: Optional["MapSpec"] = None
-    record_type_id: int = 0  # ring buffers: the record type the program declares (pybpf:record= tag)
-    #: initial contents of a prog array / map-in-map (``__array(values, ...) = { [i] = &x }``):
-    #: slot -> program name (prog arrays) or map name (map-in-map)
-    values: dict = field(default_factory=dict)
+    _fields = ("name", "type", "key_size", "value_size", "max_entries", "flags", "key_type_id",
+               "value_type_id", "pinning", "map_extra", "numa_node", "section", "data", "btf_var_id", "inner",
+               "record_type_id", "values")
+
+    def __init__(self, name: str, type: int, key_size: int = 0, value_size: int = 0, max_entries: int = 0,
+                 flags: int = 0, key_type_id: int = 0, value_type_id: int = 0, pinning: int = 0,
+                 map_extra: int = 0, numa_node: int = 0, section: str = ".maps",
+                 data: Optional[bytearray] = None, btf_var_id: int = 0, inner: Optional["MapSpec"] = None,
+                 record_type_id: int = 0, values: dict | None = None):
+        self.name = name
+        self.type = type
+        self.key_size = key_size
+        self.value_size = value_size
+        self.max_entries = max_entries
+        self.flags = flags
+        self.key_type_id = key_type_id
+        self.value_type_id = value_type_id
+        self.pinning = pinning
+        self.map_extra = map_extra
+        self.numa_node = numa_node
+        self.section = section
+        self.data = data
+        self.btf_var_id = btf_var_id  # the VAR (for .maps) or DATASEC (internal) type id
+        self.inner = inner
+        self.record_type_id = record_type_id  # ring buffers: the record type the program declares (pybpf:record= tag)
+        #: initial contents of a prog array / map-in-map (``__array(values, ...) = { [i] = &x }``):
+        #: slot -> program name (prog arrays) or map name (map-in-map)
+        self.values = {} if values is None else values
 
     @property
     def internal(self) -> bool:
@@ -238,20 +255,23 @@ def decode_value(raw, btf: Optional[BTF], type_id: int):
     return bytes(raw)
 
 
-@dataclass
-class VariableSpec:
+class VariableSpec(Record):
     """A global variable in ``.data``/``.rodata``/``.bss``, from the object's BTF.
 
     Before loading, :meth:`set` changes the initial value the map is created
     with (this is how ``const volatile`` ``.rodata`` parameters are set).
     """
 
-    name: str
-    map: MapSpec
-    offset: int
-    size: int
-    type_id: int
-    btf: Optional[BTF] = None
+    _fields = ("name", "map", "offset", "size", "type_id", "btf")
+
+    def __init__(self, name: str, map: MapSpec, offset: int, size: int, type_id: int,
+                 btf: Optional[BTF] = None):
+        self.name = name
+        self.map = map
+        self.offset = offset
+        self.size = size
+        self.type_id = type_id
+        self.btf = btf
 
     @property
     def section(self) -> str:
@@ -276,8 +296,7 @@ class VariableSpec:
         return f"<VariableSpec {self.name} {self.type_name} in {self.section}+{self.offset} size={self.size}>"
 
 
-@dataclass
-class ExternSpec:
+class ExternSpec(Record):
     """An extern of the object (an undefined global or weak symbol), resolved at load time.
 
     ``kind`` is ``"kconfig"`` (``extern ... __kconfig``: a value in the ``.kconfig``
@@ -288,20 +307,26 @@ class ExternSpec:
     first by alignment, size, name; then ksyms by name).
     """
 
-    name: str
-    kind: str
-    weak: bool
-    btf_id: int               # the VAR or FUNC in the object's BTF
-    var_type_id: int = 0      # the VAR's declared type (kconfig)
-    type_id: int = 0          # ksyms: the type behind modifiers (0 = untyped); kfuncs: the FUNC_PROTO
-    is_func: bool = False
-    index: int = 0
-    # .kconfig
-    kconfig_type: str = ""    # "bool", "tristate", "char", "int" or "char_array"
-    size: int = 0
-    align: int = 0
-    signed: bool = False
-    offset: int = 0
+    _fields = ("name", "kind", "weak", "btf_id", "var_type_id", "type_id", "is_func", "index", "kconfig_type",
+               "size", "align", "signed", "offset")
+
+    def __init__(self, name: str, kind: str, weak: bool, btf_id: int, var_type_id: int = 0, type_id: int = 0,
+                 is_func: bool = False, index: int = 0, kconfig_type: str = "", size: int = 0, align: int = 0,
+                 signed: bool = False, offset: int = 0):
+        self.name = name
+        self.kind = kind
+        self.weak = weak
+        self.btf_id = btf_id  # the VAR or FUNC in the object's BTF
+        self.var_type_id = var_type_id  # the VAR's declared type (kconfig)
+        self.type_id = type_id  # ksyms: the type behind modifiers (0 = untyped); kfuncs: the FUNC_PROTO
+        self.is_func = is_func
+        self.index = index
+        # .kconfig
+        self.kconfig_type = kconfig_type  # "bool", "tristate", "char", "int" or "char_array"
+        self.size = size
+        self.align = align
+        self.signed = signed
+        self.offset = offset
 
     def __repr__(self) -> str:
         what = self.kind if not self.is_func else "kfunc"
@@ -371,6 +396,7 @@ class ObjectSpec:
         self.kconfig_size = 0                            # bytes of the .kconfig map
         self.functions: dict[str, FunctionSpec] = {}     # every function, keyed by (section, start) internally
         self._funcs_by_pos: dict[tuple[str, int], FunctionSpec] = {}
+        self.content_digest = _cache.digest(data)        # names the object in pybpf's disk caches
         try:
             self._parse(data)
         except Error as e:
@@ -380,13 +406,31 @@ class ObjectSpec:
 
     @classmethod
     def from_file(cls, path: Union[str, os.PathLike]) -> "ObjectSpec":
+        """Parse the object file at ``path``.
+
+        A parsed object is kept in pybpf's disk cache (``spec/``, see
+        :mod:`pybpf._cache`) under the hash of its path, content and pybpf's
+        parser code, so parsing the same file again only unpickles it."""
         path = os.fspath(path)
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise ObjectError(f"cannot read BPF object {path}: {e.strerror}") from None
-        return cls(data, path=path)
+        key = _cache.digest(b"\0".join((path.encode(errors="surrogateescape"), _cache.code_stamp("spec"), data)))
+        name = f"{key}.pickle"
+        cached = _cache.read("spec", name)
+        if cached is not None:
+            try:
+                spec = pickle.loads(cached)
+            except Exception:   # an entry from another Python or torn by a crash: parse again
+                spec = None
+            if isinstance(spec, cls) and spec.path == path:
+                return spec
+        spec = cls(data, path=path)
+        # before the caller can change anything; the BTF's decode caches are left out (BTF.__getstate__)
+        _cache.write("spec", name, pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
+        return spec
 
     # -- ELF ---------------------------------------------------------------------------
 
@@ -394,6 +438,9 @@ class ObjectSpec:
         if len(data) < 4 or data[:4] != b"\x7fELF":
             raise ObjectError("not an ELF file (no \\x7fELF magic); expected a BPF object built with "
                               "clang -target bpf")
+        # imported here: pyelftools takes ~25 ms to import, and a cached object never needs it
+        from elftools.common.exceptions import ELFError
+        from elftools.elf.elffile import ELFFile
         try:
             elf = ELFFile(io.BytesIO(data))
             if elf.elfclass != 64 or not elf.little_endian:
@@ -413,7 +460,8 @@ class ObjectSpec:
                         raise ObjectError(f"section {sec.name!r} runs past the end of the file "
                                           f"({end} > {len(data)} bytes): the file is truncated")
                     body = sec.data()
-                sections.append((sec.name, sh, body))
+                # plain dict: pyelftools' Container would pull pyelftools into every unpickling
+                sections.append((sec.name, dict(sh), body))
             symbols = self._read_symbols(elf)
         except ObjectError:
             raise
@@ -456,6 +504,7 @@ class ObjectSpec:
 
     @staticmethod
     def _read_symbols(elf) -> list[Symbol]:
+        from elftools.elf.sections import SymbolTableSection
         symtab = elf.get_section_by_name(".symtab")
         if symtab is not None and not isinstance(symtab, SymbolTableSection):
             raise ObjectError(f".symtab is not a symbol table (section type {symtab['sh_type']})")

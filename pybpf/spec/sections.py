@@ -13,7 +13,7 @@ The first entry that matches wins.  A leading ``?`` on a section name means
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import Optional
 
 # flags
@@ -25,9 +25,8 @@ XDP_FRAGS = 16        # BPF_F_XDP_HAS_FRAGS
 USDT = 32
 
 
-@dataclass(frozen=True)
-class SectionDef:
-    """One row of the section table.
+class SectionDef(namedtuple("SectionDef", "sec prog_type attach_type flags attach", defaults=(0, None))):
+    """One row of the section table (immutable).
 
     ``prog_type`` and ``attach_type`` are names of :class:`pybpf.kernel.constants.ProgType`
     and ``AttachType`` members (``None`` for no expected attach type);
@@ -35,11 +34,7 @@ class SectionDef:
     when the program needs a target the section does not say, e.g. xdp).
     """
 
-    sec: str
-    prog_type: str
-    attach_type: Optional[str]
-    flags: int = 0
-    attach: Optional[str] = None
+    __slots__ = ()
 
     def matches(self, name: str) -> bool:
         sec = self.sec
