@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Optional
 
 try:  # blake2b without hashlib: hashlib loads OpenSSL first (~3.5 ms of every process start)
     from _blake2 import blake2b
@@ -65,7 +64,7 @@ def code_stamp(*packages: str) -> bytes:
     return stamp
 
 
-def read(kind: str, name: str) -> Optional[bytes]:
+def read(kind: str, name: str) -> bytes | None:
     """The entry's bytes, or None if absent, disabled, or not trustworthy."""
     if not enabled():
         return None

@@ -18,7 +18,6 @@ import selectors
 import signal
 import sys
 import time
-from typing import Optional
 
 import pybpf
 from pybpf.kernel.constants import MapType
@@ -109,7 +108,7 @@ class RecordPrinter:
     record has ``comm`` and ``pid`` fields, ``field=value`` pairs for other
     structs, hex for unknown records."""
 
-    def __init__(self, btf: Optional[BTF], rtype, map_name: str, label: str, out=sys.stdout):
+    def __init__(self, btf: BTF | None, rtype, map_name: str, label: str, out=sys.stdout):
         self.btf = btf
         self.rtype = rtype
         self.map_name = map_name
@@ -118,7 +117,7 @@ class RecordPrinter:
         names = [m.name for m in rtype.members] if rtype is not None else []
         self.table = "comm" in names and "pid" in names
 
-    def header(self) -> Optional[str]:
+    def header(self) -> str | None:
         if self.table:
             return f"{'TIME':<8} {'EVENT':<5} {'COMM':<16} {'PID':<7}".rstrip()
         return None
@@ -140,7 +139,7 @@ class RecordPrinter:
 
 # -- user ring samples -----------------------------------------------------------------------------
 
-def parse_feed(text: str, btf: Optional[BTF], stype) -> bytes:
+def parse_feed(text: str, btf: BTF | None, stype) -> bytes:
     """A sample from the command line: ``hex:0a0b..``, ``@file`` (its bytes), or a JSON
     value encoded by the sample's BTF type (``'{"i": 1, "comm": "hi"}'``)."""
     if text.startswith("hex:"):
@@ -164,7 +163,7 @@ def parse_feed(text: str, btf: Optional[BTF], stype) -> bytes:
     return factory_for(btf).encode(stype.id, value)
 
 
-def default_sample(btf: Optional[BTF], stype, n: int) -> Optional[bytes]:
+def default_sample(btf: BTF | None, stype, n: int) -> bytes | None:
     """The tutorial's sample: integer fields = our pid, char arrays = the sample number."""
     if stype is None or btf is None:
         return None
@@ -353,7 +352,7 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pybpf", description="A pure-Python eBPF loader.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("load", help="load a BPF object, attach its programs, stream its ring buffers",

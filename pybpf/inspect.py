@@ -7,7 +7,6 @@ variables with their initial values, and a pahole-like layout of any struct.
 
 from __future__ import annotations
 
-from typing import Optional
 
 from .errors import Error
 from .kernel.constants import MapType
@@ -171,7 +170,7 @@ def layout(btf: BTF, type_spec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def disassembly(spec: ObjectSpec, only: Optional[str] = None, linum: bool = False) -> str:
+def disassembly(spec: ObjectSpec, only: str | None = None, linum: bool = False) -> str:
     """Each program's linked instructions in the kernel's notation, with its C source lines
     (from line_info), function prototypes (from func_info), and maps and call targets named."""
     from .spec.disasm import disassemble, func_signature

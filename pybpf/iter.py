@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
-from typing import Iterator as _Iter
+from collections.abc import Iterator as _Iter
 
 from .errors import Error, SyscallError
 from .kernel import syscall as sc

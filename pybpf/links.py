@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
-from typing import Optional
 
 from .resource import Resource
 from .errors import ClosedError, Error, NotSupportedError, SyscallError
@@ -117,7 +116,7 @@ def attach_kprobe(program, target: str, retprobe: bool) -> Link:
     return _attach_perf_event(program, pfd, "kretprobe" if retprobe else "kprobe", target)
 
 
-def attach_trace(program, target: Optional[str] = None) -> Link:
+def attach_trace(program, target: str | None = None) -> Link:
     """Attach a tp_btf, fentry, fexit, fmod_ret or lsm program to what it was loaded for
     (its attach_btf_id): BPF_LINK_CREATE with its expected attach type, or
     BPF_RAW_TRACEPOINT_OPEN without a name on kernels before BPF links for tracing (5.8)."""
@@ -279,7 +278,7 @@ def attach_cgroup(program, cgroup) -> Link:
     return Link(program, "cgroup", str(cgroup), [lfd])
 
 
-def attach_program(program, target: Optional[str] = None) -> Link:
+def attach_program(program, target: str | None = None) -> Link:
     """Attach ``program`` the way its section says; ``target`` overrides the section's target."""
     spec = program.spec
     kind = spec.sec_def.attach

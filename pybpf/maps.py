@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 from .resource import Resource
 from .errors import ClosedError, Error
@@ -43,7 +43,7 @@ class Map(Resource):
     release the fd.
     """
 
-    def __init__(self, fd: int, spec, *, max_entries: Optional[int] = None, btf=None):
+    def __init__(self, fd: int, spec, *, max_entries: int | None = None, btf=None):
         self._fd = fd
         self.spec = spec
         self.name: str = spec.name
@@ -56,7 +56,7 @@ class Map(Resource):
         self.max_entries: int = max_entries if max_entries is not None else spec.max_entries
         self.flags: int = spec.flags
         self._btf = btf
-        self._mmap: Optional[mmap.mmap] = None
+        self._mmap: mmap.mmap | None = None
         if self.type in _PERCPU_TYPES:
             from .loader import possible_cpus
             self._ncpus = possible_cpus()

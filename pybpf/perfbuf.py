@@ -27,7 +27,7 @@ import os
 import select
 import struct
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from . import atomics
 from .resource import Resource

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Optional
 
 from ._record import Record
 from .resource import Resource
@@ -93,7 +92,7 @@ class Program(Resource):
         return self.linked.insn_cnt if self.linked else len(self.spec.insns) // 8
 
     def test_run(self, ctx: bytes = b"", data: bytes = b"", repeat: int = 1,
-                 data_out_size: Optional[int] = None, flags: int = 0, cpu: int = 0) -> TestRunResult:
+                 data_out_size: int | None = None, flags: int = 0, cpu: int = 0) -> TestRunResult:
         """Run the program once (or ``repeat`` times) in the kernel with BPF_PROG_TEST_RUN.
 
         ``ctx`` is the context (e.g. the argument struct of a SEC("syscall")
@@ -138,7 +137,7 @@ class Program(Resource):
             retval -= 1 << 32
         return TestRunResult(retval, attr.duration, out_data, out_ctx)
 
-    def attach(self, target: Optional[str] = None):
+    def attach(self, target: str | None = None):
         """Attach by the program's section (tracepoint, raw_tp, ...) and return a :class:`~pybpf.Link`.
 
         ``target`` overrides what the section names (e.g. ``"syscalls/sys_enter_getpid"``).
@@ -161,7 +160,7 @@ class Program(Resource):
             self._owner._links.append(it)
         return it
 
-    def attach_uprobe(self, target: Optional[str] = None, *, pid: int = -1, retprobe: Optional[bool] = None):
+    def attach_uprobe(self, target: str | None = None, *, pid: int = -1, retprobe: bool | None = None):
         """Attach a uprobe/uretprobe program to ``"PATH:FUNC[+OFFSET]"`` (default: its section's
         target), in process ``pid`` only (-1: every process)."""
         from .links import attach_uprobe

@@ -40,7 +40,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from . import atomics
 from .resource import Resource

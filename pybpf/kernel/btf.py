@@ -10,7 +10,6 @@ from __future__ import annotations
 import array
 import ctypes
 import os
-from typing import Optional
 
 from .. import _cache
 from ..errors import BTFError, Error
@@ -30,7 +29,7 @@ def forget() -> None:
     _by_path.clear()
 
 
-def parse_cached(raw: bytes, *, source: str, base: Optional[BTF] = None) -> BTF:
+def parse_cached(raw: bytes, *, source: str, base: BTF | None = None) -> BTF:
     """A BTF for ``raw``: the same object again within this process, and the record
     index from the disk cache across processes (both keyed by the content's hash)."""
     digest = _cache.digest(raw)
@@ -85,7 +84,7 @@ def _read_vmlinux(path: str) -> BTF:
     return parse_cached(raw, source=path)
 
 
-def module_btf(name: str, base: Optional[BTF] = None) -> BTF:
+def module_btf(name: str, base: BTF | None = None) -> BTF:
     """A kernel module's split BTF from /sys/kernel/btf/<name>, on top of vmlinux."""
     path = os.path.join(os.path.dirname(VMLINUX), name)
     try:
@@ -96,7 +95,7 @@ def module_btf(name: str, base: Optional[BTF] = None) -> BTF:
     return parse_cached(raw, source=path, base=base or vmlinux_btf())
 
 
-def btf_by_id(btf_id: int, base: Optional[BTF] = None) -> BTF:
+def btf_by_id(btf_id: int, base: BTF | None = None) -> BTF:
     """The BTF object the kernel knows as ``btf_id`` (e.g. a loaded program's or map's BTF)."""
     fd = sc.get_fd_by_id(Cmd.BTF_GET_FD_BY_ID, btf_id)
     try:
@@ -105,7 +104,7 @@ def btf_by_id(btf_id: int, base: Optional[BTF] = None) -> BTF:
         os.close(fd)
 
 
-def btf_from_fd(fd: int, base: Optional[BTF] = None) -> BTF:
+def btf_from_fd(fd: int, base: BTF | None = None) -> BTF:
     """The BTF behind a BTF fd (two BPF_OBJ_GET_INFO_BY_FD calls: size, then data)."""
     info = sc.obj_get_info_by_fd(fd, BtfInfo())
     size = info.btf_size

@@ -13,7 +13,6 @@ import errno as _errno
 import mmap
 import os
 import re
-from typing import Optional
 
 from ..errors import BTFError, Error, NotSupportedError, ObjectError, SyscallError, VerifierError
 from ..kernel import syscall as sc
@@ -165,7 +164,7 @@ def _map_error(spec: MapSpec, max_entries: int, e: SyscallError) -> SyscallError
     return err
 
 
-def _verifier_summary(log: str, linked: Optional[LinkedProgram] = None, btf=None) -> tuple[str, str]:
+def _verifier_summary(log: str, linked: LinkedProgram | None = None, btf=None) -> tuple[str, str]:
     """(one-line reason, detail lines) from a verifier log: the C source line of the failing
     instruction (from our line_info when we have it, else the log's own annotation), the
     instruction, and the error lines."""

@@ -23,7 +23,6 @@ so it is testable offline; only the module BTF's fd is looked up in the kernel.
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Optional
 
 from ..errors import Error, NotSupportedError
 from ..kernel.constants import AttachType, ProgType
@@ -46,7 +45,7 @@ class AttachBTF(namedtuple("AttachBTF", "btf_id type_name kind module", defaults
         return self.module != "vmlinux"
 
 
-def target_type(attach_type: Optional[AttachType], target: str) -> tuple[str, Kind]:
+def target_type(attach_type: AttachType | None, target: str) -> tuple[str, Kind]:
     """(BTF type name, kind) that ``target`` names for a program of ``attach_type``."""
     if attach_type == AttachType.TRACE_RAW_TP:
         return BTF_TRACE_PREFIX + target, Kind.TYPEDEF

@@ -41,12 +41,11 @@ only the low 32 bits of the ld_imm64 (clang zero-extends an unsigned value
 from __future__ import annotations
 
 import bisect
-import json
 import re
 import struct
 import weakref
 from enum import IntEnum
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from .._record import Record
 from .. import _cache
@@ -138,7 +137,7 @@ def _name(btf: BTF, type_id: int) -> str:
 _LONGS = frozenset({"long", "long int", "int long", "unsigned long", "long unsigned", "unsigned long int",
                     "unsigned int long", "long unsigned int", "long int unsigned", "int unsigned long",
                     "int long unsigned"})
-_ptr_sizes: "weakref.WeakKeyDictionary[BTF, int]" = weakref.WeakKeyDictionary()
+_ptr_sizes: weakref.WeakKeyDictionary[BTF, int] = weakref.WeakKeyDictionary()
 
 
 def _pointer_size(btf: BTF) -> int:
@@ -187,7 +186,7 @@ class Accessor(Record):
 
     _fields = ("type_id", "idx", "name")
 
-    def __init__(self, type_id: int, idx: int, name: Optional[str] = None):
+    def __init__(self, type_id: int, idx: int, name: str | None = None):
         self.type_id = type_id
         self.idx = idx
         self.name = name
@@ -465,7 +464,7 @@ def _match_member(local: CoreSpec, lacc: Accessor, tbtf: BTF, tid: int, targ: Co
     return None
 
 
-def match_candidate(local: CoreSpec, tbtf: BTF, tid: int, why: Optional[list] = None) -> Optional[CoreSpec]:
+def match_candidate(local: CoreSpec, tbtf: BTF, tid: int, why: list | None = None) -> CoreSpec | None:
     """The target spec of ``local`` in candidate ``tid`` of ``tbtf``, or None if it does not match
     (the reason is appended to ``why``)."""
     why = [] if why is None else why
@@ -534,10 +533,10 @@ class Resolution(Record):
                "validate_mask", "orig_sz", "new_sz", "fail_memsz_adjust", "reason", "error")
 
     def __init__(self, section: str, index: int, insn_off: int, kind: CoreKind,
-                 local: Optional[CoreSpec] = None, target: Optional[CoreSpec] = None, orig: int = 0,
+                 local: CoreSpec | None = None, target: CoreSpec | None = None, orig: int = 0,
                  new: int = 0, poison: bool = False, validate: bool = True, validate_mask: int = _M64,
                  orig_sz: int = 0, new_sz: int = 0, fail_memsz_adjust: bool = False, reason: str = "",
-                 error: Optional[str] = None):
+                 error: str | None = None):
         self.section = section
         self.index = index  # relo #index in its section, as libbpf numbers them
         self.insn_off = insn_off  # bytes in the ELF section
@@ -572,7 +571,7 @@ def _elem_size(btf: BTF, type_id: int, where: str) -> int:
     return _size(btf, type_id, where)
 
 
-def _calc_field(spec: Optional[CoreSpec], kind: CoreKind, where: str):
+def _calc_field(spec: CoreSpec | None, kind: CoreKind, where: str):
     """(value, mem size, field type id, validate) as bpf_core_calc_field_relo computes them."""
     if kind == CoreKind.FIELD_EXISTS:
         return (1 if spec is not None else 0), 0, 0, True
@@ -626,7 +625,7 @@ def _calc_field(spec: Optional[CoreSpec], kind: CoreKind, where: str):
     return val, mem_sz, type_id, validate
 
 
-def _calc_type(spec: Optional[CoreSpec], kind: CoreKind, where: str):
+def _calc_type(spec: CoreSpec | None, kind: CoreKind, where: str):
     """(value, validate): type kinds give 0 when nothing matched, never poison."""
     if spec is None:
         return 0, True
@@ -637,7 +636,7 @@ def _calc_type(spec: Optional[CoreSpec], kind: CoreKind, where: str):
     return _size(spec.btf, spec.root_type_id, where), True
 
 
-def _calc_enumval(spec: Optional[CoreSpec], kind: CoreKind) -> int:
+def _calc_enumval(spec: CoreSpec | None, kind: CoreKind) -> int:
     if kind == CoreKind.ENUMVAL_EXISTS:
         return 1 if spec is not None else 0
     if spec is None:
@@ -652,7 +651,7 @@ def _calc_enumval(spec: Optional[CoreSpec], kind: CoreKind) -> int:
     return v & _M64
 
 
-def calc_relocation(res: Resolution, local: CoreSpec, targ: Optional[CoreSpec], where: str) -> None:
+def calc_relocation(res: Resolution, local: CoreSpec, targ: CoreSpec | None, where: str) -> None:
     """Fill ``res`` with the local (orig) and target (new) values (bpf_core_calc_relo)."""
     kind = res.kind
     try:
@@ -700,8 +699,8 @@ class _NameIndex:
         self._btf = weakref.ref(btf)            # (the index lives in a WeakKeyDictionary keyed by btf)
         # kernel BTF went through btf__dedup: each string is stored once, the first hit is the only one
         self._unique_strings = btf.source.startswith(("/sys/kernel/btf/", "kernel BTF"))
-        self._hay: Optional[bytes] = None
-        self._flavored: Optional[dict] = None
+        self._hay: bytes | None = None
+        self._flavored: dict | None = None
         self._strings: dict[str, list] = {}
         self._types: dict[str, list] = {}
         self.base = _index(btf.base) if btf.base is not None else None
@@ -800,30 +799,25 @@ class _NameIndex:
             return
         self._dirty = False
         # a read-only home is not an error: the searches are done every time
+        import json
         _cache.write("core", self._disk_name,
                      json.dumps({**self._disk, **self._types}, separators=(",", ":")).encode())
 
 
-def _boot_id() -> Optional[str]:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def _disk_cache_name(btf: BTF) -> Optional[str]:
+def _disk_cache_name(btf: BTF) -> str | None:
     """The name under which the running kernel's vmlinux candidates are cached across processes:
     keyed by boot (the kernel's BTF cannot change without a reboot) and blob size; None for any
     other BTF."""
     from ..kernel.btf import VMLINUX
+    from .facts import boot_id
     if btf.source != VMLINUX or btf.base is not None:
         return None
-    boot = _boot_id()
+    boot = boot_id()
     return f"vmlinux-{boot}-{len(btf.raw)}-{len(btf)}.json" if boot else None
 
 
 def _read_disk_cache(name: str) -> dict:
+    import json
     raw = _cache.read("core", name)
     try:
         data = json.loads(raw) if raw is not None else {}
@@ -832,7 +826,7 @@ def _read_disk_cache(name: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-_indexes: "weakref.WeakKeyDictionary[BTF, _NameIndex]" = weakref.WeakKeyDictionary()
+_indexes: weakref.WeakKeyDictionary[BTF, _NameIndex] = weakref.WeakKeyDictionary()
 
 
 def _index(btf: BTF) -> _NameIndex:
@@ -876,7 +870,7 @@ class CoreResolver:
     one list per local root type, searched once, shrunk to the candidates that matched."""
 
     def __init__(self, local: BTF, target: BTF, modules: Callable[[], list] = list,
-                 target_name: Optional[str] = None):
+                 target_name: str | None = None):
         self.local = local
         self.target = target
         self.modules = modules
@@ -1005,7 +999,7 @@ def _s32(v: int) -> int:
     return v - (1 << 32) if v >= 1 << 31 else v
 
 
-def patch_insn(insns: bytearray, idx: int, res: Resolution) -> Optional[str]:
+def patch_insn(insns: bytearray, idx: int, res: Resolution) -> str | None:
     """Patch instruction ``idx`` with ``res``; returns the reason if it was poisoned, raises
     CoreError if the instruction is not one the relocation can apply to."""
     if res.poison:
@@ -1110,7 +1104,7 @@ def _module_btfs(facts, target: BTF) -> Callable[[], list]:
     return modules
 
 
-_object_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_object_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _functions(spec) -> list:
@@ -1176,7 +1170,7 @@ def _resolve_object(spec, facts, programs) -> dict:
 # loading the same object reads neither vmlinux BTF (~20 ms) nor searches it.  Entries refer to the
 # object's own BTF by a persistent id and drop the target specs (Resolution.target is None).
 
-def _resolution_cache_name(spec, facts, programs) -> Optional[str]:
+def _resolution_cache_name(spec, facts, programs) -> str | None:
     digest = getattr(spec, "content_digest", None)
     ident = facts.kernel_btf_identity() if hasattr(facts, "kernel_btf_identity") else None
     if not digest or not ident or spec.btf is None:
@@ -1185,7 +1179,7 @@ def _resolution_cache_name(spec, facts, programs) -> Optional[str]:
     return _cache.digest(key + _cache.code_stamp("spec", "loader")) + ".pickle"
 
 
-def _read_resolutions(name: str, spec) -> Optional[dict]:
+def _read_resolutions(name: str, spec) -> dict | None:
     import pickle
     raw = _cache.read("core", name)
     if raw is None:
@@ -1265,7 +1259,7 @@ def apply_core_relocations(spec, prog, linked, records: list, facts=None) -> lis
 _POISON_CALL_RE = re.compile(r"^(\d+): \(85\) call unknown#%d\b" % POISON_IMM, re.M)
 
 
-def failure_in_log(log: str, linked) -> Optional[CoreFailure]:
+def failure_in_log(log: str, linked) -> CoreFailure | None:
     """The CO-RE failure the verifier tripped on, if its log ends at a poisoned instruction
     (``N: (85) call unknown#195896080`` / ``invalid func unknown#195896080``)."""
     failures = getattr(linked, "core_failures", None)

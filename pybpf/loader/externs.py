@@ -32,7 +32,7 @@ import re
 import struct
 import warnings
 import weakref
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from .._record import Record
 from ..errors import Error, ObjectError
@@ -144,7 +144,7 @@ class ResolvedExtern(Record):
 
     _fields = ("name", "resolved", "btf_id", "module", "fd_index", "address")
 
-    def __init__(self, name: str, resolved: bool = False, btf_id: int = 0, module: Optional[str] = None,
+    def __init__(self, name: str, resolved: bool = False, btf_id: int = 0, module: str | None = None,
                  fd_index: int = 0, address: int = 0):
         self.name = name
         self.resolved = resolved
@@ -170,7 +170,7 @@ class ExternResolution:
     :meth:`close`.
     """
 
-    def __init__(self, spec, facts, module_btf_fd: Optional[Callable[[str], int]] = None):
+    def __init__(self, spec, facts, module_btf_fd: Callable[[str], int] | None = None):
         self.spec = spec
         self.facts = facts
         self.kconfig = bytearray(spec.kconfig_size)
@@ -185,7 +185,7 @@ class ExternResolution:
             fd = self._module_fds[module] = self._open_module_fd(module)
         return fd
 
-    def fd_array(self) -> Optional[list]:
+    def fd_array(self) -> list | None:
         """BPF_PROG_LOAD's fd_array for module kfuncs (slot 0 unused), None without any."""
         if not self.modules:
             return None
@@ -344,7 +344,7 @@ class ExternResolution:
         self.externs[ext.name] = ResolvedExtern(ext.name, True, btf_id=func.id, module=module,
                                                 fd_index=fd_index)
 
-    def resolve(self) -> "ExternResolution":
+    def resolve(self) -> ExternResolution:
         for ext in sorted(self.spec.externs.values(), key=lambda e: e.index):
             if ext.kind == KCONFIG:
                 self._resolve_kconfig(ext)
@@ -375,7 +375,7 @@ class ExternResolution:
         return f"no variable {ext.name!r} in the kernel's BTF (vmlinux or modules)" + weak_hint
 
 
-def _parse_c_integer(text: str) -> Optional[int]:
+def _parse_c_integer(text: str) -> int | None:
     """strtoull(text, 0) that must consume everything: 0x hex, 0 octal, decimal, a sign
     (negative values wrap as in C, so they fit signed types)."""
     s = text.strip()
@@ -397,7 +397,7 @@ def _parse_c_integer(text: str) -> Optional[int]:
 
 
 # one resolution per (object, facts) while a load is linking its programs
-_resolutions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_resolutions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _default_facts = None
 
 
@@ -411,7 +411,7 @@ def _facts(facts):
     return _default_facts
 
 
-def resolve(spec, facts=None, *, module_btf_fd: Optional[Callable[[str], int]] = None) -> ExternResolution:
+def resolve(spec, facts=None, *, module_btf_fd: Callable[[str], int] | None = None) -> ExternResolution:
     """Resolve ``spec``'s externs against ``facts`` (the running kernel's by default) and keep
     the result for linking ``spec``'s programs with the same facts.  Raises ObjectError
     naming a strong extern the kernel does not have, or a value that does not fit its type."""

@@ -8,9 +8,8 @@ gathers them from the running kernel lazily: nothing is read until asked for.
 
 from __future__ import annotations
 
-import gzip
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from ..errors import Error
 from ..spec.btf import BTF
@@ -30,9 +29,9 @@ class KernelFacts:
     first time it is used.
     """
 
-    def __init__(self, *, btf: Optional[BTF] = None, module_btfs: Optional[dict] = None,
-                 kconfig: Optional[dict] = None, kernel_version: Optional[int] = None,
-                 ksym_address: Optional[Callable[[str], Optional[int]]] = None, running: bool = False):
+    def __init__(self, *, btf: BTF | None = None, module_btfs: dict | None = None,
+                 kconfig: dict | None = None, kernel_version: int | None = None,
+                 ksym_address: Callable[[str], int | None] | None = None, running: bool = False):
         self._btf = btf
         self._btf_given = btf is not None or module_btfs is not None
         # module BTF is split on top of the running kernel's vmlinux: not for an injected target
@@ -40,18 +39,18 @@ class KernelFacts:
         self._kconfig = kconfig
         self._kernel_version = kernel_version
         self._ksym_address = ksym_address
-        self._kallsyms: Optional[dict] = None
+        self._kallsyms: dict | None = None
         self.running_kernel = running
 
     @classmethod
-    def running(cls, **overrides) -> "KernelFacts":
+    def running(cls, **overrides) -> KernelFacts:
         """Facts of the running kernel (each read lazily), with ``overrides`` given as values."""
         return cls(running=True, **overrides)
 
     # -- BTF ------------------------------------------------------------------------------
 
     @property
-    def btf(self) -> Optional[BTF]:
+    def btf(self) -> BTF | None:
         if self._btf is None and self.running_kernel:
             from ..kernel.btf import vmlinux_btf
             self._btf = vmlinux_btf()
@@ -75,7 +74,7 @@ class KernelFacts:
                         pass
         return self._module_btfs
 
-    def kernel_btf_identity(self) -> Optional[str]:
+    def kernel_btf_identity(self) -> str | None:
         """For the running kernel's own BTF (not one given): a name for that BTF (vmlinux and
         module BTFs) that changes when it can change (a reboot, a module loaded or unloaded),
         found without reading it; None otherwise.  Keys the disk cache of CO-RE resolutions."""
@@ -83,14 +82,15 @@ class KernelFacts:
             return None
         from ..kernel.btf import VMLINUX
         folder = os.path.dirname(VMLINUX)
+        boot = boot_id()
         try:
-            with open("/proc/sys/kernel/random/boot_id") as f:
-                parts = [f.read().strip()]
             with os.scandir(folder) as it:
-                parts += sorted(f"{e.name}:{e.stat().st_size}" for e in it)
+                files = sorted(f"{e.name}:{e.stat().st_size}" for e in it)
         except OSError:
             return None
-        return " ".join(parts) if any(p.startswith("vmlinux:") for p in parts) else None
+        if boot is None or not any(f.startswith("vmlinux:") for f in files):
+            return None
+        return " ".join([boot, *files])
 
     # -- kconfig --------------------------------------------------------------------------
 
@@ -108,7 +108,7 @@ class KernelFacts:
 
     # -- kallsyms -------------------------------------------------------------------------
 
-    def ksym_address(self, name: str) -> Optional[int]:
+    def ksym_address(self, name: str) -> int | None:
         if self._ksym_address is not None:
             return self._ksym_address(name)
         if not self.running_kernel:
@@ -120,6 +120,7 @@ class KernelFacts:
 
 def read_kconfig() -> dict:
     """The running kernel's config: /proc/config.gz, else /boot/config-$(uname -r). {} if neither."""
+    import gzip
     text = None
     try:
         with gzip.open("/proc/config.gz", "rt") as f:
@@ -144,6 +145,15 @@ def parse_kconfig(text: str) -> dict:
         elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
             out[line[2:-len(" is not set")]] = "n"
     return out
+
+
+def boot_id() -> str | None:
+    """This boot's random id (/proc/sys/kernel/random/boot_id), None if unreadable."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def running_kernel_version() -> int:

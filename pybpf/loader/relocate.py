@@ -22,7 +22,6 @@ section to instruction indexes in the linked program.
 
 from __future__ import annotations
 
-from typing import Optional
 
 from .._record import Record
 from ..errors import ObjectError
@@ -38,7 +37,7 @@ class MapRef(Record):
 
     _fields = ("insn", "map_name", "offset")
 
-    def __init__(self, insn: int, map_name: str, offset: Optional[int] = None):
+    def __init__(self, insn: int, map_name: str, offset: int | None = None):
         self.insn = insn
         self.map_name = map_name
         self.offset = offset
@@ -79,7 +78,7 @@ class LinkedProgram(Record):
                 I.set_imm(out, ref.insn + 1, ref.offset)
         return out
 
-    def function_at(self, insn: int) -> Optional[tuple]:
+    def function_at(self, insn: int) -> tuple | None:
         """(FunctionSpec, start) of the function containing instruction ``insn``."""
         best = None
         for fn, start in self.layout:

@@ -19,7 +19,6 @@ import errno as _errno
 import os
 import struct
 from collections import namedtuple
-from typing import Optional
 
 from ..errors import BTFError, SyscallError
 from ..spec.btf import BTF, BTF_MAGIC, LINKAGE_STATIC, Kind
@@ -47,7 +46,7 @@ class BTFPatcher:
         self.types = bytearray(raw[btf.type_off:btf.type_off + btf.type_len])
         self.strings = bytearray(raw[btf.str_off:btf.str_off + btf.str_len])
         self._offsets = list(btf._offsets)          # word offset of each record, by id - 1
-        self._string_offs: Optional[dict] = None
+        self._string_offs: dict | None = None
 
     # -- records ---------------------------------------------------------------------
 
@@ -124,7 +123,7 @@ class BTFPatcher:
         hdr = _HDR.pack(BTF_MAGIC, 1, 0, _HDR.size, 0, len(self.types), len(self.types), len(self.strings))
         return hdr + bytes(self.types) + bytes(self.strings)
 
-    def to_btf(self, source: Optional[str] = None) -> BTF:
+    def to_btf(self, source: str | None = None) -> BTF:
         return BTF(self.to_bytes(), source=source or self.btf.source)
 
 
@@ -154,7 +153,7 @@ class BTFFeatures(namedtuple("BTFFeatures", _FEATURES, defaults=(True,) * len(_F
         """Names of the features the kernel lacks."""
         return [n for n in self._fields if not getattr(self, n)]
 
-    def without(self, *names: str) -> "BTFFeatures":
+    def without(self, *names: str) -> BTFFeatures:
         """The same features with ``names`` turned off (to exercise the rewriting offline)."""
         return self._replace(**{n: False for n in names})
 
@@ -214,7 +213,7 @@ def kernel_accepts(blob: bytes) -> bool:
     return True
 
 
-_probed: Optional[BTFFeatures] = None
+_probed: BTFFeatures | None = None
 
 
 def probe_features() -> BTFFeatures:
@@ -298,7 +297,7 @@ def sanitize(btf: BTF, features: BTFFeatures) -> bytes:
     return p.to_bytes()
 
 
-def kernel_btf(btf: BTF, features: Optional[BTFFeatures] = None) -> Optional[bytes]:
+def kernel_btf(btf: BTF, features: BTFFeatures | None = None) -> bytes | None:
     """The blob to give BPF_BTF_LOAD for ``btf``: unchanged when the kernel accepts
     everything, a sanitized copy otherwise, None when the kernel has no BTF at all.
     ``features`` defaults to the running kernel's (probed once)."""

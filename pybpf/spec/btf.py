@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections import namedtuple
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 from .._record import Record
 from ..errors import BTFError
@@ -229,7 +229,7 @@ class _LazyTypes:
 
     __slots__ = ("_btf",)
 
-    def __init__(self, btf: "BTF"):
+    def __init__(self, btf: BTF):
         self._btf = btf
 
     def __len__(self) -> int:
@@ -263,7 +263,7 @@ class BTF:
     and string offsets continue after the base's.
     """
 
-    def __init__(self, raw: bytes, *, source: str = "BTF", base: Optional["BTF"] = None,
+    def __init__(self, raw: bytes, *, source: str = "BTF", base: BTF | None = None,
                  validate: bool = False, index=None):
         self.source = source
         self.base = base
@@ -271,15 +271,15 @@ class BTF:
         self._first_id = len(base.types) if base is not None else 1
         self._parse_header()
         self._cache: dict[int, Type] = {}
-        self._by_name: Optional[dict[str, list[int]]] = None
-        self._ptr_size: Optional[int] = None
+        self._by_name: dict[str, list[int]] | None = None
+        self._ptr_size: int | None = None
         self._index(index)
         self.types = _LazyTypes(self)
         if validate:
             self.validate()
 
     @classmethod
-    def load(cls, path: str = "/sys/kernel/btf/vmlinux", **kwargs) -> "BTF":
+    def load(cls, path: str = "/sys/kernel/btf/vmlinux", **kwargs) -> BTF:
         """Parse a BTF file (e.g. the running kernel's ``/sys/kernel/btf/vmlinux``)."""
         with open(path, "rb") as f:
             return cls(f.read(), source=path, **kwargs)
@@ -490,7 +490,7 @@ class BTF:
         """The id of this BTF's first own type (1, or after the base for split BTF)."""
         return self._first_id
 
-    def by_name(self, name: str, kind: Optional[Kind] = None) -> list[Type]:
+    def by_name(self, name: str, kind: Kind | None = None) -> list[Type]:
         """All types called ``name`` (optionally of one kind)."""
         if self._by_name is None:
             idx: dict[str, list[int]] = {}
@@ -538,7 +538,7 @@ class BTF:
                 break
         return type_id
 
-    def resolve(self, type_id: int) -> Optional[Type]:
+    def resolve(self, type_id: int) -> Type | None:
         """The type behind modifiers and typedefs (None for void)."""
         type_id = self.skip_mods(type_id)
         return self[type_id] if type_id else None

@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-from typing import Optional, Union
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -39,7 +38,7 @@ __all__ = ["format_raw", "format_c", "btf_from_file"]
 # -- opening files ---------------------------------------------------------------------------
 
 
-def btf_from_file(path: Union[str, os.PathLike], base: Optional[BTF] = None) -> BTF:
+def btf_from_file(path: str | os.PathLike, base: BTF | None = None) -> BTF:
     """Parse a raw BTF file or the ``.BTF`` section of an ELF object.
 
     ``base`` is the BTF a split BTF (a kernel module's) builds on.  Raises

@@ -15,7 +15,6 @@ import io
 import os
 import pickle
 import struct
-from typing import Optional, Union
 
 from .._record import Record
 from .. import _cache
@@ -167,7 +166,7 @@ class MapSpec(Record):
     def __init__(self, name: str, type: int, key_size: int = 0, value_size: int = 0, max_entries: int = 0,
                  flags: int = 0, key_type_id: int = 0, value_type_id: int = 0, pinning: int = 0,
                  map_extra: int = 0, numa_node: int = 0, section: str = ".maps",
-                 data: Optional[bytearray] = None, btf_var_id: int = 0, inner: Optional["MapSpec"] = None,
+                 data: bytearray | None = None, btf_var_id: int = 0, inner: MapSpec | None = None,
                  record_type_id: int = 0, values: dict | None = None):
         self.name = name
         self.type = type
@@ -228,7 +227,7 @@ def _encode_raw(value, size: int, signed: bool, what: str) -> bytes:
     return raw
 
 
-def encode_value(value, size: int, btf: Optional[BTF], type_id: int, what: str) -> bytes:
+def encode_value(value, size: int, btf: BTF | None, type_id: int, what: str) -> bytes:
     """Raw bytes for ``value`` of BTF type ``type_id`` (``size`` bytes): raw bytes, a typed value,
     or plain Python values (ints, dicts, tuples, strings for char arrays, enum names)."""
     if btf is not None and type_id:
@@ -243,7 +242,7 @@ def encode_value(value, size: int, btf: Optional[BTF], type_id: int, what: str) 
     return _encode_raw(value, size, False, what)
 
 
-def decode_value(raw, btf: Optional[BTF], type_id: int):
+def decode_value(raw, btf: BTF | None, type_id: int):
     """The typed value of ``raw`` (see :mod:`pybpf.spec.typed`): ints for integers, enum members,
     str for printable char arrays, typed structs/unions/arrays; bytes without BTF."""
     if btf is not None and type_id:
@@ -265,7 +264,7 @@ class VariableSpec(Record):
     _fields = ("name", "map", "offset", "size", "type_id", "btf")
 
     def __init__(self, name: str, map: MapSpec, offset: int, size: int, type_id: int,
-                 btf: Optional[BTF] = None):
+                 btf: BTF | None = None):
         self.name = name
         self.map = map
         self.offset = offset
@@ -382,13 +381,13 @@ class ObjectSpec:
     """A parsed BPF object: ``programs``, ``maps``, ``variables`` (name → spec),
     its ``btf`` and ``btf_ext``.  Nothing is in the kernel yet: call :meth:`load`."""
 
-    def __init__(self, data: bytes, *, path: str = "<memory>", name: Optional[str] = None):
+    def __init__(self, data: bytes, *, path: str = "<memory>", name: str | None = None):
         self.path = path
         self.name = name or object_name(path)
         self.license = ""
         self.kern_version = 0
-        self.btf: Optional[BTF] = None
-        self.btf_ext: Optional[BTFExt] = None
+        self.btf: BTF | None = None
+        self.btf_ext: BTFExt | None = None
         self.maps: dict[str, MapSpec] = {}
         self.programs: dict[str, ProgramSpec] = {}
         self.variables: dict[str, VariableSpec] = {}
@@ -405,7 +404,7 @@ class ObjectSpec:
             raise type(e)(f"{self.path}: {e}") from None
 
     @classmethod
-    def from_file(cls, path: Union[str, os.PathLike]) -> "ObjectSpec":
+    def from_file(cls, path: str | os.PathLike) -> ObjectSpec:
         """Parse the object file at ``path``.
 
         A parsed object is kept in pybpf's disk cache (``spec/``, see
@@ -730,11 +729,11 @@ class ObjectSpec:
                     s.name, name, sec_def, fn, license=self.license, kern_version=self.kern_version,
                     autoload=not name.startswith("?"), attach_target=attach_target(name, sec_def))
 
-    def function_at(self, section: str, insn_index: int) -> Optional[FunctionSpec]:
+    def function_at(self, section: str, insn_index: int) -> FunctionSpec | None:
         """The function that starts at instruction ``insn_index`` of ``section``."""
         return self._funcs_by_pos.get((section, insn_index))
 
-    def _function_containing(self, section: str, insn_index: int) -> Optional[FunctionSpec]:
+    def _function_containing(self, section: str, insn_index: int) -> FunctionSpec | None:
         for (sec, start), fn in self._funcs_by_pos.items():
             if sec == section and start <= insn_index < start + fn.insn_cnt:
                 return fn
@@ -863,7 +862,7 @@ class ObjectSpec:
                                                             var.size_or_type, self.btf)
 
     @staticmethod
-    def _data_section_kind(name: str, sh) -> Optional[str]:
+    def _data_section_kind(name: str, sh) -> str | None:
         if sh["sh_type"] == "SHT_NOBITS" and (name == ".bss" or name.startswith(".bss.")):
             return ".bss"
         if sh["sh_type"] != "SHT_PROGBITS" or sh["sh_flags"] & SHF_EXECINSTR:
@@ -873,7 +872,7 @@ class ObjectSpec:
                 return k
         return None
 
-    def internal_map_for_section(self, section: str) -> Optional[MapSpec]:
+    def internal_map_for_section(self, section: str) -> MapSpec | None:
         for m in self.maps.values():
             if m.section == section:
                 return m

@@ -14,7 +14,6 @@ The first entry that matches wins.  A leading ``?`` on a section name means
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Optional
 
 # flags
 ATTACHABLE = 1        # expected_attach_type is required at load time
@@ -161,7 +160,7 @@ SECTION_DEFS: tuple[SectionDef, ...] = (
 )
 
 
-def match_section(name: str) -> Optional[SectionDef]:
+def match_section(name: str) -> SectionDef | None:
     """The section table row for a program section name (``?`` prefix ignored), or None."""
     if name.startswith("?"):
         name = name[1:]

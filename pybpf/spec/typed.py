@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import enum
 import weakref
-from typing import Any, Optional
 
 from ..errors import BTFError, Error
 from .btf import BTF, INT_BOOL, INT_CHAR, Kind
@@ -32,7 +31,7 @@ _INTS = {(1, False): ctypes.c_uint8, (1, True): ctypes.c_int8, (2, False): ctype
 _INT_TYPES = frozenset(_INTS.values())
 
 
-def _plain(v) -> Any:
+def _plain(v) -> object:
     """A ctypes value (or a field value) as plain Python."""
     if isinstance(v, _Typed):
         return v.to_python()
@@ -92,7 +91,7 @@ class TypedArray(_Typed):
     _text_ = False   # a char array: shown as a string when printable
     _wide_int_ = None  # an integer of another size (__int128): its signedness
 
-    def text(self) -> Optional[str]:
+    def text(self) -> str | None:
         """The C string in a char array, if printable."""
         raw = bytes(self).split(b"\0", 1)[0]
         try:
@@ -248,8 +247,8 @@ class TypeFactory:
 
     def __init__(self, btf: BTF):
         self.btf = btf
-        self._cache: dict[int, Any] = {}
-        self._enums: dict[int, Any] = {}
+        self._cache: dict[int, object] = {}
+        self._enums: dict[int, object] = {}
 
     def ctype(self, type_id: int):
         """The ctypes type of BTF type ``type_id``."""
@@ -416,7 +415,7 @@ class TypeFactory:
 
     # -- conversions ---------------------------------------------------------------
 
-    def from_bytes(self, type_id: int, raw) -> Any:
+    def from_bytes(self, type_id: int, raw) -> object:
         """A typed value (copied) from raw bytes; ints for integer types, enum members for enums."""
         ct = self.ctype(type_id)
         size = ctypes.sizeof(ct)
@@ -582,7 +581,7 @@ def _view_property(off: int, ct) -> property:
     return property(get, set)
 
 
-_factories: "weakref.WeakKeyDictionary[BTF, TypeFactory]" = weakref.WeakKeyDictionary()
+_factories: weakref.WeakKeyDictionary[BTF, TypeFactory] = weakref.WeakKeyDictionary()
 
 
 def factory_for(btf: BTF) -> TypeFactory:
@@ -598,7 +597,7 @@ def _is_ctype(type_spec) -> bool:
         type_spec, (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes._SimpleCData))
 
 
-def record_type_id(btf: Optional[BTF], type_spec, what: str) -> int:
+def record_type_id(btf: BTF | None, type_spec, what: str) -> int:
     """The BTF type id named by ``type_spec``: a spelling (``"struct event"``), an id or a Type."""
     if btf is None:
         raise Error(f"{what}: the map has no BTF to find type {type_spec!r} in; pass a ctypes type")
@@ -609,7 +608,7 @@ def record_type_id(btf: Optional[BTF], type_spec, what: str) -> int:
     return type_spec.id
 
 
-def record_ctype(btf: Optional[BTF], type_spec, what: str):
+def record_ctype(btf: BTF | None, type_spec, what: str):
     """The ctypes type of records of ``type_spec``: a ctypes type as is, or the type
     :class:`TypeFactory` makes for a BTF spelling, id or Type of ``btf``."""
     if _is_ctype(type_spec):
@@ -617,7 +616,7 @@ def record_ctype(btf: Optional[BTF], type_spec, what: str):
     return factory_for(btf).ctype(record_type_id(btf, type_spec, what))
 
 
-def record_decoder(btf: Optional[BTF], type_spec, what: str):
+def record_decoder(btf: BTF | None, type_spec, what: str):
     """A function turning a record (bytes-like) into a typed value, for ``type_spec``:
     a BTF type spelling (``"struct event"``), a BTF type id or Type, or a ctypes type."""
     if _is_ctype(type_spec):
