@@ -18,7 +18,6 @@ import os as _os
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
 from .collection import Object, Variable
-from .links import Link
 from .maps import Map
 from .programs import Program, TestRunResult
 from .spec.object import MapSpec, ObjectSpec, ProgramSpec, VariableSpec
@@ -39,7 +38,11 @@ def load(path, **kwargs) -> Object:
 
 
 def __getattr__(name):
-    # the ring buffers pull in the C helper only when used
+    # imported on first use, to keep 'import pybpf' short: the ring buffers pull in the C
+    # helper, links perf_event_open and tracefs
+    if name == "Link":
+        from .links import Link
+        return Link
     if name in ("RingBuffer", "UserRingBuffer"):
         from . import ringbuf
         return getattr(ringbuf, name)

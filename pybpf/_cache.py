@@ -25,6 +25,11 @@ try:  # blake2b without hashlib: hashlib loads OpenSSL first (~3.5 ms of every p
 except ImportError:  # pragma: no cover - other Pythons
     from hashlib import blake2b
 
+try:  # the C pickler alone (used by the spec and core caches): pickle.py also imports re,
+    import _pickle as pickle  # noqa: F401     ~3 ms of every process start
+except ImportError:  # pragma: no cover - other Pythons
+    import pickle  # noqa: F401
+
 
 def enabled() -> bool:
     """False when ``PYBPF_CACHE`` is ``0``, ``off``, ``no`` or ``false``."""

@@ -1,16 +1,27 @@
 #!/usr/bin/env python3
 """Benchmark: loading BPF objects with pybpf vs libbpf (bpftool prog loadall), whole process.
 
-For each object, prints the median wall time of:
+For each object, the median wall time (runs interleaved, so machine noise hits all
+columns alike) of:
+
 - ``bpftool prog loadall OBJ /sys/fs/bpf/...`` (libbpf; the pins are removed after);
-- ``python3 -c "import pybpf; pybpf.load(OBJ).close()"`` (pybpf, whole process);
-- the interpreter alone (``python3 -c pass``), and pybpf's in-process load time
-  (after import), so the ratio can be read apart.
+- ``python -c "import pybpf; pybpf.load(OBJ).close()"`` in a fresh virtualenv
+  (``venv``): a user's install, where interpreter start-up is Python's own;
+- a new object (``new object``: the file with different trailing bytes each run,
+  as after a recompile): parsed (pyelftools imported), vmlinux BTF read and CO-RE
+  resolved in the process, with the per-kernel caches (vmlinux BTF's record index,
+  candidate names) warm;
+- the same with ``PYBPF_CACHE=0`` (``no caches``);
+- the same with this machine's interpreter as it is (``machine``): its
+  site-packages run start-up hooks (here a sandbox's certifi hook, ~30-50 ms)
+  that are not pybpf's and not in a user's virtualenv.
 
     sudo python tools/bench_load.py [OBJ ...] [--runs N]
 
-Default objects: programs/user_ringbuf.o (anchor ~3 ms with bpftool) and the
-CO-RE objects programs/core_*.o when present (anchor ~27 ms).
+The virtualenv is made in a temporary folder with no packages of its own: a .pth
+file puts this checkout and the interpreter's site-packages (pyelftools) on its
+path, but the hooks of that site-packages' own .pth files do not run.  Default
+objects: programs/user_ringbuf.o and the CO-RE objects programs/core_*.o.
 """
 
 from __future__ import annotations
@@ -22,77 +33,112 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
-
-ANCHORS = {"user_ringbuf.o": 0.003}
-ANCHOR_CORE = 0.027
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-# as a user runs it: bytecode cached in __pycache__ (this workplace sets PYTHONDONTWRITEBYTECODE,
-# which would recompile every module in every run)
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-
-def wall(cmd: list, runs: int, after=None) -> float:
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=ENV)  # warm up
-    if after:
-        after()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=ENV)
-        times.append(time.perf_counter() - t)
-        if after:
-            after()
-    return statistics.median(times)
+def make_venv(where: str) -> str:
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", where], check=True)
+    py = os.path.join(where, "bin", "python")
+    purelib = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(purelib, "pybpf-bench.pth"), "w") as f:
+        f.write(f"{ROOT}\n{sysconfig.get_paths()['purelib']}\n")
+    return py
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("objects", nargs="*")
-    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--runs", type=int, default=21)
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_load: needs root (it loads programs)", file=sys.stderr)
         return 1
+    if not os.path.isdir("/sys/fs/bpf"):
+        print("bench_load: bpffs is not mounted at /sys/fs/bpf", file=sys.stderr)
+        return 1
     objects = args.objects or [os.path.join(ROOT, "programs", "user_ringbuf.o")] + \
         sorted(glob.glob(os.path.join(ROOT, "programs", "core_*.o")))
     bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    if not os.path.exists("/sys/fs/bpf"):
-        print("bench_load: bpffs is not mounted at /sys/fs/bpf", file=sys.stderr)
-        return 1
-    py = sys.executable
-    interp = wall([py, "-c", "pass"], args.runs)
-    imported = wall([py, "-c", "import pybpf, pybpf.loader.core"], args.runs)
-    import pybpf  # noqa: E402
-    print(f"interpreter start ({py} -c pass): {interp * 1000:.1f} ms; with 'import pybpf': "
-          f"{imported * 1000:.1f} ms; median of {args.runs} runs\n")
-    print(f"{'object':<24} {'bpftool':>9} {'pybpf':>9} {'pybpf/bpftool':>14} {'in-process':>11} {'anchor':>8}")
-    for obj in objects:
-        name = os.path.basename(obj)
-        pin = tempfile.mkdtemp(prefix="bench_", dir="/sys/fs/bpf")
-        os.rmdir(pin)
+    tmp = tempfile.mkdtemp(prefix="bench_load_")
+    try:
+        venv_py = make_venv(os.path.join(tmp, "venv"))
+        # as a user runs it: bytecode cached (this workplace sets PYTHONDONTWRITEBYTECODE), and a
+        # cache folder of the benchmark's own
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYBPF_CACHE")}
+        env["XDG_CACHE_HOME"] = os.path.join(tmp, "cache")
+        cold_env = dict(env, PYBPF_CACHE="0")
+        pin = os.path.join("/sys/fs/bpf", f"bench_load_{os.getpid()}")
 
         def unpin():
             shutil.rmtree(pin, ignore_errors=True)
-        try:
-            lib = wall([bpftool, "prog", "loadall", obj, pin], args.runs, after=unpin)
-        except subprocess.CalledProcessError:
-            lib = float("nan")
-        ours = wall([py, "-c", f"import pybpf; pybpf.load({obj!r}).close()"], args.runs)
-        inproc = []
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            pybpf.load(obj).close()
-            inproc.append(time.perf_counter() - t)
-        anchor = ANCHORS.get(name, ANCHOR_CORE if name.startswith("core_") else None)
-        a = f"{anchor * 1000:6.1f}ms" if anchor else "-"
-        print(f"{name:<24} {lib * 1000:7.1f}ms {ours * 1000:7.1f}ms {ours / lib:13.1f}x "
-              f"{statistics.median(inproc) * 1000:9.1f}ms {a:>8}")
+
+        def columns(obj: str) -> dict:
+            code = f"import pybpf; pybpf.load({obj!r}).close()"
+            # a new object each run (a recompile): the same file with a different trailing byte
+            # pattern after its last section, so neither its parse nor its CO-RE resolutions are
+            # cached; what is per kernel (vmlinux BTF's record index, candidate names) is
+            fresh = os.path.join(tmp, "new_" + os.path.basename(obj))
+            with open(obj, "rb") as f:
+                body = f.read()
+
+            def renew():
+                renew.n += 1
+                with open(fresh, "wb") as f:
+                    f.write(body + renew.n.to_bytes(8, "little"))
+            renew.n = 0
+            renew()
+            new_code = f"import pybpf; pybpf.load({fresh!r}).close()"
+            machine_env = dict(env, PYTHONPATH=ROOT)
+            return {
+                "bpftool": ([bpftool, "prog", "loadall", obj, pin], env, unpin),
+                "venv": ([venv_py, "-c", code], env, None),
+                "new": ([venv_py, "-c", new_code], env, renew),
+                "cold": ([venv_py, "-c", code], cold_env, None),
+                "machine": ([sys.executable, "-c", code], machine_env, None),
+            }
+
+        def measure(cols: dict) -> dict:
+            times: dict = {k: [] for k in cols}
+            for i in range(args.runs + 1):              # round robin; the first round warms up
+                for name, (cmd, e, after) in cols.items():
+                    t = time.perf_counter()
+                    proc = subprocess.run(cmd, env=e, cwd=tmp, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE)
+                    dt = time.perf_counter() - t
+                    if after:
+                        after()
+                    if proc.returncode != 0:
+                        times[name] = None
+                        continue
+                    if i and times[name] is not None:
+                        times[name].append(dt)
+            return {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
+
+        start = measure({"venv": ([venv_py, "-c", "pass"], env, None),
+                         "machine": ([sys.executable, "-c", "pass"], env, None)})
+        print(f"interpreter start, 'python -c pass': {start['venv'] * 1e3:.1f} ms in the virtualenv, "
+              f"{start['machine'] * 1e3:.1f} ms with this machine's site-packages hooks; "
+              f"medians of {args.runs} interleaved runs\n")
+        print(f"{'object':<16} {'bpftool':>8} {'pybpf':>15} {'new object':>15} {'no caches':>15} "
+              f"{'machine':>15}")
+        for obj in objects:
+            r = measure(columns(os.path.abspath(obj)))
+            lib = r["bpftool"]
+
+            def cell(k):
+                return f"{r[k] * 1e3:6.1f}ms {r[k] / lib:5.2f}x"
+            print(f"{os.path.basename(obj):<16} {lib * 1e3:6.1f}ms {cell('venv')} {cell('new')} {cell('cold')} "
+                  f"{cell('machine')}")
+        print("\npybpf: the same object again (warm disk caches); new object: first load of an object "
+              "(a recompile);\nno caches: PYBPF_CACHE=0; machine: as 'pybpf', with this machine's "
+              "interpreter and its site hooks")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -29,10 +29,21 @@ def forget() -> None:
     _by_path.clear()
 
 
-def parse_cached(raw: bytes, *, source: str, base: BTF | None = None) -> BTF:
+def boot_id() -> str | None:
+    """This boot's random id (/proc/sys/kernel/random/boot_id), None if unreadable."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def parse_cached(raw: bytes, *, source: str, base: BTF | None = None, identity: str | None = None) -> BTF:
     """A BTF for ``raw``: the same object again within this process, and the record
-    index from the disk cache across processes (both keyed by the content's hash)."""
-    digest = _cache.digest(raw)
+    index from the disk cache across processes (both keyed by the content's hash, or by
+    ``identity``, a name that changes whenever the content can: hashing vmlinux BTF
+    costs ~10 ms).  A bytearray ``raw`` is kept by the BTF, not copied."""
+    digest = identity or _cache.digest(raw)
     key = (digest, id(base) if base is not None else None)
     btf = _memo.get(key)
     if btf is not None:
@@ -43,7 +54,7 @@ def parse_cached(raw: bytes, *, source: str, base: BTF | None = None) -> BTF:
     if cached is not None and len(cached) % 4 == 0:
         offsets = array.array("I")
         offsets.frombytes(cached)
-    btf = BTF(raw, source=source, base=base, index=offsets)
+    btf = BTF(raw, source=source, base=base, index=offsets, copy=False)
     if offsets is None:
         _cache.write("btf", name, array.array("I", btf._offsets).tobytes())
     _memo[key] = btf
@@ -74,14 +85,29 @@ def vmlinux_btf(path: str = VMLINUX) -> BTF:
 
 def _read_vmlinux(path: str) -> BTF:
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        with open(path, "rb", buffering=0) as f:
+            # read straight into the bytearray the BTF keeps (no copy of 5+ MB)
+            raw = bytearray(os.fstat(f.fileno()).st_size)
+            n = 0
+            with memoryview(raw) as view:
+                while n < len(raw):
+                    got = f.readinto(view[n:])
+                    if not got:
+                        break
+                    n += got
+            del raw[n:]
+            raw += f.read()     # a file that grew meanwhile
     except FileNotFoundError:
         raise Error(f"{path} not found: this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF); "
                     f"give a BTF file for it instead") from None
     except OSError as e:
         raise Error(f"cannot read {path}: {e.strerror}") from None
-    return parse_cached(raw, source=path)
+    identity = None
+    if path == VMLINUX:
+        # the running kernel's BTF cannot change within a boot
+        boot = boot_id()
+        identity = f"vmlinux-{boot}-{len(raw)}" if boot else None
+    return parse_cached(raw, source=path, identity=identity)
 
 
 def module_btf(name: str, base: BTF | None = None) -> BTF:

@@ -28,7 +28,6 @@ The rules are libbpf's (bpf_object__resolve_externs, bpf_object__relocate_data):
 from __future__ import annotations
 
 import os
-import re
 import struct
 import warnings
 import weakref
@@ -497,6 +496,7 @@ def explain(err: Error, spec) -> Error:
     text = str(err)
     hints = []
     by_index = {e.index: e for e in spec.externs.values()}
+    import re
     for m in re.finditer(r"unknown#(\d+)", text):
         ext = by_index.get(int(m.group(1)) - POISON_CALL_KFUNC_BASE)
         if ext is not None:

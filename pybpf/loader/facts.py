@@ -80,7 +80,7 @@ class KernelFacts:
         found without reading it; None otherwise.  Keys the disk cache of CO-RE resolutions."""
         if not self.running_kernel or self._btf_given:
             return None
-        from ..kernel.btf import VMLINUX
+        from ..kernel.btf import VMLINUX, boot_id
         folder = os.path.dirname(VMLINUX)
         boot = boot_id()
         try:
@@ -145,15 +145,6 @@ def parse_kconfig(text: str) -> dict:
         elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
             out[line[2:-len(" is not set")]] = "n"
     return out
-
-
-def boot_id() -> str | None:
-    """This boot's random id (/proc/sys/kernel/random/boot_id), None if unreadable."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def running_kernel_version() -> int:

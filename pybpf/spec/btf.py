@@ -264,10 +264,11 @@ class BTF:
     """
 
     def __init__(self, raw: bytes, *, source: str = "BTF", base: BTF | None = None,
-                 validate: bool = False, index=None):
+                 validate: bool = False, index=None, copy: bool = True):
         self.source = source
         self.base = base
-        self.raw = bytearray(raw)
+        # copy=False: ``raw`` is a bytearray given away to this BTF (fix-ups patch it in place)
+        self.raw = raw if not copy and isinstance(raw, bytearray) else bytearray(raw)
         self._first_id = len(base.types) if base is not None else 1
         self._parse_header()
         self._cache: dict[int, Type] = {}
@@ -329,7 +330,7 @@ class BTF:
         self.type_len = hdr.type_len
         self.str_off = base + hdr.str_off
         self.str_len = hdr.str_len
-        strings = bytes(raw[self.str_off:self.str_off + self.str_len])
+        strings = bytes(memoryview(raw)[self.str_off:self.str_off + self.str_len])   # one copy, not two
         if strings and strings[-1] != 0:
             raise self._fail("string section must end with a NUL byte")
         if self.base is None and strings and strings[0] != 0:

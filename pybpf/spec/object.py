@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import struct
 
 from .._record import Record
 from .. import _cache
+from .._cache import pickle
 from ..errors import BTFError, Error, ObjectError
 from . import insn as I
 from .btf import BTF, INT_BOOL, INT_SIGNED, LINKAGE_EXTERN, LINKAGE_GLOBAL, LINKAGE_STATIC, Kind, VarSecinfo
@@ -428,7 +428,7 @@ class ObjectSpec:
                 return spec
         spec = cls(data, path=path)
         # before the caller can change anything; the BTF's decode caches are left out (BTF.__getstate__)
-        _cache.write("spec", name, pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
+        _cache.write("spec", name, pickle.dumps(spec, protocol=-1))
         return spec
 
     # -- ELF ---------------------------------------------------------------------------
