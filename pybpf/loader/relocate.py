@@ -130,8 +130,14 @@ class _Linker:
         while i < len(self.layout):       # the layout grows as callees are appended
             fn, start = self.layout[i]
             relocs = {r.insn: r for r in fn.relocations}
-            local = 0
-            while local < fn.insn_cnt:
+            # only relocated instructions, calls and ld_imm64 can need work: find them by opcode
+            # instead of visiting every instruction (the second half of an ld_imm64 is skipped)
+            ops = self.insns[start * I.INSN_SIZE:(start + fn.insn_cnt) * I.INSN_SIZE:I.INSN_SIZE]
+            todo = sorted(relocs.keys() | {n for n, op in enumerate(ops) if op == I.CALL or op == I.LD_IMM64})
+            skip = -1
+            for local in todo:
+                if local == skip or local >= len(ops):
+                    continue
                 idx = start + local
                 r = relocs.get(local)
                 if r is not None:
@@ -140,7 +146,8 @@ class _Linker:
                     imm = I.get_imm(self.insns, idx)
                     new = self.callee(fn, local, fn.section, fn.sec_insn_off + local + imm + 1)
                     I.set_imm(self.insns, idx, new - idx - 1)
-                local += 2 if I.is_ld_imm64(self.insns, idx) else 1
+                if ops[local] == I.LD_IMM64:
+                    skip = local + 1
             i += 1
         linked = LinkedProgram(self.prog.name, self.insns, self.map_refs, layout=self.layout)
         self.rebase_btf_ext(linked)
