@@ -31,6 +31,11 @@ except ImportError:  # pragma: no cover - other Pythons
     import pickle  # noqa: F401
 
 
+#: the most entries each cache keeps: a write beyond it removes the least recently used
+#: (every read of an entry marks it used); vmlinux BTF indexes are ~0.5 MB, one per boot
+LIMITS = {"btf": 16, "core": 512, "spec": 256}
+
+
 def enabled() -> bool:
     """False when ``PYBPF_CACHE`` is ``0``, ``off``, ``no`` or ``false``."""
     return os.environ.get("PYBPF_CACHE", "1").strip().lower() not in ("0", "off", "no", "false")
@@ -85,8 +90,13 @@ def read(kind: str, name: str) -> bytes | None:
         while True:
             chunk = os.read(fd, 1 << 20)
             if not chunk:
-                return b"".join(chunks)
+                break
             chunks.append(chunk)
+        try:
+            os.utime(fd)    # used now: the last to be trimmed
+        except OSError:
+            pass
+        return b"".join(chunks)
     except OSError:
         return None
     finally:
@@ -110,8 +120,26 @@ def write(kind: str, name: str, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        _trim(where, LIMITS.get(kind, 256))
     except OSError:
         try:
             os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _trim(where: str, keep: int) -> None:
+    """Remove the least recently used entries of a cache folder beyond ``keep``."""
+    entries = []
+    with os.scandir(where) as it:
+        for e in it:
+            if e.is_file(follow_symlinks=False):
+                entries.append((e.stat(follow_symlinks=False).st_mtime_ns, e.path))
+    if len(entries) <= keep:
+        return
+    entries.sort()
+    for _, path in entries[:len(entries) - keep]:
+        try:
+            os.unlink(path)
         except OSError:
             pass

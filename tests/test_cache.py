@@ -244,3 +244,17 @@ def test_a_second_process_loads_without_pyelftools_or_vmlinux_btf(cache, no_fd_l
     assert (elf1, btf1) == ("True", "True")           # the first process parsed and read vmlinux
     assert (elf2, btf2) == ("False", "False")         # the second did neither
     assert tags1 == tags2 and tags1                     # and loaded the very same instructions
+
+
+def test_each_cache_keeps_the_most_recently_used_entries(cache, monkeypatch):
+    """A lab recompiles an object hundreds of times: the folder stays bounded, dropping
+    what was used longest ago (a read counts as a use)."""
+    monkeypatch.setitem(_cache.LIMITS, "spec", 5)
+    base = 1_000_000_000
+    for i in range(5):
+        _cache.write("spec", f"e{i}", b"x")
+        os.utime(cache / "spec" / f"e{i}", ns=(base + i, base + i))   # e0 oldest ... e4 newest
+    assert _cache.read("spec", "e0") == b"x"                            # e0 used: now the newest
+    _cache.write("spec", "e5", b"y")
+    _cache.write("spec", "e6", b"z")
+    assert sorted(p.name for p in (cache / "spec").iterdir()) == ["e0", "e3", "e4", "e5", "e6"]

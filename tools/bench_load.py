@@ -126,8 +126,12 @@ def main() -> int:
               f"medians of {args.runs} interleaved runs\n")
         print(f"{'object':<16} {'bpftool':>8} {'pybpf':>15} {'new object':>15} {'no caches':>15} "
               f"{'machine':>15}")
+        # every column of every object in one round robin: noise (this machine's is large and
+        # comes in bursts) falls on all of them alike
+        cols = {(obj, k): c for obj in objects for k, c in columns(os.path.abspath(obj)).items()}
+        results = measure(cols)
         for obj in objects:
-            r = measure(columns(os.path.abspath(obj)))
+            r = {k: results[(obj, k)] for k in ("bpftool", "venv", "new", "cold", "machine")}
             lib = r["bpftool"]
 
             def cell(k):
