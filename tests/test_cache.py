@@ -258,3 +258,16 @@ def test_each_cache_keeps_the_most_recently_used_entries(cache, monkeypatch):
     _cache.write("spec", "e5", b"y")
     _cache.write("spec", "e6", b"z")
     assert sorted(p.name for p in (cache / "spec").iterdir()) == ["e0", "e3", "e4", "e5", "e6"]
+
+
+def test_an_object_that_cannot_be_pickled_is_just_not_cached(cache, tmp_path, monkeypatch):
+    path = copy_object("globals_test", tmp_path)
+    original = ObjectSpec._parse
+
+    def parse_with_a_lock(self, data):
+        original(self, data)
+        import threading
+        self._lock = threading.Lock()       # cannot be pickled
+    monkeypatch.setattr(ObjectSpec, "_parse", parse_with_a_lock)
+    assert set(ObjectSpec.from_file(path).programs) == set(pybpf.open(program("globals_test")).programs)
+    assert not (cache / "spec").exists()

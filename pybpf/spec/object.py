@@ -428,7 +428,13 @@ class ObjectSpec:
                 return spec
         spec = cls(data, path=path)
         # before the caller can change anything; the BTF's decode caches are left out (BTF.__getstate__)
-        _cache.write("spec", name, pickle.dumps(spec, protocol=-1))
+        if _cache.enabled():
+            try:
+                entry = pickle.dumps(spec, protocol=-1)
+            except (pickle.PicklingError, TypeError, AttributeError, RecursionError):
+                entry = None        # something unpicklable: this object is parsed every time
+            if entry is not None:
+                _cache.write("spec", name, entry)
         return spec
 
     # -- ELF ---------------------------------------------------------------------------
