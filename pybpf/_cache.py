@@ -17,6 +17,7 @@ read-only home) is not an error: the work is done every time instead.
 
 from __future__ import annotations
 
+import _thread
 import os
 import stat
 
@@ -62,7 +63,8 @@ def code_stamp(*packages: str) -> bytes:
     stamp = _stamps.get(packages)
     if stamp is None:
         here = os.path.dirname(os.path.abspath(__file__))
-        parts = [__file__]
+        # this module and the modules whose classes entries hold besides the packages' own
+        parts = [__file__] + [os.path.join(here, p) for p in ("_record.py", "kernel/constants.py")]
         for pkg in packages:
             where = os.path.join(here, pkg)
             parts += sorted(os.path.join(where, n) for n in os.listdir(where) if n.endswith(".py"))
@@ -109,7 +111,7 @@ def write(kind: str, name: str, data: bytes) -> None:
         return
     where = folder(kind)
     path = os.path.join(where, name)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{os.getpid()}.{_thread.get_ident()}.tmp"     # one per writer
     try:
         os.makedirs(where, mode=0o700, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
