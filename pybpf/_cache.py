@@ -26,10 +26,12 @@ try:  # blake2b without hashlib: hashlib loads OpenSSL first (~3.5 ms of every p
 except ImportError:  # pragma: no cover - other Pythons
     from hashlib import blake2b
 
-try:  # the C pickler alone (used by the spec and core caches): pickle.py also imports re,
-    import _pickle as pickle  # noqa: F401     ~3 ms of every process start
+try:  # the C pickler alone (the spec and core caches use it): pickle.py also imports re,
+    import _pickle as pickle   # ~3 ms of every process start
 except ImportError:  # pragma: no cover - other Pythons
-    import pickle  # noqa: F401
+    import pickle
+
+__all__ = ["LIMITS", "enabled", "folder", "digest", "code_stamp", "read", "write", "pickle"]
 
 
 #: the most entries each cache keeps: a write beyond it removes the least recently used
