@@ -22,15 +22,12 @@ which fixes them in place).
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from ..errors import BTFError, ObjectError
 from .btf import BTF, BTF_MAGIC, MODIFIERS, Kind
+from .elf import ELF, malformed_is_object_error
 
 __all__ = ["format_raw", "format_c", "btf_from_file"]
 
@@ -60,21 +57,13 @@ def btf_from_file(path: str | os.PathLike, base: BTF | None = None) -> BTF:
 
 
 def _elf_btf_section(data: bytes, path: str) -> bytes:
-    try:
-        elf = ELFFile(io.BytesIO(data))
-        sec = elf.get_section_by_name(".BTF")
-        if sec is None:
-            raise BTFError(f"{path}: ELF file has no .BTF section (compile with clang -g)")
-        if sec["sh_type"] == "SHT_NOBITS":
-            raise BTFError(f"{path}: the .BTF section has no contents (SHT_NOBITS)")
-        if sec["sh_offset"] + sec["sh_size"] > len(data):
-            raise BTFError(f"{path}: the .BTF section runs past the end of the file (truncated?)")
-        return sec.data()
-    except ObjectError:
-        raise
-    except (ELFError, struct.error, ValueError, KeyError, IndexError, UnicodeDecodeError, AssertionError,
-            OverflowError, EOFError) as e:
-        raise ObjectError(f"{path}: malformed ELF file ({type(e).__name__}: {e})") from None
+    with malformed_is_object_error(path):
+        sec = ELF(data).section(".BTF")
+    if sec is None:
+        raise BTFError(f"{path}: ELF file has no .BTF section (compile with clang -g)")
+    if sec[1]["sh_type"] == "SHT_NOBITS":
+        raise BTFError(f"{path}: the .BTF section has no contents (SHT_NOBITS)")
+    return sec[2]
 
 
 # -- raw format (bpftool src/btf.c dump_btf_type) ------------------------------------------------

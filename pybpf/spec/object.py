@@ -11,7 +11,6 @@ relocation to the function it patches.
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 
@@ -22,6 +21,7 @@ from ..errors import BTFError, Error, ObjectError
 from . import insn as I
 from .btf import BTF, INT_BOOL, INT_SIGNED, LINKAGE_EXTERN, LINKAGE_GLOBAL, LINKAGE_STATIC, Kind, VarSecinfo
 from .btf_ext import BTFExt, parse_btf_ext
+from .elf import ELF, malformed_is_object_error
 from .sections import SectionDef, attach_target, match_section
 
 # ELF constants
@@ -443,37 +443,16 @@ class ObjectSpec:
         if len(data) < 4 or data[:4] != b"\x7fELF":
             raise ObjectError("not an ELF file (no \\x7fELF magic); expected a BPF object built with "
                               "clang -target bpf")
-        # imported here: pyelftools takes ~25 ms to import, and a cached object never needs it
-        from elftools.common.exceptions import ELFError
-        from elftools.elf.elffile import ELFFile
-        try:
-            elf = ELFFile(io.BytesIO(data))
+        with malformed_is_object_error():
+            elf = ELF(data)
             if elf.elfclass != 64 or not elf.little_endian:
                 raise ObjectError(f"ELF{elf.elfclass} {'little' if elf.little_endian else 'big'}-endian "
                                   f"object: only 64-bit little-endian BPF objects are supported")
             machine = elf["e_machine"]
             if machine not in ("EM_BPF", EM_BPF):
                 raise ObjectError(f"not a BPF object: ELF machine is {machine} (compile with clang -target bpf)")
-            sections = []
-            for sec in elf.iter_sections():
-                sh = sec.header
-                if sh["sh_type"] == "SHT_NOBITS":
-                    body = b""
-                else:
-                    end = sh["sh_offset"] + sh["sh_size"]
-                    if end > len(data):
-                        raise ObjectError(f"section {sec.name!r} runs past the end of the file "
-                                          f"({end} > {len(data)} bytes): the file is truncated")
-                    body = sec.data()
-                # plain dict: pyelftools' Container would pull pyelftools into every unpickling
-                sections.append((sec.name, dict(sh), body))
-            symbols = self._read_symbols(elf)
-        except ObjectError:
-            raise
-        except (ELFError, struct.error, ValueError, KeyError, IndexError, UnicodeDecodeError, AssertionError,
-                OverflowError, EOFError) as e:
-            raise ObjectError(f"malformed ELF file ({type(e).__name__}: {e}); the file may be truncated "
-                              f"or not a BPF object") from None
+            sections = elf.sections()
+            symbols = self._read_symbols(elf, sections)
         self._sections = sections
         self._symbols = symbols
         by_name = {name: i for i, (name, _, _) in enumerate(sections)}
@@ -508,16 +487,15 @@ class ObjectSpec:
         return v if isinstance(v, str) else str(v)
 
     @staticmethod
-    def _read_symbols(elf) -> list[Symbol]:
-        from elftools.elf.sections import SymbolTableSection
-        symtab = elf.get_section_by_name(".symtab")
-        if symtab is not None and not isinstance(symtab, SymbolTableSection):
-            raise ObjectError(f".symtab is not a symbol table (section type {symtab['sh_type']})")
-        if symtab is None:
+    def _read_symbols(elf: ELF, sections: list) -> list[Symbol]:
+        idx = next((i for i, (name, _, _) in enumerate(sections) if name == ".symtab"), None)
+        if idx is None:
             raise ObjectError("no .symtab section: the object was stripped of symbols (do not strip BPF "
                               "objects with --strip-all; llvm-strip -g is fine)")
+        if sections[idx][1]["sh_type"] != "SHT_SYMTAB":
+            raise ObjectError(f".symtab is not a symbol table (section type {sections[idx][1]['sh_type']})")
         out = []
-        for s in symtab.iter_symbols():
+        for name, s in elf.symbols(idx):
             shndx = s["st_shndx"]
             if isinstance(shndx, str):
                 shndx = 0 if shndx == "SHN_UNDEF" else -1
@@ -527,7 +505,7 @@ class ObjectSpec:
             bind = {"STB_LOCAL": STB_LOCAL, "STB_GLOBAL": STB_GLOBAL, "STB_WEAK": STB_WEAK}.get(info["bind"], 99)
             vis = s["st_other"]["visibility"]
             vis = {"STV_DEFAULT": STV_DEFAULT, "STV_INTERNAL": STV_INTERNAL, "STV_HIDDEN": STV_HIDDEN}.get(vis, 3)
-            out.append(Symbol(s.name, shndx, s["st_value"], s["st_size"], stype, bind, vis))
+            out.append(Symbol(name, shndx, s["st_value"], s["st_size"], stype, bind, vis))
         return out
 
     def _section_symbol_name(self, sym: Symbol) -> str:
