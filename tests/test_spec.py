@@ -454,3 +454,31 @@ def test_objects_linked_by_bpftool_are_accepted(tmp_path):
         assert {n: (m.type, m.key_size, m.value_size, m.max_entries, m.flags) for n, m in a.maps.items()} == \
             {n: (m.type, m.key_size, m.value_size, m.max_entries, m.flags) for n, m in b.maps.items()}
         assert {n: p.section for n, p in a.programs.items()} == {n: p.section for n, p in b.programs.items()}
+
+
+def test_section_count_and_name_table_escapes():
+    """The gABI escapes for many sections: e_shnum 0 (the count is section 0's sh_size) and
+    e_shstrndx SHN_XINDEX (the index is section 0's sh_link) give the same object."""
+    data = bytearray(open(program("globals_test"), "rb").read())
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shnum, shstrndx = struct.unpack_from("<HH", data, 0x3C)
+    struct.pack_into("<HH", data, 0x3C, 0, 0xFFFF)
+    struct.pack_into("<Q", data, shoff + 0x20, shnum)       # section 0: sh_size = count
+    struct.pack_into("<I", data, shoff + 0x28, shstrndx)    # section 0: sh_link = name table index
+    plain = pybpf.ObjectSpec(open(program("globals_test"), "rb").read(), path="globals_test.o")
+    escaped = pybpf.ObjectSpec(bytes(data), path="globals_test.o")
+    assert [n for n, _, _ in escaped._sections] == [n for n, _, _ in plain._sections]
+    assert {n: bytes(p.function.insns) for n, p in escaped.programs.items()} == \
+        {n: bytes(p.function.insns) for n, p in plain.programs.items()}
+    assert escaped.variables.keys() == plain.variables.keys()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    (0x3A, 16, "e_shentsize 16 is too small"),                    # section header size
+    (0x3E, 500, "section name table index 500 is not a section"),
+])
+def test_bad_section_table_fields_are_named(field, value, message):
+    data = bytearray(open(program("globals_test"), "rb").read())
+    struct.pack_into("<H", data, field, value)
+    with pytest.raises(pybpf.ObjectError, match=message):
+        pybpf.ObjectSpec(bytes(data), path="bad.o")
