@@ -37,6 +37,8 @@ from .._record import Record
 from ..errors import Error, ObjectError
 from ..spec import insn as I
 from ..spec.btf import BTF, Kind
+from .core import CoreError, essential_name
+from .core import types_are_compat as _core_types_are_compat
 
 #: libbpf's constant for a call to an unresolved weak kfunc (+ the extern's index)
 POISON_CALL_KFUNC_BASE = 2002000000
@@ -87,52 +89,14 @@ def has_bpf_cookie(facts) -> bool:
 
 # -- type compatibility (libbpf __bpf_core_types_are_compat) ---------------------------------
 
-def _kinds_compat(a: Kind, b: Kind) -> bool:
-    return a == b or {a, b} == {Kind.ENUM, Kind.ENUM64}
-
-
-def types_are_compat(local: BTF, local_id: int, targ: BTF, targ_id: int, level: int = 32) -> bool:
-    """libbpf's loose CO-RE type compatibility, used to check a typed ksym's type and a
-    kfunc's prototype against the kernel's: names are ignored below the top; any two
-    structs/unions/enums/ints of the same kind match; pointers, arrays and function
-    prototypes (same number of parameters) match when what they refer to does."""
-    for _ in range(32):
-        local_id = local.skip_mods(local_id)
-        targ_id = targ.skip_mods(targ_id)
-        lt = local[local_id] if local_id else None
-        tt = targ[targ_id] if targ_id else None
-        lk = lt.kind if lt is not None else Kind.UNKN
-        tk = tt.kind if tt is not None else Kind.UNKN
-        if not _kinds_compat(lk, tk):
-            return False
-        if lk in (Kind.UNKN, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64, Kind.FWD):
-            return True
-        if lk == Kind.INT:
-            # only the deprecated bitfield-like integers are refused
-            return lt.int_offset == 0 and tt.int_offset == 0
-        if lk == Kind.PTR:
-            local_id, targ_id = lt.type_id, tt.type_id
-        elif lk == Kind.ARRAY:
-            local_id, targ_id = lt.elem_type, tt.elem_type
-        elif lk == Kind.FUNC_PROTO:
-            if len(lt.params) != len(tt.params) or level <= 0:
-                return False
-            for lp, tp in zip(lt.params, tt.params):
-                if not types_are_compat(local, lp.type_id, targ, tp.type_id, level - 1):
-                    return False
-            local_id, targ_id = lt.type_id, tt.type_id     # the return types
-        else:
-            return False
-    return False
-
-
-def essential_name(name: str) -> str:
-    """``name`` without a CO-RE flavor suffix: ``bpf_foo___v2`` -> ``bpf_foo``."""
-    for i in range(len(name) - 5, -1, -1):
-        s = name[i:i + 5]
-        if s[0] != "_" and s[1:4] == "___" and s[4] != "_":
-            return name[:i + 1]
-    return name
+def types_are_compat(local: BTF, local_id: int, targ: BTF, targ_id: int) -> bool:
+    """libbpf's loose CO-RE type compatibility (``pybpf.loader.core.types_are_compat``), used to
+    check a typed ksym's type and a kfunc's prototype against the kernel's, with modifiers and
+    typedefs skipped on both sides first; a type nested too deeply is not compatible."""
+    try:
+        return _core_types_are_compat(local, local.skip_mods(local_id), targ, targ.skip_mods(targ_id))
+    except CoreError:
+        return False
 
 
 # -- resolution -------------------------------------------------------------------------------
