@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import os
 import shutil
 import statistics
@@ -86,11 +87,11 @@ def main() -> int:
             with open(obj, "rb") as f:
                 body = f.read()
 
+            runs = itertools.count()
+
             def renew():
-                renew.n += 1
                 with open(fresh, "wb") as f:
-                    f.write(body + renew.n.to_bytes(8, "little"))
-            renew.n = 0
+                    f.write(body + next(runs).to_bytes(8, "little"))
             renew()
             new_code = f"import pybpf; pybpf.load({fresh!r}).close()"
             machine_env = dict(env, PYTHONPATH=ROOT)

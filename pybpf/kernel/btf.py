@@ -29,13 +29,19 @@ def forget() -> None:
     _by_path.clear()
 
 
+_boot_id: list = []
+
+
 def boot_id() -> str | None:
-    """This boot's random id (/proc/sys/kernel/random/boot_id), None if unreadable."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return None
+    """This boot's random id (/proc/sys/kernel/random/boot_id), None if unreadable; read once
+    per process (it cannot change while the process runs)."""
+    if not _boot_id:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _boot_id.append(f.read().strip())
+        except OSError:
+            _boot_id.append(None)
+    return _boot_id[0]
 
 
 def parse_cached(raw: bytes, *, source: str, base: BTF | None = None, identity: str | None = None) -> BTF:
