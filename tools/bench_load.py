@@ -136,8 +136,10 @@ def main() -> int:
             lib = r["bpftool"]
 
             def cell(k):
-                return f"{r[k] * 1e3:6.1f}ms {r[k] / lib:5.2f}x"
-            print(f"{os.path.basename(obj):<16} {lib * 1e3:6.1f}ms {cell('venv')} {cell('new')} {cell('cold')} "
+                ratio = f"{r[k] / lib:5.2f}x" if lib == lib else "     -"    # NaN: bpftool refused it
+                return f"{r[k] * 1e3:6.1f}ms {ratio}"
+            refused = lib != lib
+            print(f"{os.path.basename(obj):<16} {'refuses' if refused else f'{lib * 1e3:6.1f}ms':>8} {cell('venv')} {cell('new')} {cell('cold')} "
                   f"{cell('machine')}")
         print("\npybpf: the same object again (warm disk caches); new object: first load of an object "
               "(a recompile);\nno caches: PYBPF_CACHE=0; machine: as 'pybpf', with this machine's "
