@@ -276,6 +276,27 @@ def _needs_trampoline(prog: ProgramSpec) -> bool:
     return prog.sec_def.attach_type in _TRAMPOLINE_ATTACH or prog.sec_def.prog_type == "EXT"
 
 
+def _log_is_empty(log: str) -> bool:
+    """True when the verifier never looked at the program: no log, or only the final
+    statistics line with "processed 0 insns" (the kernel prints it even when a check before
+    verification, such as bpf_prog_load's capability and attach checks, refused the load)."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    return not lines or (len(lines) == 1 and lines[0].startswith("processed 0 insns"))
+
+
+def _refused_by_kernel(prog: ProgramSpec, where: str) -> str:
+    """The NotSupportedError text for EPERM as root with an empty verifier log: the kernel
+    refused this program type / attach type before verifying a single instruction."""
+    attach = prog.sec_def.attach_type
+    kind = f"{ProgType(prog.prog_type).name} programs" + (f" with attach type {attach}" if attach else "")
+    why = " (no BPF trampolines)" if _needs_trampoline(prog) else ""
+    text = (f"{where}: not permitted by this kernel{why}: it refuses {kind} "
+            f"(BPF_PROG_LOAD failed with EPERM as root and the verifier looked at no instruction)")
+    if why:
+        text += "; fentry, fexit, fmod_ret, lsm and freplace programs all need BPF trampolines"
+    return text + ". Leave the program out with spec.programs[NAME].autoload = False to load the rest"
+
+
 def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf_fd: int,
                  attach_btf_id: int = 0, attach_btf_obj_fd: int = 0, btf=None, fd_array=None) -> int:
     """BPF_PROG_LOAD; on rejection reload with a verifier log and raise VerifierError.
@@ -307,17 +328,12 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
             failure = e
             break
     where = f"program {prog.name!r} (section {prog.section!r}, {ProgType(prog.prog_type).name})"
-    if not log.strip():
-        if failure.errno == _errno.EPERM and os.geteuid() == 0 and _needs_trampoline(prog):
-            raise NotSupportedError(
-                f"{where}: not permitted by this kernel (no BPF trampolines): fentry, fexit, fmod_ret, lsm "
-                f"and freplace programs cannot be loaded here (BPF_PROG_LOAD failed with EPERM and an "
-                f"empty verifier log)") from None
+    if _log_is_empty(log):
         if failure.errno == _errno.EPERM and os.geteuid() == 0:
-            raise NotSupportedError(
-                f"{where}: loading was not permitted by this kernel (EPERM with an empty verifier log; "
-                f"for fentry/fexit/fmod_ret/lsm this means the kernel has no BPF trampolines)") from None
-        raise failure
+            raise NotSupportedError(_refused_by_kernel(prog, where)) from None
+        if not log.strip():
+            raise failure
+    reason, details = _verifier_summary(log, linked, btf)
     reason, details = _verifier_summary(log, linked, btf)
     from .core import failure_in_log
     core = failure_in_log(log, linked)
