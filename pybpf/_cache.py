@@ -9,10 +9,27 @@ either right or never looked up; nothing is ever invalidated in place.
   kernel, per boot (loader/core.py);
 - ``spec/``: parsed objects, per object content (spec/object.py).
 
-Set ``PYBPF_CACHE=0`` to neither read nor write any of them.  Entries are only
-read when owned by the current user and not writable by anyone else (some are
-pickles, and pybpf often runs as root).  A cache that cannot be written (a
-read-only home) is not an error: the work is done every time instead.
+Set ``PYBPF_CACHE=0`` to neither read nor write any of them.  A cache that
+cannot be written (a read-only home) is not an error: the work is done every
+time instead.
+
+What the cache trusts, and why.  pybpf often runs as root, entries hold pickles
+(which run code when loaded) and CO-RE offsets (which the verifier cannot check),
+and ``$XDG_CACHE_HOME`` or ``$HOME`` may point into another user's files (``sudo
+-E``, ``su`` without ``-``).  So:
+
+- the path is walked from ``/`` one folder at a time with directory fds
+  (``O_NOFOLLOW | O_DIRECTORY``, no symlink anywhere): every folder on the way must
+  belong to root or to the current user and be writable by nobody else (a
+  root-owned sticky folder such as ``/tmp`` excepted), and ``pybpf/`` and the cache
+  folders must belong to the current user; otherwise the cache is not used;
+- entries are opened with ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO cannot block), must be
+  regular files of the current user writable by nobody else, and are bounded in size;
+- every entry carries its own name (the hash of its key) and a keyed BLAKE2b MAC of
+  its kind, name and payload under a per-user secret (``pybpf/secret``, mode 0600,
+  made on first use), checked before anything is unpickled: a renamed, swapped,
+  truncated, bit-flipped or planted entry is never used;
+- trimming removes only names pybpf writes, in the verified folder.
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ from __future__ import annotations
 import _thread
 import os
 import stat
+from _operator import _compare_digest   # hmac.compare_digest, without hmac's hashlib/OpenSSL import
 
 try:  # blake2b without hashlib: hashlib loads OpenSSL first (~3.5 ms of every process start)
     from _blake2 import blake2b
@@ -78,24 +96,91 @@ def code_stamp(*packages: str) -> bytes:
     return stamp
 
 
-def read(kind: str, name: str) -> bytes | None:
-    """The entry's bytes, or None if absent, disabled, or not trustworthy."""
-    if not enabled():
+#: entries larger than this are not read (the vmlinux index is ~0.5 MB, parsed objects far less)
+MAX_ENTRY = 64 << 20
+_MAGIC = b"pybpfC1\0"
+_MAC_SIZE = 32
+_SECRET = "secret"
+_SUFFIXES = (".pickle", ".idx", ".json", ".tmp")
+_secrets: dict = {}
+
+
+def _safe_folder(st, own: bool) -> bool:
+    """May this folder hold (or lead to) our cache?  ``own``: it must be the current
+    user's; else root's will do too.  Nobody else may write into it (a root-owned sticky
+    folder, like /tmp, lets others add names but not replace ours)."""
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    uid = os.geteuid()
+    if st.st_uid != uid and (own or st.st_uid != 0):
+        return False
+    if st.st_mode & 0o022:
+        return not own and st.st_uid == 0 and bool(st.st_mode & stat.S_ISVTX)
+    return True
+
+
+def _open_folder(kind: str | None, create: bool) -> int | None:
+    """A directory fd of ``<base>/pybpf[/kind]``, reached from ``/`` without following a
+    symlink and checked folder by folder (see the module's docstring); None if the cache
+    cannot be trusted or (``create`` False) does not exist yet."""
+    path = os.path.join(os.path.dirname(folder("x")), kind) if kind else os.path.dirname(folder("x"))
+    path = os.path.abspath(path)
+    parts = [p for p in path.split(os.sep) if p]
+    ours = len(parts) - (2 if kind else 1)      # parts from here on are pybpf's own folders
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open("/", flags)
+    except OSError:
         return None
     try:
-        fd = os.open(os.path.join(folder(kind), name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if not _safe_folder(os.fstat(fd), False):
+            return None
+        for i, part in enumerate(parts):
+            try:
+                nfd = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                try:
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                nfd = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+            if not _safe_folder(os.fstat(fd), i >= ours):
+                return None
+        out, fd = fd, -1
+        return out
+    except OSError:
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _read_file(dir_fd: int, name: str, limit: int) -> bytes | None:
+    """A regular file of ours in ``dir_fd`` that nobody else can write, at most ``limit``
+    bytes; None otherwise.  ``O_NONBLOCK``: opening a FIFO planted under the name does not
+    wait for a writer (and S_ISREG then refuses it)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
+                or st.st_size > limit):
             return None
-        chunks = []
-        while True:
+        chunks, size = [], 0
+        while size <= limit:
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            return None
         try:
             os.utime(fd)    # used now: the last to be trimmed
         except OSError:
@@ -107,43 +192,145 @@ def read(kind: str, name: str) -> bytes | None:
         os.close(fd)
 
 
-def write(kind: str, name: str, data: bytes) -> None:
-    """Store an entry atomically (readers see the old entry or the whole new one)."""
-    if not enabled():
-        return
-    where = folder(kind)
-    path = os.path.join(where, name)
-    tmp = f"{path}.{os.getpid()}.{_thread.get_ident()}.tmp"     # one per writer
+def _write_file(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> bool:
+    """Store ``name`` in ``dir_fd`` atomically (a reader sees the old file or the whole new
+    one); False if that failed."""
+    tmp = f".{name}.{os.getpid()}.{_thread.get_ident()}.tmp"     # one per writer
     try:
-        os.makedirs(where, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                     dir_fd=dir_fd)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-        _trim(where, LIMITS.get(kind, 256))
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return True
     except OSError:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
         except OSError:
             pass
+        return False
 
 
-def _trim(where: str, keep: int) -> None:
-    """Remove the least recently used entries of a cache folder beyond ``keep``."""
+def _secret(create: bool) -> bytes | None:
+    """The current user's MAC key (32 random bytes in ``pybpf/secret``), made on first use."""
+    base = os.path.dirname(folder("x"))
+    key = (base, os.geteuid())
+    secret = _secrets.get(key)
+    if secret is not None:
+        return secret
+    fd = _open_folder(None, create)
+    if fd is None:
+        return None
+    try:
+        secret = _read_file(fd, _SECRET, 64)
+        if secret is None and create:
+            fresh = os.urandom(32)
+            tmp = f".{_SECRET}.{os.getpid()}.{_thread.get_ident()}.tmp"
+            try:
+                wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              0o600, dir_fd=fd)
+                try:
+                    os.write(wfd, fresh)
+                finally:
+                    os.close(wfd)
+                try:
+                    os.link(tmp, _SECRET, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+                except FileExistsError:
+                    pass    # another process made it first: use theirs
+                finally:
+                    os.unlink(tmp, dir_fd=fd)
+            except OSError:
+                return None
+            secret = _read_file(fd, _SECRET, 64)
+    finally:
+        os.close(fd)
+    if secret is None or len(secret) != 32:
+        return None
+    _secrets[key] = secret
+    return secret
+
+
+def _mac(secret: bytes, kind: str, name: str, payload) -> bytes:
+    h = blake2b(key=secret, digest_size=_MAC_SIZE, person=b"pybpf-cache")
+    h.update(f"{kind}\0{name}\0".encode())
+    h.update(payload)
+    return h.digest()
+
+
+def _valid_name(name: str) -> bool:
+    return (0 < len(name) <= 200 and name.endswith(_SUFFIXES) and not name.startswith(".")
+            and all(c.isascii() and (c.isalnum() or c in "._-") for c in name))
+
+
+def read(kind: str, name: str) -> bytes | None:
+    """The payload of entry ``name``, or None if absent, disabled, or not verified (see the
+    module's docstring: folders, file, its own name and its MAC are all checked)."""
+    if not enabled() or not _valid_name(name):
+        return None
+    secret = _secret(False)
+    if secret is None:
+        return None
+    fd = _open_folder(kind, False)
+    if fd is None:
+        return None
+    try:
+        raw = _read_file(fd, name, MAX_ENTRY)
+    finally:
+        os.close(fd)
+    if raw is None:
+        return None
+    # entry: magic, name length (u16), name, MAC, payload
+    head = len(_MAGIC) + 2
+    if len(raw) < head or raw[:len(_MAGIC)] != _MAGIC:
+        return None
+    n = int.from_bytes(raw[len(_MAGIC):head], "little")
+    if raw[head:head + n] != name.encode():      # renamed: another key's entry
+        return None
+    mac = raw[head + n:head + n + _MAC_SIZE]
+    with memoryview(raw) as view:
+        if len(mac) != _MAC_SIZE or not _compare_digest(mac, _mac(secret, kind, name, view[head + n + _MAC_SIZE:])):
+            return None
+    return raw[head + n + _MAC_SIZE:]
+
+
+def write(kind: str, name: str, data: bytes) -> None:
+    """Store an entry atomically (readers see the old entry or the whole new one), with its
+    name and MAC; nothing if the cache is disabled or its folders are not trustworthy."""
+    if not enabled() or not _valid_name(name) or name.endswith(".tmp"):
+        return
+    secret = _secret(True)
+    if secret is None:
+        return
+    fd = _open_folder(kind, True)
+    if fd is None:
+        return
+    try:
+        encoded = name.encode()
+        entry = b"".join((_MAGIC, len(encoded).to_bytes(2, "little"), encoded,
+                          _mac(secret, kind, name, data), data))
+        if _write_file(fd, name, entry):
+            _trim(fd, LIMITS.get(kind, 256))
+    finally:
+        os.close(fd)
+
+
+def _trim(dir_fd: int, keep: int) -> None:
+    """Remove the least recently used entries of a cache folder beyond ``keep``: only
+    regular files with names pybpf writes, in the folder already verified."""
     entries = []
-    with os.scandir(where) as it:
+    with os.scandir(dir_fd) as it:
         for e in it:
-            if e.is_file(follow_symlinks=False):
-                entries.append((e.stat(follow_symlinks=False).st_mtime_ns, e.path))
+            if _valid_name(e.name) and e.is_file(follow_symlinks=False):
+                entries.append((e.stat(follow_symlinks=False).st_mtime_ns, e.name))
     if len(entries) <= keep:
         return
     entries.sort()
-    for _, path in entries[:len(entries) - keep]:
+    for _, name in entries[:len(entries) - keep]:
         try:
-            os.unlink(path)
+            os.unlink(name, dir_fd=dir_fd)
         except OSError:
             pass

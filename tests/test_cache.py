@@ -135,7 +135,7 @@ def test_an_entry_of_another_user_is_ignored(cache, tmp_path):
     path = copy_object("globals_test", tmp_path)
     ObjectSpec.from_file(path)
     (entry,) = (cache / "spec").iterdir()
-    entry.write_bytes(planted_entry(path))
+    _cache.write("spec", entry.name, planted_entry(path))     # well-formed, with a valid MAC
     entry.chmod(0o600)
     assert set(ObjectSpec.from_file(path).programs) == set(pybpf.open(program("calls_test")).programs)
     os.chown(entry, 65534, 65534)                            # the same entry, someone else's
@@ -252,12 +252,12 @@ def test_each_cache_keeps_the_most_recently_used_entries(cache, monkeypatch):
     monkeypatch.setitem(_cache.LIMITS, "spec", 5)
     base = 1_000_000_000
     for i in range(5):
-        _cache.write("spec", f"e{i}", b"x")
-        os.utime(cache / "spec" / f"e{i}", ns=(base + i, base + i))   # e0 oldest ... e4 newest
-    assert _cache.read("spec", "e0") == b"x"                            # e0 used: now the newest
-    _cache.write("spec", "e5", b"y")
-    _cache.write("spec", "e6", b"z")
-    assert sorted(p.name for p in (cache / "spec").iterdir()) == ["e0", "e3", "e4", "e5", "e6"]
+        _cache.write("spec", f"e{i}.pickle", b"x")
+        os.utime(cache / "spec" / f"e{i}.pickle", ns=(base + i, base + i))   # e0 oldest ... e4 newest
+    assert _cache.read("spec", "e0.pickle") == b"x"                            # e0 used: now the newest
+    _cache.write("spec", "e5.pickle", b"y")
+    _cache.write("spec", "e6.pickle", b"z")
+    assert sorted(p.name[:2] for p in (cache / "spec").iterdir()) == ["e0", "e3", "e4", "e5", "e6"]
 
 
 def test_an_object_that_cannot_be_pickled_is_just_not_cached(cache, tmp_path, monkeypatch):
