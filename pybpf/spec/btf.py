@@ -290,6 +290,7 @@ class BTF:
         # strings are left out (they are decoded again on demand, faster than unpickled)
         state = self.__dict__.copy()
         del state["_words"], state["_cache"], state["_str_cache"]
+        state.pop("_typed_factory", None)      # ctypes types (spec/typed.py): made again on use
         return state
 
     def __setstate__(self, state):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import enum
-import weakref
 
 from ..errors import BTFError, Error
 from .btf import BTF, INT_BOOL, INT_CHAR, Kind
@@ -581,14 +580,12 @@ def _view_property(off: int, ct) -> property:
     return property(get, set)
 
 
-_factories: weakref.WeakKeyDictionary[BTF, TypeFactory] = weakref.WeakKeyDictionary()
-
-
 def factory_for(btf: BTF) -> TypeFactory:
-    """The (shared) TypeFactory of ``btf``."""
-    f = _factories.get(btf)
+    """The (shared) TypeFactory of ``btf``, kept on the BTF itself so that both go together
+    (a weak-keyed table would keep every BTF alive: the factory refers to its BTF)."""
+    f = btf.__dict__.get("_typed_factory")
     if f is None:
-        f = _factories[btf] = TypeFactory(btf)
+        f = btf.__dict__["_typed_factory"] = TypeFactory(btf)
     return f
 
 
