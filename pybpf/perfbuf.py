@@ -36,7 +36,7 @@ from .kernel import perf
 from .kernel import syscall as sc
 from .kernel.attrs import MapInfo
 from .kernel.constants import MapType
-from .ringbuf import _Mapping, _release_quietly
+from .ringbuf._mapping import _Mapping, _release_quietly
 
 __all__ = ["PerfBuffer"]
 

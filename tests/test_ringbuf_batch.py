@@ -397,8 +397,8 @@ class AlwaysReady:
 
 @pytest.fixture
 def fake(monkeypatch):
-    monkeypatch.setattr(ringbuf, "select", types.SimpleNamespace(epoll=AlwaysReady, EPOLLIN=select.EPOLLIN,
-                                                                 EPOLLOUT=select.EPOLLOUT))
+    monkeypatch.setattr(ringbuf.reader, "select", types.SimpleNamespace(epoll=AlwaysReady, EPOLLIN=select.EPOLLIN,
+                                                                        EPOLLOUT=select.EPOLLOUT))
     ring = FakeRing()
     yield ring
     ring.close()

@@ -1,0 +1,660 @@
+"""User -> kernel: :class:`UserRingBuffer` writes samples into a
+``BPF_MAP_TYPE_USER_RINGBUF`` map, which a BPF program drains with
+``bpf_user_ringbuf_drain``."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import queue
+import select
+import struct
+import time
+
+from .. import atomics
+from ..resource import Resource
+from ..errors import ClosedError, Error, RingBufferFullError, TimeoutError
+from ..kernel.constants import MapType
+from ._mapping import (_ALIGN, _BUSY, _DISCARD, _HDR, _HDR_SHIFT, _ROUND, _UNPACK_RUN, _Mapping, _check_map,
+                       _release_quietly)
+
+__all__ = ["UserRingBuffer", "Sample", "SampleSizeError"]
+
+# x86 is TSO: a store-release is a plain store (the kernel's smp_store_release
+# is a compiler barrier and a MOV there).  A memoryview store is a MOV the C
+# compiler cannot move across the interpreter's calls, so the user ring
+# producer publishes producer_pos with it: ~40 ns instead of a ~150-350 ns
+# ctypes call per sample.  Elsewhere (arm64...) it calls the C helper.
+_PLAIN_RELEASE = os.uname().machine.lower() in ("x86_64", "amd64", "i386", "i686")
+# A user sample must fit a struct bpf_dynptr (DYNPTR_MAX_SIZE): a larger one
+# makes the kernel's drain fail with -E2BIG and wedges the ring.
+_DYNPTR_MAX_SIZE = (1 << 24) - 1
+# reserve_blocking(): back-off bounds when EPOLLOUT fires (any byte free) but
+# the sample does not fit yet.
+_FULL_BACKOFF_MIN = 0.0005
+_FULL_BACKOFF_MAX = 0.01
+
+
+class SampleSizeError(Error, ValueError):
+    """A user ring buffer sample is larger than the ring (or the kernel) allows."""
+
+
+
+# --- user -> kernel ---------------------------------------------------------
+
+class Sample:
+    """A sample reserved in a :class:`UserRingBuffer`, to fill and then submit.
+
+    ``sample.data`` is a writable ``memoryview`` of exactly the reserved size,
+    straight into the ring; ``sample[...]`` reads and writes through it.  It is
+    released by :meth:`submit`/:meth:`discard` (the kernel owns the memory
+    after that).  As a context manager it submits on success and discards if
+    the block raises.
+    """
+
+    # set by UserRingBuffer.reserve (no __init__: cheaper); _index: of the header in u64s
+    __slots__ = ("data", "_ring", "_pos", "_index")
+
+    def __len__(self) -> int:
+        return self.data.nbytes
+
+    def __getitem__(self, index):
+        return self.data[index]
+
+    def __setitem__(self, index, value) -> None:
+        self.data[index] = value
+
+    def submit(self) -> None:
+        """Commits the sample: the kernel's drain will see it."""
+        self._ring.submit(self)
+
+    def discard(self) -> None:
+        """Gives the space back: the kernel's drain skips the sample."""
+        self._ring.discard(self)
+
+    def __enter__(self) -> Sample:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        ring = self._ring
+        if ring._closed:
+            if exc_type is None:
+                self.submit()  # raises ClosedError
+            return
+        if self not in ring._pending:
+            return  # already submitted or discarded inside the block
+        if exc_type is None:
+            self.submit()
+        else:
+            self.discard()
+
+    def __repr__(self) -> str:
+        try:
+            return f"<Sample {len(self)} bytes at position {self._pos}>"
+        except ValueError:
+            return f"<Sample at position {self._pos} (submitted or discarded)>"
+
+
+class _ReleaseStores:
+    """``cells[i] = v``: a release store of the u64 at ``addr + 8 * i`` through the
+    C helper, where a memoryview store is not one (not x86: see _PLAIN_RELEASE)."""
+
+    __slots__ = ("_addr", "_store")
+
+    def __init__(self, addr: int, store):
+        self._addr = addr
+        self._store = store
+
+    def __setitem__(self, i: int, value: int) -> None:
+        self._store(self._addr + 8 * i, value)
+
+
+class _Mutex:
+    """A mutex made of a one-token ``queue.SimpleQueue``: ``get()`` takes the
+    token (waiting, interruptibly, while another thread has it), ``put()`` gives
+    it back.  Uncontended, a get/put pair costs half of ``threading.Lock``'s
+    acquire/release in CPython 3.11 (which parses keyword arguments and reads
+    the clock on every acquire), and the user ring producer takes it once or
+    twice per sample.  ``with mutex:`` for the paths that are not hot."""
+
+    __slots__ = ("take", "give")
+
+    def __init__(self):
+        q = queue.SimpleQueue()
+        q.put(None)
+        self.take = q.get
+        self.give = q.put
+
+    def __enter__(self):
+        self.take()
+
+    def __exit__(self, *exc):
+        self.give(None)
+
+
+class UserRingBuffer(Resource):
+    """Producer for a ``BPF_MAP_TYPE_USER_RINGBUF`` map.
+
+    ``reserve(n)`` returns a :class:`Sample` to fill, then ``submit(sample)``
+    (or ``discard(sample)``) hands it to the kernel; a BPF program reads the
+    submitted samples in order with ``bpf_user_ringbuf_drain``.  Several samples
+    may be reserved at once; the drain stops at the oldest unsubmitted one.
+    :meth:`write` does reserve + copy + submit in one call, :meth:`write_batch`
+    publishes many samples with one release of producer_pos.
+
+    Counters: ``records`` and ``bytes`` submitted, ``discards``; :attr:`free`
+    is the room left now.
+
+    One producer per map: the methods are serialized with a mutex, so threads
+    of this process may share the object.  Use as a context manager or call
+    :meth:`close`.
+    """
+
+    def __init__(self, map):
+        fd, self.name, size = _check_map(map, MapType.USER_RINGBUF)
+        lib = atomics.library()  # fails clearly if the C helper is not built
+        self._load_u64 = lib.pybpf_load_acquire_u64
+        self._store_u64 = lib.pybpf_store_release_u64
+        self._xchg = lib.pybpf_xchg_acq_rel_u32
+        self.size = size
+        self._mask = size - 1
+        self.max_sample = min(size - _HDR, _DYNPTR_MAX_SIZE)
+        self.records = 0
+        self.bytes = 0
+        self.discards = 0
+        self._lock = _Mutex()
+        self._take, self._give = self._lock.take, self._lock.give
+        self._pending: set[Sample] = set()  # reserved, not yet submitted or discarded
+        self._closed = True  # until fully set up
+        self._epoll = None
+        self._views = ()
+        self._maps = []
+        page = mmap.PAGESIZE
+        try:
+            # consumer page: the kernel refuses a writable mapping (EPERM)
+            cons = _Mapping(fd, page, 0, False, "consumer page", self.name)
+            self._maps.append(cons)
+            prod = _Mapping(fd, page + 2 * size, page, True, "producer page and data", self.name)
+            self._maps.append(prod)
+            self._cons_addr = cons.addr
+            self._prod_addr = prod.addr
+            self._data_addr = prod.addr + page
+            data = prod.mem[page:]
+            hdr = data.cast("Q")  # a whole header in one store: len, then pg_off = 0
+            prod_pos = prod.mem[:8].cast("Q")
+            payload = data[_HDR:]  # payload[off:off + n] is the sample whose header is at off
+            self._views = (prod_pos, hdr, payload, data)
+            self._data, self._hdr, self._payload = data, hdr, payload
+            self._set_release(_PLAIN_RELEASE)
+            self._prod = self._load_u64(self._prod_addr)  # we are the only writer from here on
+            self._cons = self._load_u64(self._cons_addr)  # cached; reloaded when short of room
+            self._epoll = select.epoll(1)
+            self._epoll.register(fd, select.EPOLLOUT)  # level-triggered: fires while any byte is free
+            self._closed = False
+        except BaseException:
+            self._teardown()
+            raise
+
+    # -- life cycle --
+
+    def close(self) -> None:
+        """Unmaps the ring and closes the epoll fd.  Idempotent.
+
+        Samples reserved and not yet submitted are discarded (a BUSY sample left
+        behind would stop the kernel's drain for good).
+        """
+        with self._lock:
+            self._closed = True
+            self._teardown()
+
+    def _teardown(self) -> None:
+        for sample in self._pending:
+            n = sample.data.nbytes
+            _release_quietly(sample.data)
+            self._xchg(self._data_addr + (sample._pos & self._mask), n | _DISCARD)
+            self.discards += 1
+        self._pending.clear()
+        for view in self._views:
+            view.release()
+        self._views = ()
+        self._data = self._hdr = self._payload = self._prod_pos = self._commit_hdr = None
+        for m in self._maps:
+            m.close()
+        self._maps = []
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_maps", None):
+            self._closed = True
+            self._teardown()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.size} bytes"
+        return f"<UserRingBuffer '{self.name}' {state}>"
+
+    def fileno(self) -> int:
+        """An fd that is writable while the ring has any free byte (for select/asyncio)."""
+        if self._closed:
+            raise ClosedError(f"user ring buffer '{self.name}' is closed")
+        return self._epoll.fileno()
+
+    epoll_fd = fileno
+
+    # -- producing --
+    #
+    # Headers are written with plain stores: a new sample's header before the
+    # producer_pos release that makes it visible, a reserved sample's commit
+    # with a release of its own (the xchg of libbpf's user_ringbuf_commit, a
+    # plain store on x86, see _PLAIN_RELEASE).
+
+    def _check_size(self, n: int) -> int:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise SampleSizeError(f"sample size must be a non-negative int, not {n!r}")
+        if n > self.max_sample:  # covers the BUSY/DISCARD bits and round_up(n + 8, 8) > size
+            raise SampleSizeError(f"a {n}-byte sample does not fit user ring buffer '{self.name}': "
+                                  f"at most {self.max_sample} bytes")
+        return (n + _ROUND) & _ALIGN
+
+    def _set_release(self, plain: bool) -> None:
+        """The release stores: ``_prod_pos[0] = pos`` (producer_pos) and
+        ``_commit_hdr[i] = header`` (the 8-byte header at data + 8 * i):
+        memoryview stores on x86, the C helper elsewhere (see _PLAIN_RELEASE)."""
+        if plain:
+            self._prod_pos = self._views[0]
+            self._commit_hdr = self._hdr
+        else:
+            self._prod_pos = _ReleaseStores(self._prod_addr, self._store_u64)
+            self._commit_hdr = _ReleaseStores(self._data_addr, self._store_u64)
+
+    def _publish(self) -> None:
+        """Releases producer_pos up to everything written (mutex held)."""
+        # pairs with the drain's smp_load_acquire of producer_pos: the headers and
+        # payloads written before are visible to the kernel with it
+        self._prod_pos[0] = self._prod
+
+    def _room(self, total: int) -> bool:
+        """True when ``total`` more bytes fit (mutex held)."""
+        if self.size - (self._prod - self._cons) >= total:
+            return True
+        # pairs with the kernel's smp_store_release of consumer_pos after a drain
+        self._cons = self._load_u64(self._cons_addr)
+        return self.size - (self._prod - self._cons) >= total
+
+    def _reserve(self, n: int, total: int) -> Sample | None:
+        """Reserves (mutex held); None when there is no room."""
+        if self._closed:
+            raise ClosedError(f"user ring buffer '{self.name}' is closed")
+        prod = self._prod
+        if prod + total - self._cons > self.size and not self._room(total):
+            return None
+        off = prod & self._mask
+        # BUSY first: the drain stops at this sample until it is committed
+        self._hdr[off >> 3] = (n | _BUSY) << _HDR_SHIFT
+        self._prod = end = prod + total
+        self._prod_pos[0] = end  # release: the BUSY header with it
+        sample = Sample()
+        sample.data = self._payload[off:off + n]
+        sample._ring = self
+        sample._pos = prod
+        sample._index = off >> 3
+        self._pending.add(sample)
+        return sample
+
+    def _full_error(self, n: int, total: int) -> RingBufferFullError:
+        free = self.size - (self._prod - self._cons)
+        return RingBufferFullError(f"user ring buffer '{self.name}' is full: a {n}-byte sample needs "
+                                   f"{total} bytes (with header and padding), {free} of {self.size} free")
+
+    def reserve(self, n: int) -> Sample:
+        """Reserves an ``n``-byte sample; fill ``sample.data`` then submit or discard it.
+
+        Raises :class:`RingBufferFullError` if the ring has no room now, and
+        :class:`SampleSizeError` (a :class:`pybpf.Error` and ``ValueError``) if
+        ``n`` can never fit (more than :attr:`max_sample`).
+        """
+        # This and submit() run once per sample: every bytecode shows in the
+        # rate (tools/bench_ringbuf.py), so the usual case is spelled out
+        # here and everything else goes to _reserve/_commit.
+        if n.__class__ is not int or n < 0 or n > self.max_sample:
+            self._check_size(n)  # raises, or accepts an int subclass
+        total = (n + _ROUND) & _ALIGN
+        self._take()
+        try:
+            prod = self._prod
+            if prod + total - self._cons > self.size:
+                sample = self._reserve(n, total)  # reloads consumer_pos
+                if sample is None:
+                    raise self._full_error(n, total)
+                return sample
+            off = prod & self._mask
+            index = off >> 3
+            try:
+                self._hdr[index] = (n | _BUSY) << _HDR_SHIFT
+            except TypeError:  # None: closed (_reserve says so)
+                return self._reserve(n, total)
+            self._prod = end = prod + total
+            self._prod_pos[0] = end  # release: the BUSY header with it
+            sample = Sample()
+            sample.data = self._payload[off:off + n]
+            sample._ring = self
+            sample._pos = prod
+            sample._index = index
+            self._pending.add(sample)
+            return sample
+        finally:
+            self._give(None)
+
+    def _wait_for_room(self, total: int, deadline: float | None, backoff: float) -> float:
+        """Waits (mutex not held) until ``total`` bytes may fit or the deadline; returns the next back-off."""
+        epoll = self._epoll
+        if epoll is None:
+            raise ClosedError(f"user ring buffer '{self.name}' is closed")
+        remaining = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            woke = epoll.poll(remaining, 1)
+        except (ValueError, OSError):  # closed by another thread meanwhile
+            woke = None
+        if self._closed:
+            raise ClosedError(f"user ring buffer '{self.name}' is closed")
+        if woke:
+            # EPOLLOUT fires while ANY byte is free; if the sample still does
+            # not fit, wait for the drain a little instead of spinning.
+            with self._lock:
+                if self._closed:
+                    raise ClosedError(f"user ring buffer '{self.name}' is closed")
+                fits = self._room(total)
+            if not fits:
+                pause = backoff if deadline is None else min(backoff, max(0.0, deadline - time.monotonic()))
+                time.sleep(pause)
+                backoff = min(backoff * 2, _FULL_BACKOFF_MAX)
+        return backoff
+
+    def reserve_blocking(self, n: int, timeout_ms: int | float | None = -1) -> Sample:
+        """Like :meth:`reserve`, but waits up to ``timeout_ms`` (-1 or None: forever) for room.
+
+        Raises :class:`pybpf.TimeoutError` when the time is up.
+        """
+        total = self._check_size(n)
+        forever = timeout_ms is None or timeout_ms < 0
+        deadline = None if forever else time.monotonic() + timeout_ms / 1000
+        backoff = _FULL_BACKOFF_MIN
+        while True:
+            with self._lock:
+                sample = self._reserve(n, total)
+                if sample is not None:
+                    return sample
+            if not forever and deadline - time.monotonic() <= 0:
+                with self._lock:
+                    free = self.size - (self._prod - self._cons)
+                raise TimeoutError(f"user ring buffer '{self.name}': no room for a {n}-byte sample "
+                                   f"({total} bytes) within {timeout_ms} ms; {free} of {self.size} bytes free")
+            backoff = self._wait_for_room(total, deadline, backoff)
+
+    def _commit(self, sample: Sample, flag: int, what: str) -> None:
+        """submit/discard, mutex held."""
+        if sample.__class__ is not Sample and not isinstance(sample, Sample):
+            raise Error(f"{what}() takes a Sample from reserve(), not {type(sample).__name__}")
+        if self._closed:
+            raise ClosedError(f"user ring buffer '{self.name}' is closed")
+        if sample not in self._pending:
+            if sample._ring is not self:
+                raise Error(f"{what}(): the sample belongs to another ring buffer")
+            raise Error(f"{what}(): the sample was already submitted or discarded")
+        data = sample.data
+        n = data.nbytes
+        try:
+            data.release()  # no writes through it after the commit
+        except BufferError:
+            raise Error(f"{what}(): something still holds a buffer export of sample.data "
+                        "(e.g. numpy.frombuffer, ctypes from_buffer): drop it first; "
+                        "the sample stays reserved") from None
+        self._pending.remove(sample)
+        # release: pairs with the drain's smp_load_acquire of the header
+        self._commit_hdr[sample._index] = (n | flag) << _HDR_SHIFT
+        if flag:
+            self.discards += 1
+        else:
+            self.records += 1
+            self.bytes += n
+
+    def submit(self, sample: Sample) -> None:
+        """Commits ``sample``: the kernel's drain will hand it to the BPF program."""
+        self._take()
+        try:
+            try:
+                self._pending.remove(sample)
+            except (KeyError, TypeError):
+                # not a pending sample of ours, or closed (close() empties
+                # pending): _commit says which
+                return self._commit(sample, 0, "submit")
+            data = sample.data
+            n = data.nbytes
+            try:
+                data.release()  # no writes through it after the commit
+            except BufferError:
+                self._pending.add(sample)
+                return self._commit(sample, 0, "submit")  # explains
+            # release: pairs with the drain's smp_load_acquire of the header
+            self._commit_hdr[sample._index] = n << _HDR_SHIFT
+            self.records += 1
+            self.bytes += n
+        finally:
+            self._give(None)
+
+    def discard(self, sample: Sample) -> None:
+        """Abandons ``sample``: the kernel's drain skips it and frees the space."""
+        self._take()
+        try:
+            self._commit(sample, _DISCARD, "discard")
+        finally:
+            self._give(None)
+
+    def write(self, data, timeout_ms: int | float | None = 0) -> None:
+        """Copies ``data`` (any bytes-like object) into the ring as one sample.
+
+        ``timeout_ms=0`` (the default) raises :class:`RingBufferFullError` at
+        once when there is no room; otherwise waits as :meth:`reserve_blocking`.
+        """
+        if data.__class__ is bytes or data.__class__ is bytearray:
+            payload, n = data, len(data)
+        else:
+            payload = memoryview(data).cast("B")
+            n = payload.nbytes
+        total = self._check_size(n) if n > self.max_sample else (n + _ROUND) & _ALIGN
+        if timeout_ms != 0:
+            sample = self.reserve_blocking(n, timeout_ms)
+            try:
+                sample.data[:] = payload
+            except BaseException:
+                self.discard(sample)
+                raise
+            self.submit(sample)
+            return
+        self._take()
+        try:
+            if self._closed:
+                raise ClosedError(f"user ring buffer '{self.name}' is closed")
+            prod = self._prod
+            if prod + total - self._cons > self.size and not self._room(total):
+                raise self._full_error(n, total)
+            off = prod & self._mask
+            start = off + _HDR
+            self._data[start:start + n] = payload
+            # committed from the start: it becomes visible with producer_pos
+            self._hdr[off >> 3] = n << _HDR_SHIFT
+            self._prod = prod + total
+            self._publish()
+            self.records += 1
+            self.bytes += n
+        finally:
+            self._give(None)
+
+    def write_batch(self, samples, timeout_ms: int | float | None = 0) -> int:
+        """Copies every bytes-like object of ``samples`` into the ring, in order, as
+        one sample each, and publishes them with one release of producer_pos.
+
+        Returns how many were written: all of them, or fewer when the ring
+        fills up (``timeout_ms=0``, the default) or stays full for
+        ``timeout_ms`` (-1 or None: wait as long as it takes).  Raises
+        :class:`SampleSizeError` before writing anything if a sample can never
+        fit.  Equal-length ``bytes`` samples take the fastest path (one
+        ``struct.pack_into`` per run of samples).
+        """
+        items = samples if samples.__class__ is list or samples.__class__ is tuple else list(samples)
+        count = len(items)
+        if not count:
+            return 0
+        uniform = _uniform_length(items)
+        if uniform >= 0:
+            views, sizes, biggest = items, None, uniform
+            if biggest > self.max_sample:
+                self._check_size(biggest)  # raises
+        else:
+            views, sizes = self._sample_views(items)
+        forever = timeout_ms is None or timeout_ms < 0
+        deadline = None if forever else time.monotonic() + timeout_ms / 1000
+        backoff = _FULL_BACKOFF_MIN
+        written = 0
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise ClosedError(f"user ring buffer '{self.name}' is closed")
+                if uniform >= 0:
+                    try:
+                        written += self._write_uniform(views, written, uniform)
+                    except (TypeError, struct.error):
+                        # equal lengths, but not all bytes/bytearray (struct's
+                        # "s" takes no other): nothing was published, go generic
+                        uniform = -1
+                        views, sizes = self._sample_views(items)
+                        written += self._write_each(views, sizes, written)
+                else:
+                    written += self._write_each(views, sizes, written)
+                if written == count:
+                    return count
+                needed = ((uniform if uniform >= 0 else sizes[written]) + _ROUND) & _ALIGN
+            if timeout_ms == 0 or (not forever and deadline - time.monotonic() <= 0):
+                return written
+            backoff = self._wait_for_room(needed, deadline, backoff)
+
+    def _sample_views(self, items) -> tuple[list, list]:
+        """Every sample as bytes-like 'B' data and its size; raises SampleSizeError first."""
+        views = [x if x.__class__ is bytes or x.__class__ is bytearray else memoryview(x).cast("B")
+                 for x in items]
+        sizes = [len(v) if v.__class__ is not memoryview else v.nbytes for v in views]
+        biggest = max(sizes)
+        if biggest > self.max_sample:
+            self._check_size(biggest)  # raises
+        return views, sizes
+
+    def _write_uniform(self, items, first: int, length: int) -> int:
+        """Writes items[first:] (bytes of ``length`` bytes each) as far as they fit (mutex held).
+
+        Per run of up to 256 samples: one struct.pack_into writes the payloads
+        (zeros where the headers go), one strided memoryview store writes the
+        headers.  The data area is mapped twice, so a run that wraps is
+        contiguous.  Raises TypeError or struct.error before anything is
+        published if an item is not bytes/bytearray.
+        """
+        stride = (length + _ROUND) & _ALIGN
+        want = len(items) - first
+        if self.size - (self._prod - self._cons) < want * stride:
+            self._room(want * stride)
+        n = min(want, (self.size - (self._prod - self._cons)) // stride)
+        if not n:
+            return 0
+        data, hdr, mask = self._data, self._hdr, self._mask
+        step = stride >> 3
+        prod = self._prod
+        done = 0
+        while done < n:
+            run = min(n - done, _UNPACK_RUN)
+            run = 1 << (run.bit_length() - 1)
+            packer, headers = _packer(length, stride, run)
+            off = prod & mask
+            packer.pack_into(data, off, *items[first + done:first + done + run])
+            i = off >> 3
+            hdr[i:i + run * step:step] = headers
+            prod += run * stride
+            done += run
+        self._prod = prod
+        self._publish()
+        self.records += n
+        self.bytes += n * length
+        return n
+
+    def _write_each(self, views, sizes, first: int) -> int:
+        """Writes views[first:] as far as they fit; under the lock."""
+        data, hdr, mask = self._data, self._hdr, self._mask
+        prod = self._prod
+        n = 0
+        nbytes = 0
+        for i in range(first, len(views)):
+            size = sizes[i]
+            total = (size + _ROUND) & _ALIGN
+            if self.size - (prod - self._cons) < total:
+                self._prod = prod  # _room measures from it
+                if not self._room(total):
+                    break
+            off = prod & mask
+            data[off + _HDR:off + _HDR + size] = views[i]
+            hdr[off >> 3] = size << _HDR_SHIFT
+            prod += total
+            n += 1
+            nbytes += size
+        self._prod = prod
+        if n:
+            self._publish()
+            self.records += n
+            self.bytes += nbytes
+        return n
+
+    @property
+    def free(self) -> int:
+        """Bytes free in the ring now (a sample takes round_up(n + 8, 8))."""
+        with self._lock:
+            if self._closed:
+                raise ClosedError(f"user ring buffer '{self.name}' is closed")
+            self._cons = self._load_u64(self._cons_addr)
+            return self.size - (self._prod - self._cons)
+
+
+_packers: dict[tuple[int, int], list] = {}
+
+
+def _uniform_length(items) -> int:
+    """The common length of ``items`` when they all have one, else -1 (their
+    types are left to struct.pack_into: its "s" takes bytes and bytearray)."""
+    try:
+        length = len(items[0])
+        lengths = list(map(len, items))
+    except TypeError:
+        return -1
+    return length if lengths.count(length) == len(lengths) else -1
+
+
+def _packer(length: int, stride: int, count: int) -> tuple[struct.Struct, memoryview]:
+    """A Struct writing ``count`` back-to-back samples of ``length`` bytes (zeros in
+    their 8-byte headers), and the ``count`` headers (native u64: len, pg_off 0)."""
+    key = (length, stride)
+    table = _packers.get(key)
+    if table is None:
+        if len(_packers) >= 64:
+            _packers.clear()
+        table = _packers[key] = [None] * (_UNPACK_RUN.bit_length())
+    i = count.bit_length() - 1
+    entry = table[i]
+    if entry is None:
+        pad = stride - _HDR - length
+        one = f"{_HDR}x{length}s" + (f"{pad}x" if pad else "")
+        headers = memoryview(struct.pack(f"={count}Q", *[length << _HDR_SHIFT] * count)).cast("B").cast("Q")
+        entry = table[i] = (struct.Struct("=" + one * count), headers)
+    return entry
+
