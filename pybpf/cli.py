@@ -212,10 +212,31 @@ def _set_variables(spec, items: list) -> None:
                 var.set(value)
 
 
+def _set_max_entries(spec, items: list) -> None:
+    """--max-entries MAP=N (MAP.inner=N for a map-in-map's inner map)."""
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            n = int(value, 0) if sep else -1
+        except ValueError:
+            n = -1
+        if n <= 0 or n >= 1 << 32:
+            raise pybpf.Error(f"--max-entries takes MAP=N with N from 1 to 2**32-1 (e.g. stacks=10240), "
+                              f"not {item!r}")
+        m = spec.maps.get(name)
+        if m is None and name.endswith(".inner") and name[:-len(".inner")] in spec.maps:
+            m = spec.maps[name[:-len(".inner")]].inner
+        if m is None:
+            raise pybpf.Error(f"--max-entries: no map {name!r} (this object has: "
+                              f"{', '.join(k for k, v in spec.maps.items() if not v.internal) or 'none'})")
+        m.max_entries = n
+
+
 def cmd_load(args) -> int:
     spec = pybpf.open(args.object)
     types = _type_overrides(spec, args.type)
     _set_variables(spec, args.set)
+    _set_max_entries(spec, args.max_entries)
     feeds: dict[str, list] = {}
     for item in args.feed:
         name, sep, value = item.partition("=")
@@ -367,6 +388,9 @@ def main(argv: list | None = None) -> int:
                         "(repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
                    help="set a global variable before loading (int, or hex:...; .rodata parameters too)")
+    p.add_argument("--max-entries", action="append", default=[], metavar="MAP=N",
+                   help="set MAP's max_entries before loading (maps the object leaves for user space to size; "
+                        "a ring buffer's size in bytes)")
     p.add_argument("--no-attach", action="store_true", help="load only; attach nothing")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     p.add_argument("--count", type=int, metavar="N", help="stop after N records")
@@ -404,6 +428,11 @@ def main(argv: list | None = None) -> int:
     except pybpf.VerifierError as e:
         print(f"pybpf: error: {e}", file=sys.stderr)
         if getattr(args, "log", False):
+            print(e.log, file=sys.stderr)
+        return 1
+    except pybpf.NotSupportedError as e:
+        print(f"pybpf: error: {e}", file=sys.stderr)
+        if getattr(args, "log", False) and getattr(e, "log", None):
             print(e.log, file=sys.stderr)
         return 1
     except pybpf.PermissionError as e:

@@ -31,6 +31,21 @@ class ClosedError(Error):
     """An operation was attempted on a closed map, program, link or buffer."""
 
 
+# errno values private to the kernel (include/linux/errno.h) that still reach user space
+# from bpf(2) and perf_event_open(2); libc has no name or text for them ("Unknown error 524")
+KERNEL_ERRNOS = {
+    524: ("ENOTSUPP", "operation not supported by the kernel"),
+}
+
+
+def errno_text(errno: int) -> tuple[str, str]:
+    """(symbolic name, description) of an errno, kernel-internal ones included:
+    ``("ENOTSUPP", "operation not supported by the kernel")`` for 524."""
+    if errno in KERNEL_ERRNOS:
+        return KERNEL_ERRNOS[errno]
+    return _errno.errorcode.get(errno, str(errno)), os.strerror(errno)
+
+
 class SyscallError(Error):
     """A system call failed.
 
@@ -41,8 +56,8 @@ class SyscallError(Error):
     def __init__(self, command: str, errno: int, message: str | None = None):
         self.command = command
         self.errno = errno
-        name = _errno.errorcode.get(errno, str(errno))
-        text = f"{command}: {os.strerror(errno)} ({name})"
+        name, description = errno_text(errno)
+        text = f"{command}: {description} ({name})"
         if message:
             text = f"{text}: {message}"
         super().__init__(text)

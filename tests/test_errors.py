@@ -346,12 +346,13 @@ def test_map_refused_by_kernel_names_map_and_releases_everything(no_fd_leak):
     spec = pybpf.open(program("maps_test"))
     # maps are created in order: array and percpu exist when hash is refused
     assert list(spec.maps).index("hash") > 0
-    spec.maps["hash"].max_entries = 0
+    spec.maps["hash"].key_size = 0      # the kernel refuses hash maps without a key
+    spec.maps["hash"].key_type_id = 0
     with pytest.raises(pybpf.SyscallError) as exc:
         spec.load()
     e = exc.value
     assert e.command == "BPF_MAP_CREATE"
-    assert "BPF_MAP_CREATE" in str(e) and "'hash'" in str(e) and "max_entries 0" in str(e)
+    assert "BPF_MAP_CREATE" in str(e) and "'hash'" in str(e) and "key_size 0" in str(e)
 
 
 @pytest.mark.kernel

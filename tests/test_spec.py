@@ -136,6 +136,18 @@ EXPECTED_PROGRAMS = {
         "sys_enter": ("raw_tp/sys_enter", ProgType.RAW_TRACEPOINT, None, "sys_enter"),
         "sys_exit": ("tp_btf/sys_exit", ProgType.TRACING, AttachType.TRACE_RAW_TP, "sys_exit"),
     },
+    "lockdown_helpers": {
+        "write_user": ("tracepoint/syscalls/sys_enter_getpid", ProgType.TRACEPOINT, None,
+                       "syscalls/sys_enter_getpid"),
+        "read_kernel": ("?tracepoint/syscalls/sys_enter_getpid", ProgType.TRACEPOINT, None,
+                        "syscalls/sys_enter_getpid"),
+    },
+    "max_entries_unset": {"on_getpid": ("tracepoint/syscalls/sys_enter_getpid", ProgType.TRACEPOINT, None,
+                                        "syscalls/sys_enter_getpid")},
+    "fsession_test": {"on_getpgid": ("fsession/do_getpgid", ProgType.TRACING, AttachType.TRACE_FSESSION,
+                                     "do_getpgid")},
+    "struct_ops_test": {n: (f"struct_ops/{n}", ProgType.STRUCT_OPS, None, n)
+                        for n in ("pybpf_ssthresh", "pybpf_cong_avoid", "pybpf_undo_cwnd")},
     "execsnoop": {
         "enter_execve": ("tracepoint/syscalls/sys_enter_execve", ProgType.TRACEPOINT, None,
                          "syscalls/sys_enter_execve"),

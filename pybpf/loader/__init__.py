@@ -44,7 +44,9 @@ def possible_cpus() -> int:
 
 def _ringbuf_size(size: int) -> int:
     """libbpf's adjust_ringbuf_sz: round up to page_size * 2^k (the kernel requires a
-    power-of-two multiple of the page size)."""
+    power-of-two multiple of the page size); 0 stays 0, for the user to see it refused."""
+    if size == 0:
+        return 0
     n = PAGE_SIZE
     while n < size:
         n <<= 1
@@ -328,12 +330,15 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
             failure = e
             break
     where = f"program {prog.name!r} (section {prog.section!r}, {ProgType(prog.prog_type).name})"
+    from .refusals import lockdown_refusal
+    lockdown = lockdown_refusal(log, prog, where)
+    if lockdown is not None:
+        raise lockdown from None
     if _log_is_empty(log):
         if failure.errno == _errno.EPERM and os.geteuid() == 0:
             raise NotSupportedError(_refused_by_kernel(prog, where)) from None
         if not log.strip():
             raise failure
-    reason, details = _verifier_summary(log, linked, btf)
     reason, details = _verifier_summary(log, linked, btf)
     from .core import failure_in_log
     core = failure_in_log(log, linked)
@@ -360,6 +365,8 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
             from ..spec.btf import BTF as _BTF
             target_btf = _BTF.load(os.fspath(target_btf))
         facts = KernelFacts.running(btf=target_btf)
+    from .refusals import check_object
+    check_object(spec, facts)       # struct_ops, kinds this kernel lacks, max_entries 0: before the kernel
     if spec.externs:
         from . import externs as _externs
         try:

@@ -394,6 +394,7 @@ class ObjectSpec:
         self.externs: dict[str, ExternSpec] = {}         # .kconfig and .ksyms externs
         self.kconfig_size = 0                            # bytes of the .kconfig map
         self.functions: dict[str, FunctionSpec] = {}     # every function, keyed by (section, start) internally
+        self.struct_ops: dict[str, tuple[str, str]] = {}  # .struct_ops[.link] variable -> (section, struct name)
         self._funcs_by_pos: dict[tuple[str, int], FunctionSpec] = {}
         self.content_digest = _cache.digest(data)        # names the object in pybpf's disk caches
         try:
@@ -477,6 +478,7 @@ class ObjectSpec:
         self._collect_functions()
         self._collect_maps()
         self._collect_internal_maps()
+        self._collect_struct_ops()
         self._add_kconfig_map()
         self._collect_relocations()
         self._collect_map_values()
@@ -844,6 +846,20 @@ class ObjectSpec:
                                        f"its {size}-byte section {name}")
                     self.variables[var.name] = VariableSpec(var.name, m, si.offset, si.size,
                                                             var.size_or_type, self.btf)
+
+    def _collect_struct_ops(self) -> None:
+        """The struct_ops variables (libbpf's .struct_ops and .struct_ops.link sections): not
+        loaded yet, but recorded so that loading says so (pybpf.loader.refusals)."""
+        for name, _, _ in self._sections:
+            if name != ".struct_ops" and not name.startswith(".struct_ops."):
+                continue
+            datasec = self.btf.by_name(name, Kind.DATASEC) if self.btf else []
+            for si in datasec[0].secinfos if datasec else ():
+                var = self.btf[si.type_id]
+                st = self.btf.resolve(var.size_or_type) if var.kind == Kind.VAR else None
+                self.struct_ops[var.name] = (name, st.name if st is not None else "?")
+            if not datasec:
+                self.struct_ops[name] = (name, "?")
 
     @staticmethod
     def _data_section_kind(name: str, sh) -> str | None:

@@ -98,6 +98,8 @@ SECTION_DEFS: tuple[SectionDef, ...] = (
     _d("fentry.s+", "TRACING", "TRACE_FENTRY", ATTACH_BTF | SLEEPABLE, "trace"),
     _d("fmod_ret.s+", "TRACING", "MODIFY_RETURN", ATTACH_BTF | SLEEPABLE, "trace"),
     _d("fexit.s+", "TRACING", "TRACE_FEXIT", ATTACH_BTF | SLEEPABLE, "trace"),
+    _d("fsession+", "TRACING", "TRACE_FSESSION", ATTACH_BTF, "trace"),
+    _d("fsession.s+", "TRACING", "TRACE_FSESSION", ATTACH_BTF | SLEEPABLE, "trace"),
     _d("freplace+", "EXT", None, ATTACH_BTF, "trace"),
     _d("lsm+", "LSM", "LSM_MAC", ATTACH_BTF, "lsm"),
     _d("lsm.s+", "LSM", "LSM_MAC", ATTACH_BTF | SLEEPABLE, "lsm"),
@@ -158,6 +160,28 @@ SECTION_DEFS: tuple[SectionDef, ...] = (
     _d("sk_lookup", "SK_LOOKUP", "SK_LOOKUP", ATTACHABLE),
     _d("netfilter", "NETFILTER", "NETFILTER"),
 )
+
+
+# what the newer section kinds are, for messages when the running kernel lacks them
+# (its BTF has no such BPF_<attach type> / BPF_PROG_TYPE_<type>)
+FEATURES = {
+    "fsession": "fsession (one tracing program run at both entry and exit of a kernel function, "
+                "attach type BPF_TRACE_FSESSION)",
+    "fsession.s": "sleepable fsession (attach type BPF_TRACE_FSESSION)",
+    "kprobe.session": "kprobe sessions (one kprobe.multi program at entry and return, "
+                      "attach type BPF_TRACE_KPROBE_SESSION)",
+    "uprobe.session": "uprobe sessions (one uprobe.multi program at entry and return, "
+                      "attach type BPF_TRACE_UPROBE_SESSION)",
+    "netkit/primary": "netkit devices (attach type BPF_NETKIT_PRIMARY)",
+    "netkit/peer": "netkit devices (attach type BPF_NETKIT_PEER)",
+    "netfilter": "netfilter hooks (program type BPF_PROG_TYPE_NETFILTER)",
+}
+
+
+def feature_name(sec_def: SectionDef) -> str:
+    """What a section kind is, in words: ``"fsession (one tracing program ...)"``, or
+    ``"SEC(\"tcx/ingress\") programs"`` for the kinds without a description."""
+    return FEATURES.get(sec_def.stem) or f"SEC(\"{sec_def.stem}\") programs"
 
 
 def match_section(name: str) -> SectionDef | None:
