@@ -17,7 +17,10 @@ class Variable:
 
     ``.data`` and ``.bss`` variables are read and written through the
     memory-mapped map (visible to the running programs at once); ``.rodata``
-    is frozen: reading works, writing raises :class:`pybpf.Error`.
+    is frozen: reading works, writing raises :class:`pybpf.Error`.  ``__arena``
+    globals are read and written in the mapped arena, where the loader put them
+    (``offset`` is from the arena's start: the map's data offset plus the
+    variable's place in ``.addr_space.1``).
     """
 
     def __init__(self, spec: VariableSpec, map: Map):
@@ -25,7 +28,7 @@ class Variable:
         self.map = map
         self.name = spec.name
         self.size = spec.size
-        self.offset = spec.offset
+        self.offset = spec.offset + map.data_offset
 
     @property
     def readonly(self) -> bool:
@@ -35,7 +38,7 @@ class Variable:
         """The current value (a copy), typed by BTF: an int for integers, str for char arrays,
         a typed struct (``bytes(value)`` gives the raw bytes)..."""
         mm = self.map.mmap()
-        return decode_value(mm[self.offset:self.offset + self.size], self.spec.btf, self.spec.type_id)
+        return decode_value(bytes(mm[self.offset:self.offset + self.size]), self.spec.btf, self.spec.type_id)
 
     def set(self, value) -> None:
         """Write the variable: raw bytes of its size, a typed value, or plain values (int, dict, tuple, str)."""

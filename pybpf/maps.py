@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno as _errno
 import mmap
 import os
+import sys
 from collections.abc import Iterator
 
 from .resource import Resource
@@ -20,6 +23,20 @@ _KEYLESS = (MapType.QUEUE, MapType.STACK, MapType.BLOOM_FILTER)
 _RAISE = object()
 # maps that have no key/value interface from user space
 _NO_ELEMENTS = frozenset({MapType.RINGBUF, MapType.USER_RINGBUF})
+
+
+# arenas are mapped with libc's mmap: the kernel wants them at a given address (map_extra),
+# which Python's mmap module cannot ask for
+_MAP_FIXED = 0x10
+_MAP_ANONYMOUS = 0x20
+_MAP_FIXED_NOREPLACE = 0x100000
+_MAP_FAILED = (1 << 64) - 1
+_libc_mmap = sc.libc["mmap"]
+_libc_mmap.restype = ctypes.c_void_p
+_libc_mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc_munmap = sc.libc["munmap"]
+_libc_munmap.restype = ctypes.c_int
+_libc_munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 
 
 def _type_name(t: int) -> str:
@@ -57,6 +74,7 @@ class Map(Resource):
         self.flags: int = spec.flags
         self._btf = btf
         self._mmap: mmap.mmap | None = None
+        self._arena: tuple | None = None          # (address, size, ctypes array, memoryview)
         if self.type in _PERCPU_TYPES:
             from .loader import possible_cpus
             self._ncpus = possible_cpus()
@@ -77,7 +95,9 @@ class Map(Resource):
         return self._fd < 0
 
     def close(self) -> None:
-        """Release the fd (and the mmap of an internal map). Idempotent."""
+        """Release the fd (and the mmap of an internal map or an arena). Idempotent."""
+        if self._arena is not None:
+            self._unmap_arena()
         if self._mmap is not None:
             try:
                 self._mmap.close()
@@ -215,8 +235,17 @@ class Map(Resource):
     def _write_initial(self, data: bytes) -> None:
         sc.map_update_elem(self.fd, bytearray(4), bytearray(data))
 
-    def mmap(self) -> mmap.mmap:
-        """The value of a BPF_F_MMAPABLE array map, memory-mapped (read-only for frozen .rodata)."""
+    def mmap(self) -> mmap.mmap | memoryview:
+        """The value of a BPF_F_MMAPABLE array map, memory-mapped (read-only for frozen .rodata).
+
+        For an ARENA map: a writable memoryview (format ``B``) of the whole arena, mapped
+        at the address the kernel fixes for it (``map_extra``, or the first mapping's); the
+        loader maps it before loading programs, as libbpf does.  Arena pointers that
+        programs store are addresses in this mapping: ``ptr - arena.address`` indexes the
+        view.  Views taken from it must not outlive the map: once it is closed they read
+        zeros."""
+        if self.type == MapType.ARENA:
+            return self._arena_view()
         if self._mmap is None:
             from .kernel.constants import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG
             if not self.flags & BPF_F_MMAPABLE:
@@ -226,6 +255,69 @@ class Map(Resource):
             prot = mmap.PROT_READ if self.flags & BPF_F_RDONLY_PROG else mmap.PROT_READ | mmap.PROT_WRITE
             self._mmap = mmap.mmap(self.fd, size, mmap.MAP_SHARED, prot)
         return self._mmap
+
+    # -- arenas ----------------------------------------------------------------------------
+
+    @property
+    def address(self) -> int:
+        """An ARENA map's address in this process (where :meth:`mmap` maps it)."""
+        if self.type != MapType.ARENA:
+            raise Error(f"map {self.name!r} is a {_type_name(self.type)}: only arenas have an address")
+        self._arena_view()
+        return self._arena[0]
+
+    @property
+    def data_offset(self) -> int:
+        """Where the object's global variables start in the mapped value: for an arena, the
+        offset of its ``__arena`` globals (libbpf's bpf_map__data_offset, at the end of the
+        arena); 0 for other maps."""
+        if self.type != MapType.ARENA:
+            return 0
+        return self.spec.arena_data_offset(mmap.PAGESIZE, self.max_entries)
+
+    def _arena_view(self) -> memoryview:
+        if self._arena is None:
+            size = self.max_entries * mmap.PAGESIZE
+            want = self.spec.map_extra
+            # the kernel takes an arena at map_extra only; never replace what is mapped there
+            flags = mmap.MAP_SHARED | (_MAP_FIXED_NOREPLACE if want else 0)
+            addr = _libc_mmap(want or None, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, self.fd, 0)
+            if addr is None or addr == _MAP_FAILED:
+                err = ctypes.get_errno()
+                where = f" at 0x{want:x}" if want else ""
+                hint = ""
+                if err == _errno.EEXIST:
+                    hint = (f": something else is mapped in [0x{want:x}, 0x{want + size:x}) of this process; "
+                            f"the arena's map_extra fixes its address (change it, or leave it 0)")
+                elif err == _errno.EINVAL:
+                    hint = ": the kernel fixed this arena's address elsewhere (another process mapped it first?)"
+                raise Error(f"map {self.name!r}: cannot mmap the arena ({size} bytes{where}): "
+                            f"{os.strerror(err)}{hint}")
+            if want and addr != want:        # a kernel without MAP_FIXED_NOREPLACE took it as a hint
+                _libc_munmap(addr, size)
+                raise Error(f"map {self.name!r}: the arena must be mapped at 0x{want:x} (its map_extra), but "
+                            f"this process has something there")
+            carr = (ctypes.c_ubyte * size).from_address(addr)
+            self._arena = (addr, size, carr, memoryview(carr).cast("B"))
+        return self._arena[3]
+
+    def _unmap_arena(self) -> None:
+        addr, size, carr, view = self._arena
+        self._arena = None
+        try:
+            view.release()
+            released = True
+        except BufferError:             # something holds a buffer exported by the view
+            released = False
+        del view
+        # sys.getrefcount counts its argument and our name: more means slices of the view live
+        if released and sys.getrefcount(carr) <= 2:
+            _libc_munmap(addr, size)
+        else:
+            # views are still alive: put zero pages in the arena's place, which releases the
+            # arena (its mapping held a reference) and lets stale views read zeros, not crash
+            _libc_mmap(addr, size, mmap.PROT_READ | mmap.PROT_WRITE,
+                       mmap.MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_FIXED, -1, 0)
 
     # -- queues, stacks and bloom filters (maps without keys) ------------------------------
 

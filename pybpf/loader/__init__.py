@@ -405,7 +405,14 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
                 if inner_fd >= 0:
                     os.close(inner_fd)
             m = obj._add_map(mspec, fd)
-            if mspec.data is not None:
+            if mspec.type == MapType.ARENA:
+                # mapped before any program loads (libbpf bpf_object__create_maps): the kernel fixes
+                # the arena's user address at the first mmap and resolves __arena globals against it
+                view = m.mmap()
+                if mspec.data:
+                    off = m.data_offset
+                    view[off:off + len(mspec.data)] = mspec.data
+            elif mspec.data is not None:
                 data = mspec.data
                 if mspec.section == ".kconfig":
                     data = _externs.resolution_for(spec, facts).kconfig

@@ -14,7 +14,11 @@ The rules are libbpf's (bpf_object__relocate and friends):
 - after appending the callee, imm = callee index - instruction index - 1;
 - ``ld_imm64`` against a ``.maps`` symbol: BPF_PSEUDO_MAP_FD with the map's fd;
 - ``ld_imm64`` against ``.data``/``.rodata``/``.bss``: BPF_PSEUDO_MAP_VALUE, the
-  map's fd in the first imm and the offset (symbol value + addend) in the second.
+  map's fd in the first imm and the offset (symbol value + addend) in the second;
+- ``ld_imm64`` against ``.addr_space.1`` (``__arena`` globals): BPF_PSEUDO_MAP_VALUE
+  against the ARENA map, offset = symbol value + addend + the arena's data offset
+  (libbpf bpf_program__record_reloc: sym_off = st_value + arena_data_off, then
+  bpf_object__relocate_data: insn[1].imm = insn[0].imm + sym_off).
 
 func_info and line_info records are rebased from byte offsets in their ELF
 section to instruction indexes in the linked program.
@@ -22,11 +26,12 @@ section to instruction indexes in the linked program.
 
 from __future__ import annotations
 
+import mmap
 
 from .._record import Record
 from ..errors import ObjectError
 from ..spec import insn as I
-from ..spec.object import STT_SECTION, FunctionSpec, ObjectSpec, ProgramSpec, Symbol
+from ..spec.object import ARENA_SEC, STT_SECTION, FunctionSpec, ObjectSpec, ProgramSpec, Symbol
 
 
 class MapRef(Record):
@@ -75,7 +80,8 @@ class LinkedProgram(Record):
                 I.set_src_reg(out, ref.insn, I.PSEUDO_MAP_FD)
             else:
                 I.set_src_reg(out, ref.insn, I.PSEUDO_MAP_VALUE)
-                I.set_imm(out, ref.insn + 1, ref.offset)
+                # the kernel reads the offset as u32 (an arena's can pass 2 GiB)
+                I.set_imm(out, ref.insn + 1, ref.offset - (1 << 32) if ref.offset >= 1 << 31 else ref.offset)
         return out
 
     def function_at(self, insn: int) -> tuple | None:
@@ -188,6 +194,9 @@ class _Linker:
                 raise self.fail(fn, local, f"refers to map symbol {sym.name!r}, which is not a map in .maps")
             self.map_refs.append(MapRef(idx, name))
             return
+        if section == ARENA_SEC:
+            self.relocate_arena(fn, local, idx, sym, imm)
+            return
         m = spec.internal_map_for_section(section)
         if m is None:
             raise self.fail(fn, local, f"refers to {sym.name or section!r} in section {section!r}, which is not "
@@ -196,6 +205,21 @@ class _Linker:
         if not 0 <= offset < max(m.value_size, 1):
             raise self.fail(fn, local, f"offset {offset} is outside section {section} ({m.value_size} bytes)")
         self.map_refs.append(MapRef(idx, m.name, offset))
+
+    def relocate_arena(self, fn: FunctionSpec, local: int, idx: int, sym: Symbol, imm: int) -> None:
+        """An ``__arena`` global: a value address in the arena map, past the arena's data offset."""
+        arena = self.spec.arena_map()
+        if arena is None or arena.data is None:
+            raise self.fail(fn, local, f"refers to __arena global {sym.name or ARENA_SEC!r}, but the object "
+                                       f"declares no ARENA map in SEC(\".maps\")")
+        offset = imm + (0 if sym.type == STT_SECTION else sym.value)
+        if not 0 <= offset < len(arena.data):
+            raise self.fail(fn, local, f"offset {offset} is outside section {ARENA_SEC} ({len(arena.data)} bytes)")
+        try:
+            base = arena.arena_data_offset(mmap.PAGESIZE)
+        except ObjectError as e:
+            raise self.fail(fn, local, str(e)) from None
+        self.map_refs.append(MapRef(idx, arena.name, base + offset))
 
     def rebase_btf_ext(self, linked: LinkedProgram) -> None:
         ext = self.spec.btf_ext

@@ -58,12 +58,18 @@ MAP_TYPE_HASH_OF_MAPS = 13
 _VALUES_MAP_TYPES = (MAP_TYPE_PROG_ARRAY, MAP_TYPE_ARRAY_OF_MAPS, MAP_TYPE_HASH_OF_MAPS)
 MAP_TYPE_RINGBUF = 27
 MAP_TYPE_USER_RINGBUF = 31
+MAP_TYPE_ARENA = 33
 BPF_F_RDONLY_PROG = 1 << 7
 BPF_F_MMAPABLE = 1 << 10
+#: the section clang puts ``__arena`` globals in (``__attribute__((address_space(1)))``)
+ARENA_SEC = ".addr_space.1"
 
 # members a BTF-defined map may have (libbpf parse_btf_map_def)
 _MAP_DEF_MEMBERS = ("type", "max_entries", "map_flags", "numa_node", "map_extra", "key_size", "value_size",
                     "key", "value", "pinning", "values")
+# members libbpf also reads from __ulong(name, V), an enum member whose only enumerator is V
+# (get_map_field_long: ENUM or ENUM64 with vlen 1); the others are 32-bit __uint() only
+_MAP_DEF_ULONG_MEMBERS = ("map_extra",)
 
 
 class Symbol(Record):
@@ -155,8 +161,11 @@ class MapSpec(Record):
     """A map to create: from a BTF-defined ``.maps`` entry or an internal data section.
 
     Internal maps (``.data``, ``.rodata``, ``.bss``) have ``section`` set and
-    ``data`` holding the initial image of the section.  ``max_entries`` and
-    ``value_size`` may be changed before loading.
+    ``data`` holding the initial image of the section.  An ARENA map's ``data``
+    is the image of the object's ``__arena`` globals (section ``.addr_space.1``),
+    or None without them: it is copied to the end of the arena after creation
+    (:meth:`arena_data_offset`).  ``max_entries`` and ``value_size`` may be
+    changed before loading.
     """
 
     _fields = ("name", "type", "key_size", "value_size", "max_entries", "flags", "key_type_id",
@@ -197,6 +206,22 @@ class MapSpec(Record):
     def readonly(self) -> bool:
         """True for ``.rodata`` maps: frozen after load, read-only to programs and user space."""
         return bool(self.flags & BPF_F_RDONLY_PROG)
+
+    def arena_data_offset(self, page_size: int, max_entries: int | None = None) -> int:
+        """Where an arena's ``__arena`` globals start in the arena: libbpf's arena_data_off,
+        the arena's size (``max_entries`` pages) less the globals' size rounded up to whole
+        pages, so that they end with the arena (libbpf init_arena_map_data).  Raises
+        ObjectError when the globals do not fit."""
+        if self.type != MAP_TYPE_ARENA or not self.data:
+            return 0
+        arena_size = page_size * (self.max_entries if max_entries is None else max_entries)
+        data_size = -(-len(self.data) // page_size) * page_size
+        if data_size > arena_size:
+            raise ObjectError(f"arena {self.name!r} is {arena_size} bytes ({arena_size // page_size} pages of "
+                              f"{page_size}), too small for the object's {len(self.data)} bytes of __arena "
+                              f"globals ({ARENA_SEC}): raise its max_entries to at least "
+                              f"{data_size // page_size}")
+        return arena_size - data_size
 
     def __repr__(self) -> str:
         return (f"<MapSpec {self.name} type={self.type} key_size={self.key_size} "
@@ -255,7 +280,8 @@ def decode_value(raw, btf: BTF | None, type_id: int):
 
 
 class VariableSpec(Record):
-    """A global variable in ``.data``/``.rodata``/``.bss``, from the object's BTF.
+    """A global variable in ``.data``/``.rodata``/``.bss`` (or an ``__arena`` global, in the
+    arena map: ``offset`` is then from the start of ``.addr_space.1``), from the object's BTF.
 
     Before loading, :meth:`set` changes the initial value the map is created
     with (this is how ``const volatile`` ``.rodata`` parameters are set).
@@ -274,7 +300,7 @@ class VariableSpec(Record):
 
     @property
     def section(self) -> str:
-        return self.map.section
+        return ARENA_SEC if self.map.type == MAP_TYPE_ARENA else self.map.section
 
     @property
     def type_name(self) -> str:
@@ -375,6 +401,32 @@ def internal_map_name(obj_name: str, section: str) -> str:
         pfx_len = min(BPF_OBJ_NAME_LEN - sfx_len - 1, len(obj_name))
     name = (obj_name[:max(pfx_len, 0)] + section)[:BPF_OBJ_NAME_LEN - 1]
     return "".join(c if (c.isalnum() or c in "_.") else "_" for c in name)
+
+
+def _map_def_number(btf: BTF, map_name: str, attr: str, mt) -> int:
+    """A numeric map attribute: ``__uint(name, N)`` is a pointer to an array of N elements;
+    ``__ulong(name, N)`` (map_extra only, as in libbpf's get_map_field_long) is an enum or
+    enum64 whose single enumerator is N."""
+    if mt is not None and mt.kind == Kind.PTR:
+        arr = btf.resolve(mt.size_or_type)
+        if arr is None or arr.kind != Kind.ARRAY:
+            raise BTFError(f"map {map_name!r}: attribute {attr!r} is not declared with __uint() (a pointer "
+                           f"to an array, got a pointer to {btf.type_name(mt.size_or_type)})")
+        return arr.nelems
+    if mt is not None and mt.kind in (Kind.ENUM, Kind.ENUM64):
+        if attr not in _MAP_DEF_ULONG_MEMBERS:
+            raise BTFError(f"map {map_name!r}: attribute {attr!r} is declared with __ulong(), which libbpf "
+                           f"accepts only for {', '.join(_MAP_DEF_ULONG_MEMBERS)}: use __uint({attr}, ...)")
+        if len(mt.values) != 1:
+            raise BTFError(f"map {map_name!r}: attribute {attr!r} is an enum with {len(mt.values)} "
+                           f"enumerators; __ulong({attr}, N) declares exactly one")
+        value = mt.values[0].value
+        if value < 0:
+            raise BTFError(f"map {map_name!r}: attribute {attr!r} is negative ({value}); give an unsigned value")
+        return value
+    what = "nothing" if mt is None else f"{mt.kind.name} {btf.type_name(mt.id)}"
+    how = "__uint() or __ulong()" if attr in _MAP_DEF_ULONG_MEMBERS else "__uint()"
+    raise BTFError(f"map {map_name!r}: attribute {attr!r} is not declared with {how} (its type is {what})")
 
 
 class ObjectSpec:
@@ -478,6 +530,7 @@ class ObjectSpec:
         self._collect_functions()
         self._collect_maps()
         self._collect_internal_maps()
+        self._collect_arena()
         self._collect_struct_ops()
         self._add_kconfig_map()
         self._collect_relocations()
@@ -802,13 +855,7 @@ class ObjectSpec:
                                    f"definition (a struct with __uint(type, ...) ...)")
                 spec.inner = self._parse_map_def(name + ".inner", ptr.size_or_type, 0, inner=True)
             else:
-                # __uint(name, N) is a pointer to an array of N elements
-                if mt is None or mt.kind != Kind.PTR:
-                    raise BTFError(f"map {name!r}: attribute {m.name!r} is not declared with __uint()")
-                arr = btf.resolve(mt.size_or_type)
-                if arr is None or arr.kind != Kind.ARRAY:
-                    raise BTFError(f"map {name!r}: attribute {m.name!r} is not declared with __uint()")
-                value = arr.nelems
+                value = _map_def_number(btf, name, m.name, mt)
                 attr = {"map_flags": "flags"}.get(m.name, m.name)
                 if attr in ("key_size", "value_size") and getattr(spec, attr) and getattr(spec, attr) != value:
                     raise ObjectError(f"map {name!r}: {attr} {value} conflicts with its __type size "
@@ -860,6 +907,37 @@ class ObjectSpec:
                 self.struct_ops[var.name] = (name, st.name if st is not None else "?")
             if not datasec:
                 self.struct_ops[name] = (name, "?")
+
+    def _collect_arena(self) -> None:
+        """The ARENA map and the ``__arena`` globals (libbpf >= 1.4, bpf_object__init_user_btf_maps):
+        one ARENA map at most; the ``.addr_space.1`` section's image becomes its ``data``, and its
+        BTF DATASEC's variables become variables of the arena."""
+        arenas = [m for m in self.maps.values() if m.type == MAP_TYPE_ARENA]
+        if len(arenas) > 1:
+            raise ObjectError(f"maps {arenas[0].name!r} and {arenas[1].name!r} are both ARENA maps: an object "
+                              f"may declare one arena only (as in libbpf)")
+        idx = self._sec_index.get(ARENA_SEC)
+        if idx is None:
+            return
+        _, sh, body = self._sections[idx]
+        if sh["sh_size"] == 0:
+            return
+        if not arenas:
+            raise ObjectError(f"the object has __arena globals (section {ARENA_SEC}) but no arena: declare the "
+                              f"ARENA map in SEC(\".maps\") (__uint(type, BPF_MAP_TYPE_ARENA))")
+        arena = arenas[0]
+        arena.data = bytearray(sh["sh_size"]) if sh["sh_type"] == "SHT_NOBITS" else bytearray(body)
+        datasec = self.btf.by_name(ARENA_SEC, Kind.DATASEC) if self.btf else []
+        for si in datasec[0].secinfos if datasec else ():
+            var = self.btf[si.type_id]
+            if var.kind != Kind.VAR:
+                continue
+            self.variables[var.name] = VariableSpec(var.name, arena, si.offset, si.size, var.size_or_type,
+                                                    self.btf)
+
+    def arena_map(self) -> MapSpec | None:
+        """The object's ARENA map, if it declares one."""
+        return next((m for m in self.maps.values() if m.type == MAP_TYPE_ARENA), None)
 
     @staticmethod
     def _data_section_kind(name: str, sh) -> str | None:
