@@ -14,18 +14,22 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* .rodata: only this process (tgid): bpf_probe_write_user writes into the
+ * memory of whichever process made the call */
+const volatile __u32 target_tgid = 0;
+
 /* .bss: set from user space; 0 means "do nothing" */
 __u64 user_addr;
 __u64 kernel_addr;
 __u64 kernel_word;
 
-/* Writes 8 bytes into the user address user_addr on getpid(). */
+/* Writes 8 bytes at user address user_addr of process target_tgid on its getpid(). */
 SEC("tracepoint/syscalls/sys_enter_getpid")
 int write_user(void *ctx)
 {
 	__u64 value = 0x70796270665f6f6b;	/* "ko_fpbyp" */
 
-	if (user_addr)
+	if (user_addr && target_tgid && (bpf_get_current_pid_tgid() >> 32) == target_tgid)
 		bpf_probe_write_user((void *)user_addr, &value, sizeof(value));
 	return 0;
 }
