@@ -7,6 +7,7 @@ import errno as _errno
 import mmap
 import os
 import sys
+import weakref
 from collections.abc import Iterator
 
 from .resource import Resource
@@ -74,7 +75,7 @@ class Map(Resource):
         self.flags: int = spec.flags
         self._btf = btf
         self._mmap: mmap.mmap | None = None
-        self._arena: tuple | None = None          # (address, size, ctypes array, memoryview)
+        self._arena: tuple | None = None          # (address, size, memory, memoryview, munmap finalizer)
         if self.type in _PERCPU_TYPES:
             from .loader import possible_cpus
             self._ncpus = possible_cpus()
@@ -297,12 +298,14 @@ class Map(Resource):
                 _libc_munmap(addr, size)
                 raise Error(f"map {self.name!r}: the arena must be mapped at 0x{want:x} (its map_extra), but "
                             f"this process has something there")
-            carr = (ctypes.c_ubyte * size).from_address(addr)
-            self._arena = (addr, size, carr, memoryview(carr).cast("B"))
+            mem = type("ArenaMemory", (ctypes.c_ubyte * size,), {}).from_address(addr)
+            # the address range is unmapped when the last view of it goes (or by close())
+            unmap = weakref.finalize(mem, _libc_munmap, addr, size)
+            self._arena = (addr, size, mem, memoryview(mem).cast("B"), unmap)
         return self._arena[3]
 
     def _unmap_arena(self) -> None:
-        addr, size, carr, view = self._arena
+        addr, size, carr, view, unmap = self._arena
         self._arena = None
         try:
             view.release()
@@ -312,10 +315,11 @@ class Map(Resource):
         del view
         # sys.getrefcount counts its argument and our name: more means slices of the view live
         if released and sys.getrefcount(carr) <= 2:
-            _libc_munmap(addr, size)
+            unmap()
         else:
             # views are still alive: put zero pages in the arena's place, which releases the
-            # arena (its mapping held a reference) and lets stale views read zeros, not crash
+            # arena (its mapping held a reference) and lets stale views read zeros, not crash;
+            # the finalizer unmaps them with the last view
             _libc_mmap(addr, size, mmap.PROT_READ | mmap.PROT_WRITE,
                        mmap.MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_FIXED, -1, 0)
 

@@ -495,3 +495,92 @@ def test_bad_section_table_fields_are_named(field, value, message):
     struct.pack_into("<H", data, field, value)
     with pytest.raises(pybpf.ObjectError, match=message):
         pybpf.ObjectSpec(bytes(data), path="bad.o")
+
+
+# -- __ulong() map attributes (libbpf's get_map_field_long) -----------------------------------------
+
+def _map_def_spec(extra_member):
+    """An ObjectSpec shell over hand-built BTF: struct { __uint(type, ARENA); __uint(max_entries, 8);
+    <extra_member> } (extra_member(builder) -> (member name, type id))."""
+    from btf_builder import BTFBuilder
+    from pybpf.spec.object import ObjectSpec
+    b = BTFBuilder()
+    i32 = b.int_("int", 4, signed=True)
+    u32 = b.int_("unsigned int", 4)
+
+    def uint(n):
+        return b.ptr(b.array(i32, n, index=u32))
+    name, type_id = extra_member(b)
+    st = b.struct("", 24, [("type", uint(MapType.ARENA), 0), ("max_entries", uint(8), 64),
+                           (name, type_id, 128)])
+    spec = ObjectSpec.__new__(ObjectSpec)
+    spec.btf = b.btf()
+    return spec, st
+
+
+def test_ulong_map_extra_enum64():
+    spec, st = _map_def_spec(lambda b: ("map_extra", b.enum64("", [("__unique_value0", 1 << 44)])))
+    m = spec._parse_map_def("arena", st, 0)
+    assert (m.type, m.max_entries, m.map_extra) == (MapType.ARENA, 8, 1 << 44)
+
+
+def test_ulong_map_extra_full_64_bits():
+    spec, st = _map_def_spec(lambda b: ("map_extra", b.enum64("", [("__unique_value3", (1 << 64) - 4096)])))
+    assert spec._parse_map_def("arena", st, 0).map_extra == (1 << 64) - 4096
+
+
+def test_ulong_map_extra_32_bit_enum():
+    # a value that fits 32 bits: clang emits a plain ENUM
+    spec, st = _map_def_spec(lambda b: ("map_extra", b.enum("", [("__unique_value1", 0x8000_0000)])))
+    assert spec._parse_map_def("arena", st, 0).map_extra == 0x8000_0000
+
+
+def test_uint_map_extra_still_accepted():
+    def member(b):
+        return "map_extra", b.ptr(b.array(b.int_("int", 4, signed=True), 3, index=b.int_("u32", 4)))
+    spec, st = _map_def_spec(member)
+    assert spec._parse_map_def("bloom", st, 0).map_extra == 3
+
+
+def test_ulong_with_two_enumerators_is_refused():
+    spec, st = _map_def_spec(lambda b: ("map_extra", b.enum64("", [("a", 1), ("b", 2)])))
+    with pytest.raises(pybpf.BTFError, match=r"'map_extra' is an enum with 2 enumerators; __ulong\(map_extra, N\) "
+                                             r"declares exactly one"):
+        spec._parse_map_def("arena", st, 0)
+
+
+def test_ulong_negative_is_refused():
+    spec, st = _map_def_spec(lambda b: ("map_extra", b.enum64("", [("v", -4096)], signed=True)))
+    with pytest.raises(pybpf.BTFError, match=r"'map_extra' is negative \(-4096\)"):
+        spec._parse_map_def("arena", st, 0)
+
+
+@pytest.mark.parametrize("attr", ["max_entries", "map_flags", "numa_node", "key_size", "value_size", "pinning"])
+def test_ulong_only_for_map_extra_as_in_libbpf(attr):
+    from btf_builder import BTFBuilder
+    from pybpf.spec.object import ObjectSpec
+    b = BTFBuilder()
+    i32 = b.int_("int", 4, signed=True)
+    arr = b.ptr(b.array(i32, MapType.HASH, index=i32))
+    st = b.struct("", 16, [("type", arr, 0), (attr, b.enum64("", [("__unique_value2", 4)]), 64)])
+    spec = ObjectSpec.__new__(ObjectSpec)
+    spec.btf = b.btf()
+    with pytest.raises(pybpf.BTFError, match=rf"'{attr}' is declared with __ulong\(\), which libbpf accepts only "
+                                             rf"for map_extra: use __uint\({attr}, \.\.\.\)"):
+        spec._parse_map_def("m", st, 0)
+
+
+def test_map_extra_of_another_kind_names_both_macros():
+    spec, st = _map_def_spec(lambda b: ("map_extra", b.int_("long", 8)))
+    with pytest.raises(pybpf.BTFError, match=r"'map_extra' is not declared with __uint\(\) or __ulong\(\) "
+                                             r"\(its type is INT long\)"):
+        spec._parse_map_def("arena", st, 0)
+
+
+def test_ulong_in_a_compiled_object():
+    # programs/arena_test.bpf.c: __ulong(map_extra, 0x5ull << 40); the member's BTF is an ENUM64
+    spec = pybpf.open(program("arena_test"))
+    st = spec.btf.resolve(spec.btf[spec.maps["arena"].btf_var_id].size_or_type)
+    member = next(m for m in st.members if m.name == "map_extra")
+    assert spec.btf.resolve(member.type_id).kind == Kind.ENUM64
+    assert spec.maps["arena"].map_extra == 0x5 << 40
