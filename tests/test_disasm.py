@@ -148,8 +148,10 @@ def _bpftool(prog_id: int, *extra: str) -> list[str]:
     return out.rstrip("\n").split("\n")
 
 
+# objects made to be refused (test_errors.py, test_refusals.py) are not loadable
+REFUSED = {"verifier_fail", "max_entries_unset", "struct_ops_test"}
 LOADABLE = sorted(os.path.basename(p)[:-2] for p in glob.glob(str(PROGRAMS / "*.o"))
-                  if not p.endswith("verifier_fail.o"))
+                  if os.path.basename(p)[:-2] not in REFUSED)
 
 
 # --- ALU / ALU64 ---------------------------------------------------------------------------
@@ -525,14 +527,16 @@ def test_func_signature_forms():
 @pytest.mark.kernel
 @pytest.mark.skipif(shutil.which("bpftool") is None, reason="needs bpftool")
 @pytest.mark.parametrize("name", LOADABLE)
-def test_xlated_matches_bpftool(name, no_fd_leak):
+def test_xlated_matches_bpftool(name, no_fd_leak, not_supported_skip):
     """Every program of every loadable object: our lines equal ``bpftool prog dump xlated``
     (and with ``linum``), after the two normalizations documented at _normalized."""
     import pybpf
     from conftest import program
 
     checked = 0
-    with pybpf.load(program(name)) as obj:
+    with not_supported_skip:       # a program this kernel refuses (lockdown, no such attach type...)
+        obj = pybpf.load(program(name))
+    with obj:
         for prog in obj.programs.values():
             for linum in (False, True):
                 # read kallsyms after loading: the JITed subprograms are named there
