@@ -4,7 +4,9 @@ The ring buffers share positions and record headers with the kernel, which
 orders them with ``smp_store_release``/``smp_load_acquire``/``xchg``.  Python
 cannot express that ordering, so a tiny C helper (``pybpf/_atomics.c``, built by
 ``pip install .``) provides it and this module loads it with ctypes on first
-use.
+use.  :func:`module` imports the same file as the extension module
+``pybpf._atomics`` (its ``SampleBuffer`` type: a reserved user ring buffer
+sample with the buffer protocol).
 
 Every function takes a raw address (an ``int``).  The caller must keep the
 memory mapped for the duration of the call.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import importlib.util
 import os
 import sys
 import threading
@@ -22,7 +25,7 @@ from .errors import Error
 
 __all__ = [
     "load_acquire_u64", "store_release_u64", "load_acquire_u32",
-    "xchg_acq_rel_u32", "fence_acquire", "library", "library_path",
+    "xchg_acq_rel_u32", "fence_acquire", "library", "library_path", "module",
 ]
 
 _NOT_BUILT = "pybpf's C helper (_atomics) is not built: run 'pip install .' in the pybpf source tree"
@@ -42,6 +45,7 @@ _SIGNATURES = {
 
 _lock = threading.Lock()
 _lib: ctypes.PyDLL | None = None
+_module = None
 
 
 def _candidates():
@@ -92,6 +96,35 @@ def library() -> ctypes.PyDLL:
                             "rebuild it with 'pip install .' in the pybpf source tree") from exc
             _lib = lib
     return _lib
+
+
+def module():
+    """The C helper as the extension module ``pybpf._atomics`` (imported on first call).
+
+    Found by :func:`library_path`, so it works when the source tree shadows the
+    installed package, where ``import pybpf._atomics`` would not find it.
+    """
+    global _module
+    mod = _module
+    if mod is not None:
+        return mod
+    with _lock:
+        if _module is None:
+            mod = sys.modules.get("pybpf._atomics")
+            if mod is None:
+                path = library_path()
+                try:
+                    loader = importlib.machinery.ExtensionFileLoader("pybpf._atomics", path)
+                    spec = importlib.util.spec_from_file_location("pybpf._atomics", path, loader=loader)
+                    mod = importlib.util.module_from_spec(spec)
+                    loader.exec_module(mod)
+                    mod.SampleBuffer  # noqa: B018  (an old build has no such type)
+                except (ImportError, AttributeError) as exc:
+                    raise Error(f"pybpf's C helper at {path} is unusable ({exc}): "
+                                "rebuild it with 'pip install .' in the pybpf source tree") from exc
+                sys.modules["pybpf._atomics"] = mod
+            _module = mod
+    return _module
 
 
 def load_acquire_u64(addr: int) -> int:

@@ -756,3 +756,160 @@ def test_wrong_map_type_on_real_maps(no_fd_leak, obj):
         RingBuffer(obj.maps["urb"], print)
     with pytest.raises(pybpf.Error, match="use RingBuffer"):
         UserRingBuffer(obj.maps["rb"])
+
+
+# --- the reserved sample is a buffer (issue 2's contract) ---------------------
+
+def echoed(obj, urb_map_count: int) -> list[bytes]:
+    """Drains ``urb`` with echo and returns the bytes the kernel received, in order."""
+    got = Collect()
+    with RingBuffer(obj.maps["rb"], got) as rb:
+        assert drain(obj, echo=True) == urb_map_count
+        assert var(obj, "echo_failures") == 0
+        assert rb.consume() == urb_map_count
+    return got.records
+
+
+@pytest.mark.kernel
+def test_reserved_sample_is_a_writable_buffer_the_kernel_receives(obj):
+    import ctypes
+
+    class Thirteen(ctypes.LittleEndianStructure):
+        _pack_ = 1
+        _fields_ = [("seq", ctypes.c_uint32), ("tail", ctypes.c_uint8 * 9)]
+
+    expected = []
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        s = urb.reserve(7)  # odd sizes: the payload is not 8-aligned at its end
+        assert len(s) == 7
+        struct.pack_into("<I3s", s, 0, 0x01020304, b"abc")
+        assert bytes(s) == struct.pack("<I3s", 0x01020304, b"abc")
+        expected.append(bytes(s))
+        urb.submit(s)
+
+        s = urb.reserve(5)
+        s[0:4] = b"WXYZ"
+        s[4] = 0x7F
+        assert (s[0], s[1:3], len(s)) == (ord("W"), b"XY", 5)
+        expected.append(b"WXYZ\x7f")
+        urb.submit(s)
+
+        s = urb.reserve(9)
+        m = memoryview(s)
+        assert (m.nbytes, m.readonly, m.format) == (9, False, "B")
+        m[:] = b"memoryvw!"
+        m.release()
+        expected.append(b"memoryvw!")
+        urb.submit(s)
+
+        s = urb.reserve(13)
+        t = Thirteen.from_buffer(s)
+        t.seq = 0xDEADBEEF
+        t.tail[:] = range(9)
+        del t  # the ctypes object holds an export: submit refuses while it lives
+        expected.append(struct.pack("<I", 0xDEADBEEF) + bytes(range(9)))
+        urb.submit(s)
+
+        s = urb.reserve_blocking(6, 1000)
+        struct.pack_into("<HI", s, 0, 0xBEEF, 6)
+        expected.append(struct.pack("<HI", 0xBEEF, 6))
+        urb.discard(s)  # a discarded one never reaches the program
+        expected.pop()
+        s = urb.reserve_blocking(6, 1000)
+        struct.pack_into("<HI", s, 0, 0xCAFE, 6)
+        expected.append(struct.pack("<HI", 0xCAFE, 6))
+        s.submit()
+
+        with urb.reserve(3) as s:
+            s[:] = b"ctx"
+        expected.append(b"ctx")
+        s = urb.reserve(2)
+        s.data[:] = b"dt"  # the pre-buffer API still works
+        expected.append(b"dt")
+        urb.submit(s)
+        assert urb.records == len(expected) and urb.discards == 1
+    assert echoed(obj, len(expected)) == expected
+
+
+@pytest.mark.kernel
+def test_a_live_view_blocks_submit_and_nothing_writes_after_it(obj):
+    import ctypes
+
+    from pybpf.ringbuf import SampleClosedError, SampleExportedError
+
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        s = urb.reserve(8)
+        s[:] = b"original"
+        view = memoryview(s)
+        derived = view[2:6]  # outlives view.release(): why a memoryview is not enough
+        view.release()
+        with pytest.raises(SampleExportedError, match="still alive.*stays reserved") as err:
+            urb.submit(s)
+        assert isinstance(err.value, BufferError) and isinstance(err.value, pybpf.Error)
+        assert drain(obj) == 0  # still reserved (BUSY): the drain stops at it
+        derived.release()
+        urb.submit(s)
+
+        c = urb.reserve(8)
+        c[:] = b"ctypes!!"
+        alive = (ctypes.c_char * 8).from_buffer(c)
+        with pytest.raises(SampleExportedError):
+            urb.discard(c)
+        with pytest.raises(SampleExportedError):
+            c.submit()
+        assert alive.raw == b"ctypes!!"
+        del alive
+        data = c.data  # .data is the sample's own view: released by the commit
+        urb.submit(c)
+
+        for stale in (s, c):
+            with pytest.raises(TypeError):  # struct replaces our SampleClosedError with its own
+                struct.pack_into("<Q", stale, 0, 1)
+            with pytest.raises(SampleClosedError):
+                stale[0:1] = b"x"
+            with pytest.raises(SampleClosedError):
+                memoryview(stale)
+            with pytest.raises(SampleClosedError):
+                ctypes.c_uint64.from_buffer(stale)
+            with pytest.raises(pybpf.ClosedError):
+                bytes(stale)
+            with pytest.raises(ValueError):
+                stale.data
+            assert len(stale) == 8 and stale.committed
+        with pytest.raises(ValueError):
+            data[0] = 0
+        with pytest.raises(pybpf.Error, match="already submitted"):
+            urb.submit(s)
+    assert echoed(obj, 2) == [b"original", b"ctypes!!"]
+
+
+@pytest.mark.kernel
+def test_close_with_a_live_view_discards_the_sample_and_keeps_the_memory(obj):
+    urb = UserRingBuffer(obj.maps["urb"])
+    s = urb.reserve(8)
+    view = memoryview(s)
+    urb.close()  # a BUSY sample would wedge the drain: discarded by force
+    view[:] = b"stillmap"  # mapped until the view goes: no crash, nobody reads it
+    with pytest.raises(pybpf.ClosedError):
+        memoryview(s)
+    del view
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        urb.write(b"after")
+    assert echoed(obj, 1) == [b"after"]
+
+
+@pytest.mark.kernel
+def test_tutorial_sample_filled_with_pack_into_reaches_the_tracepoint():
+    with pybpf.load(program("user_ringbuf")) as obj:
+        events = []
+        with obj.programs["kill_exit"].attach(), \
+                RingBuffer(obj.maps["kernel_ringbuf"], lambda e: events.append(e.pid)) as rb, \
+                UserRingBuffer(obj.maps["user_ringbuf"]) as urb:
+            entry = urb.reserve(20)
+            struct.pack_into("i16s", entry, 0, os.getpid(), b"hello")
+            urb.submit(entry)
+            os.kill(os.getpid(), 0)  # sys_exit_kill drains the user ring
+            assert rb.poll(1000) == 1
+            assert obj.variables["read"].get() == 1
+            assert urb.free == urb.size
+        assert events == [os.getpid()]

@@ -38,6 +38,10 @@ from ._mapping import (  # noqa: F401  (the names pybpf.ringbuf had before the s
 )
 from .rate import RateMeter
 from .reader import _BATCH_RECORDS, _BUSY_BACKOFF, Ring, RingBuffer  # noqa: F401
-from .user import _DYNPTR_MAX_SIZE, _PLAIN_RELEASE, Sample, SampleSizeError, UserRingBuffer  # noqa: F401
+from .user import (  # noqa: F401
+    _DYNPTR_MAX_SIZE, _PLAIN_RELEASE, Sample, SampleClosedError, SampleExportedError, SampleSizeError,
+    UserRingBuffer,
+)
 
-__all__ = ["RingBuffer", "Ring", "UserRingBuffer", "Sample", "SampleSizeError", "RateMeter"]
+__all__ = ["RingBuffer", "Ring", "UserRingBuffer", "Sample", "SampleSizeError", "SampleClosedError",
+           "SampleExportedError", "RateMeter"]

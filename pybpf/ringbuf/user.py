@@ -15,10 +15,9 @@ from .. import atomics
 from ..resource import Resource
 from ..errors import ClosedError, Error, RingBufferFullError, TimeoutError
 from ..kernel.constants import MapType
-from ._mapping import (_ALIGN, _BUSY, _DISCARD, _HDR, _HDR_SHIFT, _ROUND, _UNPACK_RUN, _Mapping, _check_map,
-                       _release_quietly)
+from ._mapping import _ALIGN, _BUSY, _DISCARD, _HDR, _HDR_SHIFT, _ROUND, _UNPACK_RUN, _Mapping, _check_map
 
-__all__ = ["UserRingBuffer", "Sample", "SampleSizeError"]
+__all__ = ["UserRingBuffer", "Sample", "SampleSizeError", "SampleClosedError", "SampleExportedError"]
 
 # x86 is TSO: a store-release is a plain store (the kernel's smp_store_release
 # is a compiler barrier and a MOV there).  A memoryview store is a MOV the C
@@ -42,27 +41,64 @@ class SampleSizeError(Error, ValueError):
 
 # --- user -> kernel ---------------------------------------------------------
 
-class Sample:
-    """A sample reserved in a :class:`UserRingBuffer`, to fill and then submit.
+class SampleClosedError(ClosedError, ValueError):
+    """A sample was read, written or exported after submit/discard (or after its
+    ring buffer was closed): the kernel owns that memory now.  Also a
+    ``ValueError``, as with a released ``memoryview``."""
 
-    ``sample.data`` is a writable ``memoryview`` of exactly the reserved size,
-    straight into the ring; ``sample[...]`` reads and writes through it.  It is
-    released by :meth:`submit`/:meth:`discard` (the kernel owns the memory
-    after that).  As a context manager it submits on success and discards if
-    the block raises.
+
+class SampleExportedError(Error, BufferError):
+    """submit/discard refused: a buffer export of the sample (a ``memoryview``,
+    a ctypes object from ``from_buffer``, a numpy array...) is still alive and
+    could write into the ring after the commit.  Drop it and try again; the
+    sample stays reserved.  Also a ``BufferError``, as ``mmap.close()`` raises
+    with live exports."""
+
+
+try:
+    _atomics = atomics.module()
+except Error:  # the C helper is not built: UserRingBuffer() says so
+    _atomics = None
+    _SampleBuffer = object
+    _new_sample = None
+else:
+    _atomics.set_errors(SampleClosedError, SampleExportedError)
+    _SampleBuffer = _atomics.SampleBuffer
+    _new_sample = _atomics.new_sample
+
+
+class Sample(_SampleBuffer):
+    """A sample reserved in a :class:`UserRingBuffer`: a writable buffer of exactly
+    the reserved size, straight into the ring, to fill and then submit.
+
+    It *is* the buffer: ``struct.pack_into(fmt, sample, 0, ...)``,
+    ``sample[0:4] = b"..."``, ``memoryview(sample)``,
+    ``ctypes.T.from_buffer(sample)``, ``bytes(sample)`` and ``len(sample)``
+    work on it; ``sample[i]`` reads an int and ``sample[a:b]`` a ``bytes`` copy.
+    ``sample.data`` is one writable ``memoryview`` of it, kept by the sample and
+    released by the commit (the pre-buffer API).
+
+    :meth:`UserRingBuffer.submit` (or :meth:`submit`) hands it to the kernel,
+    :meth:`UserRingBuffer.discard` gives the space back.  After that the kernel
+    owns the memory, so nothing may write into it:
+
+    * the sample refuses reads, writes and new exports
+      (:class:`SampleClosedError`, a :class:`pybpf.ClosedError` and
+      ``ValueError``; ``struct.pack_into`` turns it into its own
+      ``TypeError``), and ``sample.data`` is released;
+    * the sample counts its buffer exports, and submit/discard refuse while one
+      you made is alive (:class:`SampleExportedError`, a ``BufferError``),
+      leaving the sample reserved: ``del`` the ctypes object or numpy array,
+      ``release()`` the memoryview, and submit again.  A plain memoryview
+      could not guarantee this: views and ctypes objects made from it outlive
+      its ``release()``.  Temporary exports (``struct.pack_into``, slicing,
+      ``bytes()``) are gone when the call returns.
+
+    As a context manager it submits on success and discards if the block
+    raises: ``with urb.reserve(8) as s: struct.pack_into("<Q", s, 0, 42)``.
     """
 
-    # set by UserRingBuffer.reserve (no __init__: cheaper); _index: of the header in u64s
-    __slots__ = ("data", "_ring", "_pos", "_index")
-
-    def __len__(self) -> int:
-        return self.data.nbytes
-
-    def __getitem__(self, index):
-        return self.data[index]
-
-    def __setitem__(self, index, value) -> None:
-        self.data[index] = value
+    __slots__ = ()
 
     def submit(self) -> None:
         """Commits the sample: the kernel's drain will see it."""
@@ -89,10 +125,8 @@ class Sample:
             self.discard()
 
     def __repr__(self) -> str:
-        try:
-            return f"<Sample {len(self)} bytes at position {self._pos}>"
-        except ValueError:
-            return f"<Sample at position {self._pos} (submitted or discarded)>"
+        state = "submitted or discarded" if self.committed else "reserved"
+        return f"<Sample {len(self)} bytes at position {self._pos}, {state}>"
 
 
 class _ReleaseStores:
@@ -135,8 +169,10 @@ class _Mutex:
 class UserRingBuffer(Resource):
     """Producer for a ``BPF_MAP_TYPE_USER_RINGBUF`` map.
 
-    ``reserve(n)`` returns a :class:`Sample` to fill, then ``submit(sample)``
-    (or ``discard(sample)``) hands it to the kernel; a BPF program reads the
+    ``reserve(n)`` returns a :class:`Sample`, a writable buffer of exactly
+    ``n`` bytes over the ring's memory (``struct.pack_into(fmt, sample, 0,
+    ...)``), then ``submit(sample)`` (or ``discard(sample)``) hands it to the
+    kernel; a BPF program reads the
     submitted samples in order with ``bpf_user_ringbuf_drain``.  Several samples
     may be reserved at once; the drain stops at the oldest unsubmitted one.
     :meth:`write` does reserve + copy + submit in one call, :meth:`write_batch`
@@ -153,9 +189,9 @@ class UserRingBuffer(Resource):
     def __init__(self, map):
         fd, self.name, size = _check_map(map, MapType.USER_RINGBUF)
         lib = atomics.library()  # fails clearly if the C helper is not built
+        atomics.module()  # and an old build without SampleBuffer
         self._load_u64 = lib.pybpf_load_acquire_u64
         self._store_u64 = lib.pybpf_store_release_u64
-        self._xchg = lib.pybpf_xchg_acq_rel_u32
         self.size = size
         self._mask = size - 1
         self.max_sample = min(size - _HDR, _DYNPTR_MAX_SIZE)
@@ -182,9 +218,12 @@ class UserRingBuffer(Resource):
             data = prod.mem[page:]
             hdr = data.cast("Q")  # a whole header in one store: len, then pg_off = 0
             prod_pos = prod.mem[:8].cast("Q")
-            payload = data[_HDR:]  # payload[off:off + n] is the sample whose header is at off
-            self._views = (prod_pos, hdr, payload, data)
-            self._data, self._hdr, self._payload = data, hdr, payload
+            self._views = (prod_pos, hdr, data)
+            self._data, self._hdr = data, hdr
+            # samples are buffers over this mapping: the one whose header is at
+            # data offset off starts at _payload + off
+            self._mapping = prod.mmap
+            self._payload = page + _HDR
             self._set_release(_PLAIN_RELEASE)
             self._prod = self._load_u64(self._prod_addr)  # we are the only writer from here on
             self._cons = self._load_u64(self._cons_addr)  # cached; reloaded when short of room
@@ -209,15 +248,15 @@ class UserRingBuffer(Resource):
 
     def _teardown(self) -> None:
         for sample in self._pending:
-            n = sample.data.nbytes
-            _release_quietly(sample.data)
-            self._xchg(self._data_addr + (sample._pos & self._mask), n | _DISCARD)
+            # by force, even with live exports: a BUSY sample left behind would
+            # stop the kernel's drain for good (the memory stays mapped for them)
+            sample._commit(len(sample) | _DISCARD, True)
             self.discards += 1
         self._pending.clear()
         for view in self._views:
             view.release()
         self._views = ()
-        self._data = self._hdr = self._payload = self._prod_pos = self._commit_hdr = None
+        self._data = self._hdr = self._prod_pos = self._mapping = None
         for m in self._maps:
             m.close()
         self._maps = []
@@ -263,15 +302,13 @@ class UserRingBuffer(Resource):
         return (n + _ROUND) & _ALIGN
 
     def _set_release(self, plain: bool) -> None:
-        """The release stores: ``_prod_pos[0] = pos`` (producer_pos) and
-        ``_commit_hdr[i] = header`` (the 8-byte header at data + 8 * i):
-        memoryview stores on x86, the C helper elsewhere (see _PLAIN_RELEASE)."""
+        """The release store ``_prod_pos[0] = pos`` (producer_pos): a memoryview
+        store on x86, the C helper elsewhere (see _PLAIN_RELEASE).  A reserved
+        sample's commit is an xchg in the C helper (SampleBuffer._commit)."""
         if plain:
             self._prod_pos = self._views[0]
-            self._commit_hdr = self._hdr
         else:
             self._prod_pos = _ReleaseStores(self._prod_addr, self._store_u64)
-            self._commit_hdr = _ReleaseStores(self._data_addr, self._store_u64)
 
     def _publish(self) -> None:
         """Releases producer_pos up to everything written (mutex held)."""
@@ -299,11 +336,7 @@ class UserRingBuffer(Resource):
         self._hdr[off >> 3] = (n | _BUSY) << _HDR_SHIFT
         self._prod = end = prod + total
         self._prod_pos[0] = end  # release: the BUSY header with it
-        sample = Sample()
-        sample.data = self._payload[off:off + n]
-        sample._ring = self
-        sample._pos = prod
-        sample._index = off >> 3
+        sample = _new_sample(Sample, self._mapping, self._payload + off, n, self, prod)
         self._pending.add(sample)
         return sample
 
@@ -313,7 +346,10 @@ class UserRingBuffer(Resource):
                                    f"{total} bytes (with header and padding), {free} of {self.size} free")
 
     def reserve(self, n: int) -> Sample:
-        """Reserves an ``n``-byte sample; fill ``sample.data`` then submit or discard it.
+        """Reserves an ``n``-byte sample: a writable buffer of exactly ``n`` bytes
+        over the ring's memory (a :class:`Sample`).  Fill it (``struct.pack_into``,
+        slice assignment, ``ctypes.T.from_buffer``...), then :meth:`submit` or
+        :meth:`discard` it; drop views of it first (see :class:`Sample`).
 
         Raises :class:`RingBufferFullError` if the ring has no room now, and
         :class:`SampleSizeError` (a :class:`pybpf.Error` and ``ValueError``) if
@@ -341,11 +377,7 @@ class UserRingBuffer(Resource):
                 return self._reserve(n, total)
             self._prod = end = prod + total
             self._prod_pos[0] = end  # release: the BUSY header with it
-            sample = Sample()
-            sample.data = self._payload[off:off + n]
-            sample._ring = self
-            sample._pos = prod
-            sample._index = index
+            sample = _new_sample(Sample, self._mapping, self._payload + off, n, self, prod)
             self._pending.add(sample)
             return sample
         finally:
@@ -377,7 +409,8 @@ class UserRingBuffer(Resource):
         return backoff
 
     def reserve_blocking(self, n: int, timeout_ms: int | float | None = -1) -> Sample:
-        """Like :meth:`reserve`, but waits up to ``timeout_ms`` (-1 or None: forever) for room.
+        """Like :meth:`reserve` (the same writable buffer), but waits up to
+        ``timeout_ms`` (-1 or None: forever) for room.
 
         Raises :class:`pybpf.TimeoutError` when the time is up.
         """
@@ -407,17 +440,11 @@ class UserRingBuffer(Resource):
             if sample._ring is not self:
                 raise Error(f"{what}(): the sample belongs to another ring buffer")
             raise Error(f"{what}(): the sample was already submitted or discarded")
-        data = sample.data
-        n = data.nbytes
-        try:
-            data.release()  # no writes through it after the commit
-        except BufferError:
-            raise Error(f"{what}(): something still holds a buffer export of sample.data "
-                        "(e.g. numpy.frombuffer, ctypes from_buffer): drop it first; "
-                        "the sample stays reserved") from None
+        # the header's len, BUSY cleared (DISCARD set to discard), with an xchg:
+        # pairs with the drain's smp_load_acquire of the header; refuses while
+        # a buffer export is alive (the sample stays reserved)
+        n = sample._commit(len(sample) | flag)
         self._pending.remove(sample)
-        # release: pairs with the drain's smp_load_acquire of the header
-        self._commit_hdr[sample._index] = (n | flag) << _HDR_SHIFT
         if flag:
             self.discards += 1
         else:
@@ -425,31 +452,32 @@ class UserRingBuffer(Resource):
             self.bytes += n
 
     def submit(self, sample: Sample) -> None:
-        """Commits ``sample``: the kernel's drain will hand it to the BPF program."""
+        """Commits ``sample``: the kernel's drain will hand it to the BPF program.
+
+        Raises :class:`SampleExportedError` (the sample stays reserved) while a
+        buffer export of it is alive; see :class:`Sample`.
+        """
         self._take()
         try:
-            try:
+            if sample in self._pending:
+                # xchg of the header (BUSY cleared): pairs with the drain's
+                # smp_load_acquire; refuses while an export is alive
+                n = sample._commit(len(sample))
                 self._pending.remove(sample)
-            except (KeyError, TypeError):
+                self.records += 1
+                self.bytes += n
+            else:
                 # not a pending sample of ours, or closed (close() empties
                 # pending): _commit says which
-                return self._commit(sample, 0, "submit")
-            data = sample.data
-            n = data.nbytes
-            try:
-                data.release()  # no writes through it after the commit
-            except BufferError:
-                self._pending.add(sample)
-                return self._commit(sample, 0, "submit")  # explains
-            # release: pairs with the drain's smp_load_acquire of the header
-            self._commit_hdr[sample._index] = n << _HDR_SHIFT
-            self.records += 1
-            self.bytes += n
+                self._commit(sample, 0, "submit")
         finally:
             self._give(None)
 
     def discard(self, sample: Sample) -> None:
-        """Abandons ``sample``: the kernel's drain skips it and frees the space."""
+        """Abandons ``sample``: the kernel's drain skips it and frees the space.
+
+        Refuses as :meth:`submit` does while a buffer export is alive.
+        """
         self._take()
         try:
             self._commit(sample, _DISCARD, "discard")
@@ -471,7 +499,7 @@ class UserRingBuffer(Resource):
         if timeout_ms != 0:
             sample = self.reserve_blocking(n, timeout_ms)
             try:
-                sample.data[:] = payload
+                sample[:] = payload
             except BaseException:
                 self.discard(sample)
                 raise
