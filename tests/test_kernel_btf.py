@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from pybpf import _cache
+
 import pybpf
 from pybpf.kernel import btf as kbtf
 from pybpf.kernel import syscall as sc
@@ -39,7 +41,7 @@ def test_disk_index_cache_is_used_and_checked(tmp_path, monkeypatch):
     cached = list((tmp_path / "pybpf" / "btf").glob("*.idx"))
     assert len(cached) == 1
     offsets = array.array("I")
-    offsets.frombytes(cached[0].read_bytes())
+    offsets.frombytes(_cache.read("btf", cached[0].name))     # the payload, once its MAC checks
     assert list(offsets) == list(fresh._offsets)
     # a new process (memo cleared) gets the same types from the cached index
     kbtf.forget()
@@ -48,7 +50,7 @@ def test_disk_index_cache_is_used_and_checked(tmp_path, monkeypatch):
     assert len(again) == len(fresh)
     assert again.find("struct task_struct").size == fresh.find("struct task_struct").size
     # a corrupt cache entry is not trusted: the index pass runs again
-    cached[0].write_bytes(array.array("I", [0, 4, 8]).tobytes())
+    cached[0].write_bytes(cached[0].read_bytes()[:-12] + array.array("I", [0, 4, 8]).tobytes())
     kbtf.forget()
     third = kbtf.vmlinux_btf()
     assert len(third) == len(fresh)
