@@ -37,6 +37,7 @@ from .kernel import syscall as sc
 from .kernel.attrs import MapInfo
 from .kernel.constants import MapType
 from .ringbuf._mapping import _Mapping, _release_quietly
+from .ringbuf.reader import _stops
 
 __all__ = ["PerfBuffer"]
 
@@ -94,7 +95,8 @@ class PerfBuffer(Resource):
     ``page_count`` pages (a power of two).  :meth:`poll` and :meth:`consume`
     call ``callback(cpu, record)`` once per sample, in order per CPU, and
     ``lost_callback(cpu, count)`` when the kernel had to drop ``count`` samples
-    because the CPU's ring was full.
+    because the CPU's ring was full.  A callback that returns a negative int
+    stops :meth:`consume`/:meth:`poll`, which return that value.
 
     ``record`` is a read-only ``memoryview`` of the sample as the kernel
     stored it: ``bpf_perf_event_output``'s data padded with up to 7 bytes (the
@@ -241,7 +243,12 @@ class PerfBuffer(Resource):
     # -- reading --
 
     def consume(self) -> int:
-        """Hands every sample of every CPU's ring to the callback; returns how many."""
+        """Hands every sample of every CPU's ring to the callback; returns how many.
+
+        A callback that returns a negative int stops it (that sample counts as
+        consumed) and that value is returned; ``None``, 0 and positive values
+        go on (as :meth:`pybpf.RingBuffer.consume`).
+        """
         return self._consume(self._rings)
 
     def _consume(self, rings) -> int:
@@ -253,7 +260,10 @@ class PerfBuffer(Resource):
             self._check()
             n = 0
             for ring in rings:
-                n += self._consume_ring(ring)
+                got = self._consume_ring(ring)
+                if got < 0:
+                    return got  # stopped by the callback
+                n += got
                 if self._closed:
                     break
             return n
@@ -267,6 +277,7 @@ class PerfBuffer(Resource):
         callback, lost_callback = self._callback, self._lost_callback
         data, mask, size, cpu = ring.data, ring.size - 1, ring.size, ring.cpu
         count = 0
+        stopped = None
         tail = load(ring.tail_addr)  # only we write it
         while not self._closed:
             head = load(ring.head_addr)  # pairs with the kernel's smp_store_release of data_head
@@ -291,9 +302,11 @@ class PerfBuffer(Resource):
                             self.records += 1
                             self.bytes += raw
                             try:
-                                callback(cpu, sample)
+                                ret = callback(cpu, sample)
                             finally:
                                 _release_quietly(sample)
+                            if ret is not None and _stops(ret):
+                                stopped = ret  # consumed: tail is past it
                         elif kind == perf.PERF_RECORD_LOST:
                             lost = _LOST.unpack_from(record, 8)[1]
                             self.lost += lost
@@ -301,16 +314,19 @@ class PerfBuffer(Resource):
                                 lost_callback(cpu, lost)
                     finally:
                         _release_quietly(record)
-                    if self._closed:
+                    if self._closed or stopped is not None:
                         break
             finally:
                 # the records before tail are done with: the kernel may reuse them
                 store(ring.tail_addr, tail)
+            if stopped is not None:
+                return stopped
         return count
 
     def poll(self, timeout_ms: int | float | None = -1) -> int:
         """Waits up to ``timeout_ms`` (-1 or None: forever) for samples, then consumes
-        the CPUs that have some.  Returns the number of samples handed out."""
+        the CPUs that have some.  Returns the number of samples handed out, or
+        the negative value a callback returned to stop it (see :meth:`consume`)."""
         epoll = self._epoll
         if epoll is None or self._closed:
             raise ClosedError(f"perf buffer '{self.name}' is closed")

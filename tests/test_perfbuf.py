@@ -205,3 +205,27 @@ def test_perf_buffer_argument_errors():
 def test_online_cpus_parses_the_kernel_list():
     cpus = online_cpus()
     assert cpus and cpus == sorted(set(cpus)) and len(cpus) <= (os.cpu_count() or 1024)
+
+
+@pytest.mark.kernel
+def test_a_negative_callback_return_stops_consume_and_poll(obj):
+    seqs = []
+
+    def stop_at_3(cpu, record):
+        seq = struct.unpack_from("<I", record)[0]
+        seqs.append(seq)
+        if seq == 3:
+            return -7
+        return seq % 2  # 0 and positive values go on (None too: Collect)
+
+    with PerfBuffer(obj.maps["events"], stop_at_3) as pb:
+        cpu = pb.cpus[0]
+        for i in range(6):
+            assert output(obj, i, 16, cpu) == 0
+        assert pb.consume() == -7
+        assert seqs == [0, 1, 2, 3] and pb.records == 4
+        assert pb.consume() == 2  # the stopping sample was consumed: 4 and 5 are left
+        assert seqs == [0, 1, 2, 3, 4, 5]
+        assert output(obj, 3, 16, cpu) == 0
+        assert pb.poll(1000) == -7
+        assert pb.poll(0) == 0

@@ -913,3 +913,58 @@ def test_tutorial_sample_filled_with_pack_into_reaches_the_tracepoint():
             assert obj.variables["read"].get() == 1
             assert urb.free == urb.size
         assert events == [os.getpid()]
+
+
+# --- the callback's return value, as libbpf's ring_buffer__consume --------------
+
+class StopAt:
+    """A callback that records the seq of each record and returns ``stops[seq]``
+    (None, 0 and positive values otherwise, which go on)."""
+
+    def __init__(self, stops):
+        self.stops = stops
+        self.seqs = []
+
+    def __call__(self, view):
+        seq = struct.unpack_from("<I", view)[0]
+        self.seqs.append(seq)
+        return self.stops.get(seq, (None, 0, seq)[seq % 3])
+
+
+@pytest.mark.kernel
+def test_a_negative_callback_return_stops_consume_and_poll(obj):
+    cb = StopAt({2: -1, 5: -22, 11: -5})
+    with RingBuffer(obj.maps["rb"], cb) as rb:
+        assert produce(obj, 8, 13) == 8  # 13 bytes: consumer_pos must round up past each
+        assert rb.consume() == -1
+        assert cb.seqs == [0, 1, 2] and rb.records == 3
+        assert rb.consume() == -22  # the stopping record was consumed: 3 comes next
+        assert cb.seqs == [0, 1, 2, 3, 4, 5]
+        assert rb.consume() == 2
+        assert cb.seqs == list(range(8)) and rb.rings[0].available == 0
+        assert produce(obj, 3, 5, start_seq=10) == 3
+        assert rb.poll(1000) == -5
+        assert rb.poll(1000) == 1
+        assert cb.seqs == list(range(8)) + [10, 11, 12]
+        assert rb.poll(0) == 0
+
+
+@pytest.mark.kernel
+def test_a_negative_return_stops_every_ring_of_a_multi_ring_consume(obj):
+    with pybpf.load(program("ringbuf_test")) as other:
+        other.variables["fill"].set(FILL)
+        first, second = StopAt({1: -3}), StopAt({})
+        with RingBuffer(obj.maps["rb"], first) as rb:
+            rb.add(other.maps["rb"], second)
+            assert produce(obj, 3, 7) == 3
+            assert produce(other, 2, 7, start_seq=100) == 2
+            assert rb.consume() == -3  # the second ring is not read
+            assert first.seqs == [0, 1] and second.seqs == []
+            assert rb.consume() == 3  # 2, then 100, 101
+            assert first.seqs == [0, 1, 2] and second.seqs == [100, 101]
+            second.stops[102] = -9
+            assert produce(other, 2, 7, start_seq=102) == 2
+            assert rb.poll(1000) == -9
+            assert second.seqs == [100, 101, 102]
+            assert rb.poll(1000) == 1
+            assert rb.records == 7

@@ -80,6 +80,12 @@ def _record_ctype(btf, type_spec, what: str):
     return record_ctype(btf, type_spec, what)
 
 
+def _stops(ret) -> bool:
+    """True when a callback's return value stops consuming: a negative int, as
+    with libbpf's ring_buffer_sample_fn (None, 0 and positive values go on)."""
+    return isinstance(ret, int) and not isinstance(ret, bool) and ret < 0
+
+
 class _KeptExport(Exception):
     """A record view could not be released after its callback (internal)."""
 
@@ -186,7 +192,8 @@ class Ring:
                            max_records, owner._out_addr, owner._res_addr, copy, copy_size)
 
     def _consume(self) -> int:
-        """Hands every committed record to the callback, batch by batch; returns how many."""
+        """Hands every committed record to the callback, batch by batch; returns how
+        many, or the callback's negative return value that stopped it."""
         owner = self._owner
         callback = self._callback
         if callback is None:
@@ -224,14 +231,18 @@ class Ring:
             # walk them (and everything else) again and again.
             start = None
             view = None
+            stopped = None
             try:
                 for start, stop in zip(starts, ends):
                     view = batch[start:stop]
-                    callback(view)
+                    ret = callback(view)
                     try:
                         view.release()  # a reference kept past the callback cannot read the ring
                     except BufferError:
                         raise _KeptExport from None
+                    if ret is not None and _stops(ret):  # as libbpf's ring_buffer__consume
+                        stopped = ret
+                        break
                     if owner._closed:  # close() from the callback or another thread stops here
                         break
                 else:
@@ -247,8 +258,9 @@ class Ring:
                                 "its record (e.g. numpy.frombuffer); copy it with bytes(record)") from None
                 raise
             batch.release()
-            if start is not None:  # closed
-                return total + self._stop_at(starts.index(start), cons, starts, ends)
+            if start is not None:  # stopped by the callback's return value, or closed
+                total += self._stop_at(starts.index(start), cons, starts, ends)
+                return stopped if stopped is not None else total
             total += n
             self.records += n
             self.bytes += n * common if common != _NOT_UNIFORM else sum(ends) - sum(starts)
@@ -433,7 +445,10 @@ class RingBuffer(Resource):
     Records are handed out in batches: consumer_pos is released once per batch
     (at most a quarter of the ring when calling back), after the batch.  If the
     callback raises, consumption stops, the record counts as consumed and the
-    exception propagates.  Its return value is ignored.
+    exception propagates.  If it returns a negative int (as a libbpf
+    ``ring_buffer_sample_fn`` may), consumption stops too, the record counts
+    as consumed, and :meth:`consume`/:meth:`poll` return that value; ``None``,
+    0 and positive values go on.
 
     One consumer at a time: consume/poll/read_batch while another runs (from
     the callback or another thread) raises :class:`pybpf.Error`.
@@ -618,12 +633,17 @@ class RingBuffer(Resource):
         """Hands every committed record of every ring to its callback; returns how many.
 
         Never blocks.  Stops at the first record still being written (BUSY).
+        A callback that returns a negative int stops it (later rings are not
+        read), and that value is returned, as libbpf's ``ring_buffer__consume``.
         """
         self._enter()
         try:
             n = 0
             for ring in self._rings:
-                n += ring._consume()
+                got = ring._consume()
+                if got < 0:
+                    return got
+                n += got
                 if self._closed:
                     break
             return n
@@ -637,7 +657,10 @@ class RingBuffer(Resource):
             for fd in fds:
                 ring = self._by_fd.get(fd)
                 if ring is not None and not self._closed:
-                    n += ring._consume()
+                    got = ring._consume()
+                    if got < 0:
+                        return got  # stopped by a callback
+                    n += got
             return n
         finally:
             self._leave()
@@ -647,8 +670,10 @@ class RingBuffer(Resource):
 
         Returns the number of records handed to the callbacks: 0 on timeout, and
         possibly 0 when woken by a record that is still being written (then it
-        backs off ~1 ms first, so a loop around poll() does not spin).  Signals
-        interrupting the wait are retried (PEP 475); KeyboardInterrupt propagates.
+        backs off ~1 ms first, so a loop around poll() does not spin), or the
+        negative value a callback returned to stop it (see :meth:`consume`).
+        Signals interrupting the wait are retried (PEP 475); KeyboardInterrupt
+        propagates.
         """
         epoll = self._epoll
         if epoll is None or self._closed:
