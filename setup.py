@@ -6,14 +6,22 @@ ring buffer sample with the buffer protocol), so ``pip install .`` needs a C
 compiler.
 """
 
+import hashlib
+import pathlib
+
 from setuptools import Extension, setup
+
+SOURCE = "pybpf/_atomics.c"
+# the built helper says which source it was built from (tests/test_atomics.py)
+DIGEST = hashlib.sha256(pathlib.Path(__file__).with_name("pybpf").joinpath("_atomics.c").read_bytes()).hexdigest()
 
 setup(
     ext_modules=[
         Extension(
             "pybpf._atomics",
-            ["pybpf/_atomics.c"],
+            [SOURCE],
             extra_compile_args=["-O2", "-std=c11"],
+            define_macros=[("PYBPF_SOURCE_SHA256", f'"{DIGEST}"')],
         )
     ],
 )

@@ -496,6 +496,13 @@ PyMODINIT_FUNC PyInit__atomics(void)
 	m = PyModule_Create(&module_def);
 	if (m == NULL)
 		return NULL;
+#ifndef PYBPF_SOURCE_SHA256
+#define PYBPF_SOURCE_SHA256 ""	/* built without setup.py */
+#endif
+	if (PyModule_AddStringConstant(m, "SOURCE_SHA256", PYBPF_SOURCE_SHA256) < 0) {
+		Py_DECREF(m);
+		return NULL;
+	}
 	Py_INCREF(&SampleBufferType);
 	if (PyModule_AddObject(m, "SampleBuffer", (PyObject *)&SampleBufferType) < 0) {
 		Py_DECREF(&SampleBufferType);

@@ -46,8 +46,15 @@ def test_xchg_acq_rel_u32():
     assert list(buf) == [5, 0x4000_0018, 9]
 
 
-def test_fence_acquire():
-    atomics.fence_acquire()  # no observable effect; must exist and not crash
+def test_the_helper_in_use_is_built_from_this_source():
+    # Tests exercise the built library, not pybpf/_atomics.c: an edit (or a
+    # mutant) without 'pip install .' would otherwise test the old code.
+    import hashlib
+    source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pybpf", "_atomics.c")
+    with open(source, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    assert atomics.module().SOURCE_SHA256 == digest, (
+        f"{atomics.library_path()} was built from another _atomics.c: run 'pip install .'")
 
 
 def test_on_a_bytearray_through_from_buffer():
