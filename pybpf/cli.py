@@ -23,6 +23,7 @@ import pybpf
 from pybpf.kernel.constants import MapType
 from pybpf.spec.btf import BTF, Kind
 from pybpf.spec.typed import factory_for
+from pybpf.kernel.syscall import bpf_capable
 
 PRIVILEGE_MESSAGE = ("pybpf: loading BPF programs needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): "
                      "run it with sudo")
@@ -30,23 +31,9 @@ PRIVILEGE_MESSAGE = ("pybpf: loading BPF programs needs root (CAP_BPF and CAP_PE
 # syscalls that send a signal: their events are labelled SIGN, as in the tutorial
 _SIGNAL_SYSCALLS = {"kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal"}
 
-_CAP_SYS_ADMIN = 21
-_CAP_BPF = 39
-
-
 def has_bpf_privileges() -> bool:
-    """True if this process may load BPF programs (root, CAP_BPF or CAP_SYS_ADMIN)."""
-    if os.geteuid() == 0:
-        return True
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    caps = int(line.split()[1], 16)
-                    return bool(caps >> _CAP_BPF & 1 or caps >> _CAP_SYS_ADMIN & 1)
-    except OSError:
-        pass
-    return False
+    """True if this process may load BPF programs (CAP_BPF or CAP_SYS_ADMIN in effect)."""
+    return bpf_capable()
 
 
 # -- record types ------------------------------------------------------------------------------
@@ -436,7 +423,7 @@ def main(argv: list | None = None) -> int:
             print(e.log, file=sys.stderr)
         return 1
     except pybpf.PermissionError as e:
-        print(f"{PRIVILEGE_MESSAGE} ({e})" if os.geteuid() != 0 else f"pybpf: error: {e}", file=sys.stderr)
+        print(f"{PRIVILEGE_MESSAGE} ({e})" if not bpf_capable() else f"pybpf: error: {e}", file=sys.stderr)
         return 1
     except pybpf.Error as e:
         print(f"pybpf: error: {e}", file=sys.stderr)

@@ -321,7 +321,7 @@ def test_size_argument(monkeypatch):
 
 def test_permission_errors_name_root(monkeypatch):
     monkeypatch.setattr(syscall, "_bpf_syscall", FakeSyscall([errno.EPERM]))
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(syscall, "bpf_capable", lambda: False)        # no CAP_BPF/CAP_SYS_ADMIN
     with pytest.raises(pybpf.PermissionError) as exc:
         bpf(Cmd.PROG_LOAD, ProgLoadAttr())
     assert exc.value.command == "BPF_PROG_LOAD" and exc.value.errno == errno.EPERM

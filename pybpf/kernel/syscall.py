@@ -56,8 +56,26 @@ def command_name(cmd: int) -> str:
         return f"BPF_CMD_{int(cmd)}"
 
 
+_CAP_SYS_ADMIN = 21
+_CAP_BPF = 39
+
+
+def bpf_capable() -> bool:
+    """True if CAP_BPF or CAP_SYS_ADMIN is in this process's effective set (root without
+    capabilities, as under ``setpriv --bounding-set=-all``, is not)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    caps = int(line.split()[1], 16)
+                    return bool(caps >> _CAP_BPF & 1 or caps >> _CAP_SYS_ADMIN & 1)
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
+
+
 def _permission_hint(cmd: int) -> str:
-    if os.geteuid() != 0:
+    if not bpf_capable():
         return "needs root (CAP_BPF, CAP_PERFMON)"
     if cmd in (Cmd.MAP_UPDATE_ELEM, Cmd.MAP_DELETE_ELEM, Cmd.MAP_UPDATE_BATCH,
                Cmd.MAP_DELETE_BATCH, Cmd.MAP_LOOKUP_AND_DELETE_ELEM):
