@@ -453,6 +453,22 @@ def test_fake_ring_wraps_and_counts_every_way(fake):
         assert (rb.records, rb.discards) == (len(expected), 600 - len(expected))
 
 
+
+def test_fake_ring_a_record_longer_than_what_was_published_waits(fake):
+    # consumer_pos only moves to positions read from whole published records
+    # (CVE-2024-41009): a header whose record runs past producer_pos is not one.
+    fake.write(b"a" * 5)
+    pos = fake.write(b"b" * 13)
+    struct.pack_into("<Q", fake.mem, PAGE, pos + 16)  # 8 of b's 24 bytes not published
+    got = Collect()
+    with RingBuffer(fake.map, got) as rb:
+        assert rb.consume() == 1 and rb.read_batch() == []
+        assert got.records == [b"a" * 5]
+        assert struct.unpack_from("<Q", fake.mem, 0)[0] == 16  # consumer_pos, past a only
+        struct.pack_into("<Q", fake.mem, PAGE, fake.prod)
+        assert rb.read_batch() == [b"b" * 13]
+        assert struct.unpack_from("<Q", fake.mem, 0)[0] == fake.prod == 40
+
 # --- user ring buffer: write and write_batch ----------------------------------------
 
 @pytest.mark.kernel
@@ -612,3 +628,71 @@ def test_rate_meter_on_real_buffers(obj):
         (name1, records1, bytes1), (name2, records2, bytes2) = meter.rates()
         assert (name1, name2) == ("rb", "urb")
         assert records1 > 0 and bytes1 == records1 * 16 and records2 > 0 and bytes2 == 4 * records2
+
+
+# --- record sizes that are not multiples of 8 (position arithmetic rounds up) ---
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("size", [5, 7, 13, 21])
+def test_read_batch_of_equal_odd_sized_records_across_wrap_around(obj, size):
+    stride = (size + 8 + 7) & ~7
+    per_round = (SIZE // 2) // stride  # two rounds per wrap: every offset comes up
+    seq = 0
+    with RingBuffer(obj.maps["rb"]) as rb:
+        for _round in range(12):
+            assert produce(obj, per_round, size, start_seq=seq) == per_round
+            got = rb.read_batch()
+            assert got == [record(seq + i, size) for i in range(per_round)]  # no garbage records between
+            seq += per_round
+        assert rb.records == seq and rb.bytes == seq * size and rb.rings[0].available == 0
+    assert seq * stride > 5 * SIZE
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("size", [5, 7, 13])
+def test_write_batch_of_equal_odd_sized_samples_round_trips(obj, size):
+    stride = (size + 8 + 7) & ~7
+    seq = 0
+    with UserRingBuffer(obj.maps["urb"]) as urb, RingBuffer(obj.maps["rb"]) as rb:
+        for _round in range(6):
+            count = (SIZE // 2) // stride  # the echo of them fits rb
+            batch = [struct.pack("<I", seq + i) + bytes([size]) * (size - 4) for i in range(count)]
+            assert urb.write_batch(batch) == count
+            assert drain(obj, echo=True) == count
+            assert var(obj, "echo_failures") == 0
+            assert rb.read_batch() == batch
+            seq += count
+        assert urb.free == SIZE
+    assert seq * stride > 2 * SIZE
+
+
+@pytest.mark.kernel
+def test_a_stopped_consume_counts_the_discards_before_the_stop(obj):
+    seqs = []
+
+    def stop_at_6(view):
+        seqs.append(struct.unpack_from("<I", view)[0])
+        return -1 if seqs[-1] == 6 else None
+
+    with RingBuffer(obj.maps["rb"], stop_at_6) as rb:
+        assert produce(obj, 9, 5, discard_every=3) == 6  # 2, 5 and 8 discarded
+        assert rb.consume() == -1
+        assert seqs == [0, 1, 3, 4, 6]
+        assert (rb.records, rb.discards) == (5, 2)  # 2 and 5, not the one after the stop
+        assert rb.consume() == 1
+        assert seqs == [0, 1, 3, 4, 6, 7] and (rb.records, rb.discards) == (6, 3)
+
+
+@pytest.mark.kernel
+def test_the_whole_user_ring_fits_one_sample_again_after_a_drain(obj):
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        for i in range(5):
+            urb.write(struct.pack("<I", i) + bytes(9))  # 13 bytes: 24 in the ring
+        assert drain(obj) == 5
+        # the ring may become completely full: one sample of size - 8
+        sample = urb.reserve(SIZE - 8)
+        sample[0:4] = struct.pack("<I", 77)
+        urb.submit(sample)
+        assert urb.free == 0
+        assert drain(obj) == 1
+        assert seen(obj, 5, 1) == [77] and var(obj, "drained_bytes") == 5 * 13 + SIZE - 8
