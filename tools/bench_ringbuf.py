@@ -9,28 +9,36 @@ programs/bench_ringbuf.o (64 MiB RINGBUF ``rb``, 64 MiB USER_RINGBUF ``urb``,
 
 * consume: before each timed run the SEC("syscall") program ``produce`` fills
   ``rb`` with N records through BPF_PROG_TEST_RUN (not timed); the run then
-  takes all N with one consumer:
-    - libbpf's C loop: ``ring_buffer__consume`` with a C callback that counts
-      (tools/bench/ringbuf_bench.c, built now against Debian's libbpf-dev);
-    - Python over libbpf through ctypes, as bcc's front end does it: libbpf's
-      loop calls a ctypes callback per record, wrapped the way bcc's
-      ``RingBuf.open_ring_buffer`` wraps the user's (``int(ret)`` with a
-      fallback to 0), around a trivial user callback; and the same with a bare
-      ctypes callback that returns 0 (the floor of that approach);
-    - pybpf: ``consume()`` with a trivial per-record callback (a memoryview
-      each), ``read_batch()`` in batches of 65536 records, ``read_batch()`` of
-      all N at once (one list of N bytes), ``read_batch(type=...)`` (one ctypes
-      array of ``struct bench_event``).
-* produce: N samples of 24 bytes into ``urb`` (timed), then ``drain`` empties
-  it through BPF_PROG_TEST_RUN (not timed): libbpf's C
+  takes all N with one consumer.  Every consumer does the same task: sum the
+  low 32 bits of each record's first u64 (``seq``), so that every record is
+  read, and the sum is checked against the expected one:
+    - libbpf's C loop: ``ring_buffer__consume`` with a C callback, as libbpf's
+      documentation shows it (tools/bench/ringbuf_bench.c, built now against
+      Debian's libbpf-dev);
+    - Python over libbpf through ctypes: libbpf's loop calls a ctypes callback
+      per record that reads the field with ``ctypes.c_uint64.from_address``,
+      bare, and wrapped the way bcc's ``RingBuf.open_ring_buffer`` wraps the
+      user's (``int(ret)`` with a fallback to 0);
+    - pybpf: ``consume()`` with a callback per record (a memoryview each,
+      ``struct.unpack_from``), ``read_batch()`` in batches of 65536 records and
+      of all N at once, each followed by a loop over the records, and
+      ``read_batch(type=...)`` (one ctypes array of ``struct bench_event``)
+      with a loop reading ``.seq``.
+* produce: N samples of the same 24 bytes into ``urb`` (timed), then ``drain``
+  empties it through BPF_PROG_TEST_RUN (not timed): libbpf's C
   ``user_ring_buffer__reserve`` + memcpy + ``user_ring_buffer__submit``; the
-  same calls through ctypes; pybpf ``reserve()`` + copy + ``submit()``,
-  ``write()``, and ``write_batch()`` of a prepared list of N payloads.
+  same calls through ctypes; pybpf ``reserve()`` + copy + ``submit()`` (the
+  sample is a buffer: ``sample[:] = payload``, ``struct.pack_into``, and the
+  older ``sample.data[:] = payload``), ``write()``, and ``write_batch()`` of a
+  prepared list of N payloads.  The rings are set up before the clock starts.
 
 Each variant runs R rounds, interleaved (round 1 of every variant, then round
 2...), so that load from other processes hits them alike; the table shows the
-best and the median rate and ratios of the best rates.  Needs root, cc and
-libbpf-dev (for the libbpf rows; without them those rows are skipped).
+best and the median rate and ratios of the best rates, and the C rows beside
+the figures of ../shared/reference/anchors.md (a warning when they differ by
+more than 30%).  Times are wall time around the consume/produce call
+(time.perf_counter, CLOCK_MONOTONIC in C).  Needs root, cc and libbpf-dev (for
+the libbpf rows; without them those rows are skipped).
 """
 
 from __future__ import annotations
@@ -57,10 +65,11 @@ C_SOURCE = ROOT / "tools" / "bench" / "ringbuf_bench.c"
 BUILD_DIR = ROOT / "tools" / ".bench"
 RECORD = 24
 BATCH = 65536
-# The time a run takes is this thread's CPU time (CLOCK_THREAD_CPUTIME_ID in
-# the C runs too): on a loaded machine a run of seconds is preempted where a C
-# run of milliseconds is not, which wall-clock time would count against it.
-clock = time.thread_time
+# Wall time around the call (CLOCK_MONOTONIC in the C runs too), as the
+# anchors are measured; best of the rounds keeps the least disturbed run.
+clock = time.perf_counter
+FIRST = struct.Struct("=I").unpack_from  # the low 32 bits of the first u64 (little-endian)
+ANCHORS = ROOT.parent / "shared" / "reference" / "anchors.md"
 
 
 # --- libbpf ------------------------------------------------------------------
@@ -80,9 +89,10 @@ def build_c_bench() -> ctypes.CDLL | str:
             return f"building {C_SOURCE.name} failed (apt-get install libbpf-dev?):\n{proc.stderr}"
     c = ctypes.CDLL(str(lib))
     c.bench_consume.restype = ctypes.c_long
-    c.bench_consume.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_longlong)]
+    c.bench_consume.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_longlong), ctypes.POINTER(ctypes.c_ulonglong)]
     c.bench_produce.restype = ctypes.c_long
-    c.bench_produce.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int, ctypes.POINTER(ctypes.c_longlong)]
+    c.bench_produce.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_char_p, ctypes.c_int,
+                                ctypes.POINTER(ctypes.c_longlong)]
     return c
 
 
@@ -139,23 +149,32 @@ class Bench:
     def __init__(self, obj, records: int, libc_bench, libbpf):
         self.obj = obj
         self.n = records
+        self.expected_sum = records * (records - 1) // 2  # seq = 0 .. N-1
+        self.total = 0  # the sum the last consumer run read
         self.rb_map = obj.maps["rb"]
         self.urb_map = obj.maps["urb"]
         self.produce_prog = obj.programs["produce"]
         self.drain_prog = obj.programs["drain"]
         self.c = libc_bench if not isinstance(libc_bench, str) else None
         self.libbpf = libbpf if not isinstance(libbpf, str) else None
-        self.payload = bytes(range(RECORD))
+        self.payload = bytes(range(RECORD))  # what every producer row writes
         self.payloads = [self.payload] * records
         # consumers kept across rounds (their set-up is not what is measured)
-        self.rb_raw = RingBuffer(self.rb_map, self._count, type=memoryview)
+        self.rb_raw = RingBuffer(self.rb_map, self._add, type=memoryview)
         self.rb_batch = RingBuffer(self.rb_map, type=bytes)
         self.rb_typed = RingBuffer(self.rb_map)  # the program declares struct bench_event
         if self.libbpf:
+            from_address = ctypes.c_uint64.from_address
+
             def user_callback(ctx, data, size):
-                pass
+                self.total += from_address(data).value & 0xFFFFFFFF
+
             self._bcc_cb = bcc_style_callback(user_callback)
-            self._bare_cb = RINGBUF_CB(lambda ctx, data, size: 0)
+
+            def bare(ctx, data, size):
+                self.total += from_address(data).value & 0xFFFFFFFF
+                return 0
+            self._bare_cb = RINGBUF_CB(bare)
             self.bcc_rb = self.libbpf.ring_buffer__new(self.rb_map.fd, ctypes.cast(self._bcc_cb, ctypes.c_void_p),
                                                        None, None)
             self.bare_rb = self.libbpf.ring_buffer__new(self.rb_map.fd, ctypes.cast(self._bare_cb, ctypes.c_void_p),
@@ -168,14 +187,18 @@ class Bench:
             self.libbpf.ring_buffer__free(self.bcc_rb)
             self.libbpf.ring_buffer__free(self.bare_rb)
 
-    @staticmethod
-    def _count(record):
-        pass  # trivial, like the C callback (which counts: consume() returns the count here)
+    def _add(self, record, _first=FIRST):
+        self.total += _first(record)[0]
 
     def fill(self):
+        self.total = 0
         ret = self.produce_prog.test_run(ctx=struct.pack("<IIQ", self.n, 0, 1)).retval  # BPF_RB_NO_WAKEUP
         if ret != self.n:
             raise SystemExit(f"produce wrote {ret} records, not {self.n} (ring not empty?)")
+
+    def check_sum(self):
+        if self.total != self.expected_sum:
+            raise SystemExit(f"a consumer summed {self.total}, not {self.expected_sum}: it did not read every record")
 
     def empty_user_ring(self):
         while self.drain_prog.test_run(ctx=bytes(8)).retval > 0:
@@ -185,7 +208,9 @@ class Bench:
 
     def c_consume(self):
         ns = ctypes.c_longlong()
-        got = self.c.bench_consume(self.rb_map.fd, ctypes.byref(ns))
+        total = ctypes.c_ulonglong()
+        got = self.c.bench_consume(self.rb_map.fd, ctypes.byref(ns), ctypes.byref(total))
+        self.total = total.value
         return got, ns.value / 1e9
 
     def bcc_consume(self):
@@ -204,32 +229,44 @@ class Bench:
         return got, clock() - t0
 
     def pybpf_read_batches(self):
-        rb = self.rb_batch
-        got = 0
+        rb, first = self.rb_batch, FIRST
+        got = total = 0
         t0 = clock()
         while True:
             records = rb.read_batch(BATCH)
             if not records:
                 break
+            for record in records:
+                total += first(record)[0]
             got += len(records)
-        return got, clock() - t0
+        t = clock() - t0
+        self.total = total
+        return got, t
 
     def pybpf_read_all(self):
+        first = FIRST
+        total = 0
         t0 = clock()
         records = self.rb_batch.read_batch()
+        for record in records:
+            total += first(record)[0]
         t = clock() - t0
+        self.total = total
         return len(records), t
 
     def pybpf_read_typed(self):
+        total = 0
         t0 = clock()
         records = self.rb_typed.read_batch()
+        for record in records:
+            total += record.seq & 0xFFFFFFFF
         t = clock() - t0
-        assert records[-1].seq == len(records) - 1
+        self.total = total
         return len(records), t
 
     def c_produce(self):
         ns = ctypes.c_longlong()
-        got = self.c.bench_produce(self.urb_map.fd, self.n, RECORD, ctypes.byref(ns))
+        got = self.c.bench_produce(self.urb_map.fd, self.n, self.payload, RECORD, ctypes.byref(ns))
         return got, ns.value / 1e9
 
     def ctypes_produce(self):
@@ -247,6 +284,30 @@ class Bench:
             lib.user_ring_buffer__free(urb)
 
     def pybpf_reserve_submit(self):
+        n, payload = self.n, self.payload
+        with UserRingBuffer(self.urb_map) as urb:
+            reserve, submit = urb.reserve, urb.submit
+            t0 = clock()
+            for _ in range(n):
+                sample = reserve(RECORD)
+                sample[:] = payload
+                submit(sample)
+            return n, clock() - t0
+
+    def pybpf_reserve_pack_into(self):
+        n = self.n
+        fields = struct.unpack("=QQQ", self.payload)  # the same 24 bytes
+        pack_into = struct.Struct("=QQQ").pack_into
+        with UserRingBuffer(self.urb_map) as urb:
+            reserve, submit = urb.reserve, urb.submit
+            t0 = clock()
+            for _ in range(n):
+                sample = reserve(RECORD)
+                pack_into(sample, 0, *fields)
+                submit(sample)
+            return n, clock() - t0
+
+    def pybpf_reserve_data(self):
         n, payload = self.n, self.payload
         with UserRingBuffer(self.urb_map) as urb:
             reserve, submit = urb.reserve, urb.submit
@@ -275,23 +336,26 @@ class Bench:
 
 CONSUMERS = [
     ("libbpf C loop: ring_buffer__consume", "c_consume", "c"),
-    ("Python over libbpf (ctypes), bcc's wrapper", "bcc_consume", "libbpf"),
     ("Python over libbpf (ctypes), bare callback", "bare_consume", "libbpf"),
+    ("Python over libbpf (ctypes), bcc's wrapper", "bcc_consume", "libbpf"),
     ("pybpf consume(), callback per record", "pybpf_consume", None),
-    (f"pybpf read_batch({BATCH}) until empty", "pybpf_read_batches", None),
-    ("pybpf read_batch(), all in one list", "pybpf_read_all", None),
-    ("pybpf read_batch() typed: ctypes array", "pybpf_read_typed", None),
+    (f"pybpf read_batch({BATCH}) + loop, until empty", "pybpf_read_batches", None),
+    ("pybpf read_batch() all + loop", "pybpf_read_all", None),
+    ("pybpf read_batch() typed + loop over .seq", "pybpf_read_typed", None),
 ]
 PRODUCERS = [
     ("libbpf C: reserve + memcpy + submit", "c_produce", "c"),
     ("Python over libbpf (ctypes): reserve/submit", "ctypes_produce", "libbpf"),
-    ("pybpf reserve() + copy + submit()", "pybpf_reserve_submit", None),
+    ("pybpf reserve(); s[:] = payload; submit()", "pybpf_reserve_submit", None),
+    ("pybpf reserve(); pack_into(s); submit()", "pybpf_reserve_pack_into", None),
+    ("pybpf reserve(); s.data[:] = ...; submit()", "pybpf_reserve_data", None),
     ("pybpf write()", "pybpf_write", None),
     ("pybpf write_batch()", "pybpf_write_batch", None),
 ]
 
 
 def run(bench: Bench, table, before, after, rounds: int) -> dict:
+    """Every variant of ``table`` ``rounds`` times, interleaved; records/s of each run."""
     rates = {name: [] for name, _, _ in table}
     for _ in range(rounds):
         for name, method, needs in table:
@@ -320,6 +384,36 @@ def show(title: str, rates: dict, refs: list[tuple[str, str]]) -> None:
         print(line)
 
 
+def anchors() -> dict[str, tuple[float, float]]:
+    """The libbpf C figures of anchors.md, M records/s (low, high), by row name."""
+    import re
+    try:
+        text = ANCHORS.read_text()
+    except OSError:
+        return {}
+    found = {}
+    for key, row in (("consume", CONSUMERS[0][0]), ("produce", PRODUCERS[0][0])):
+        for line in text.splitlines():
+            if "libbpf C" in line and (("ring_buffer__consume" in line) if key == "consume" else ("user_ring_buffer__reserve" in line)):
+                m = re.search(r"\|\s*([\d.]+)(?:-([\d.]+))?\s*M (?:records|samples)/s", line)
+                if m:
+                    lo = float(m.group(1))
+                    found[row] = (lo, float(m.group(2) or lo))
+                break
+    return found
+
+
+def show_anchors(rates: dict, refs: dict) -> None:
+    for name, (lo, hi) in refs.items():
+        if name not in rates:
+            continue
+        best = max(rates[name]) / 1e6
+        line = f"  {name}: {best:.1f} M/s here, {lo:g}-{hi:g} M/s in anchors.md"
+        if best < lo * 0.7 or best > hi * 1.3:
+            line += "  WARNING: more than 30% off: find out why before quoting a ratio"
+        print(line)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=1 << 20, help="records per run (default 1Mi; at most 2Mi)")
@@ -341,7 +435,7 @@ def main(argv=None) -> int:
             bench.empty_user_ring()
             consume = produce = {}
             if args.only != "produce":
-                consume = run(bench, CONSUMERS, bench.fill, lambda: None, args.rounds)
+                consume = run(bench, CONSUMERS, bench.fill, bench.check_sum, args.rounds)
             if args.only != "consume":
                 produce = run(bench, PRODUCERS, lambda: None, bench.empty_user_ring, args.rounds)
         finally:
@@ -349,10 +443,15 @@ def main(argv=None) -> int:
     print(f"{args.records} records of {RECORD} bytes, 64 MiB rings, best of {args.rounds} interleaved rounds; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     if consume:
-        show("kernel -> user (RINGBUF), consume", consume,
-             [("/ libbpf C", CONSUMERS[0][0]), ("/ bcc's way", CONSUMERS[1][0])])
+        show("kernel -> user (RINGBUF), consume: sum of the low 32 bits of each record's first u64", consume,
+             [("/ libbpf C", CONSUMERS[0][0]), ("/ ctypes way", CONSUMERS[1][0])])
     if produce:
-        show("user -> kernel (USER_RINGBUF), produce", produce, [("/ libbpf C", PRODUCERS[0][0])])
+        show("user -> kernel (USER_RINGBUF), produce: the same 24 bytes each", produce,
+             [("/ libbpf C", PRODUCERS[0][0])])
+    refs = anchors()
+    if refs and (consume or produce):
+        print(f"\nC anchors ({ANCHORS}):")
+        show_anchors({**consume, **produce}, refs)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"records": args.records, "consume": consume, "produce": produce}, f, indent=1)
