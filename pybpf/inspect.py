@@ -11,10 +11,12 @@ from __future__ import annotations
 from .errors import Error
 from .kernel.constants import MapType
 from .loader.relocate import link_program
-from .spec.btf import BTF, Kind
+from .spec.btf import BTF, MAX_RESOLVE_DEPTH, Kind
 from .spec.object import ObjectSpec, decode_value
 
 CACHELINE = 64
+#: variables larger than this are shown by size, not decoded (a 1 GiB .bss array would be read whole)
+MAX_SHOWN_VALUE = 4096
 
 
 def _map_type_name(t: int) -> str:
@@ -98,12 +100,15 @@ def describe(spec: ObjectSpec) -> str:
     out.append(f"global variables ({len(spec.variables)}):")
     rows = []
     for name, v in spec.variables.items():
-        raw = v.map.data[v.offset:v.offset + v.size] if v.map.data is not None else b""
-        value = decode_value(raw, btf, v.type_id)
-        value = value.to_python() if hasattr(value, "to_python") else value
-        if isinstance(value, bytes):
-            value = value.hex()
-        text = repr(value) if isinstance(value, str) else str(value)
+        if v.size > MAX_SHOWN_VALUE:
+            text = f"({v.size} bytes)"
+        else:
+            raw = v.map.data[v.offset:v.offset + v.size] if v.map.data is not None else b""
+            value = decode_value(raw, btf, v.type_id)
+            value = value.to_python() if hasattr(value, "to_python") else value
+            if isinstance(value, bytes):
+                value = value.hex()
+            text = repr(value) if isinstance(value, str) else str(value)
         if len(text) > 40:
             text = text[:37] + "..."
         rows.append([v.section, v.offset, v.size, v.type_name, name, text])
@@ -116,7 +121,11 @@ def _decl(btf: BTF, type_id: int, name: str) -> tuple[str, str]:
     """(type text, declarator) for a member: arrays keep their dimensions after the name."""
     dims = ""
     t = btf[type_id] if type_id else None
+    depth = 0
     while t is not None and t.kind == Kind.ARRAY:
+        depth += 1
+        if depth > MAX_RESOLVE_DEPTH:    # an array of itself
+            raise btf.too_deep(type_id, "array dimensions")
         dims += f"[{t.nelems}]"
         t = btf[t.elem_type] if t.elem_type else None
     base = btf.type_name(t.id) if t is not None else "void"
@@ -126,11 +135,16 @@ def _decl(btf: BTF, type_id: int, name: str) -> tuple[str, str]:
 
 
 def layout(btf: BTF, type_spec) -> str:
-    """A pahole-like view of a struct or union: member offsets and sizes, holes, bitfields, padding."""
-    t = btf.find(type_spec) if isinstance(type_spec, str) else type_spec
+    """A pahole-like view of a struct or union (a C spelling, a type id or a Type): member offsets
+    and sizes, holes, bitfields, padding."""
+    if isinstance(type_spec, str):
+        t = btf.find(type_spec)
+    else:
+        t = btf[type_spec] if isinstance(type_spec, int) else type_spec
     t = btf.resolve(t.id)
     if t is None or t.kind not in (Kind.STRUCT, Kind.UNION):
-        raise Error(f"{type_spec!r} is not a struct or union")
+        what = btf.type_name(t.id) if t is not None else "void"
+        raise Error(f"{type_spec!r} is not a struct or union (it is {what})")
     word = "struct" if t.kind == Kind.STRUCT else "union"
     lines = [f"{word} {t.name or '(anon)'} {{"]
     end = 0          # end of the previous member, in bits

@@ -365,6 +365,7 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
             from ..spec.btf import BTF as _BTF
             target_btf = _BTF.load(os.fspath(target_btf))
         facts = KernelFacts.running(btf=target_btf)
+    from ..spec.object import zero_image
     from .refusals import check_object
     check_object(spec, facts)       # struct_ops, kinds this kernel lacks, max_entries 0: before the kernel
     if spec.externs:
@@ -409,14 +410,17 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
                 # mapped before any program loads (libbpf bpf_object__create_maps): the kernel fixes
                 # the arena's user address at the first mmap and resolves __arena globals against it
                 view = m.mmap()
-                if mspec.data:
+                if mspec.data and not zero_image(mspec.data):
                     off = m.data_offset
-                    view[off:off + len(mspec.data)] = mspec.data
+                    view[off:off + len(mspec.data)] = bytes(mspec.data)
             elif mspec.data is not None:
                 data = mspec.data
                 if mspec.section == ".kconfig":
                     data = _externs.resolution_for(spec, facts).kconfig
-                m._write_initial(bytes(data))
+                # a new array map's value is zero-filled by the kernel (kernel/bpf/arraymap.c
+                # array_map_alloc: bpf_map_area_alloc zeroes): an untouched .bss needs no write
+                if not zero_image(data):
+                    m._write_initial(bytes(data))
                 if mspec.readonly:
                     sc.map_freeze(fd)
         fds = {name: m.fd for name, m in obj.maps.items()}

@@ -24,6 +24,13 @@ from ..errors import BTFError
 
 BTF_MAGIC = 0xEB9F
 
+#: how many references (modifiers, typedefs, pointers, arrays, nested structs) a walk over BTF
+#: follows before it calls the chain a loop: the kernel refuses BTF that resolves deeper
+#: (kernel/bpf/btf.c MAX_RESOLVE_DEPTH), so no BTF it accepts needs more
+MAX_RESOLVE_DEPTH = 32
+#: the largest size a BTF type may have: the kernel refuses BTF whose sizes overflow u32
+#: (kernel/bpf/btf.c btf_array_resolve "Array size overflows U32_MAX")
+MAX_TYPE_SIZE = 0xFFFFFFFF
 
 
 class Header(struct.Struct):
@@ -304,6 +311,13 @@ class BTF:
     def _fail(self, what: str) -> BTFError:
         return BTFError(f"{self.source}: corrupt BTF: {what}")
 
+    def too_deep(self, type_id: int, what: str = "its type references", limit: int = MAX_RESOLVE_DEPTH) -> BTFError:
+        """The error for a walk from ``type_id`` that went past ``limit`` (:data:`MAX_RESOLVE_DEPTH`)
+        references: a loop (a type that contains or refers to itself) or absurd nesting."""
+        return self._fail(f"{what} from type [{type_id}] go deeper than {limit} levels or "
+                          f"loop back (the kernel refuses such BTF: MAX_RESOLVE_DEPTH); rebuild the object "
+                          f"or fix the type")
+
     def _parse_header(self) -> None:
         raw = self.raw
         if len(raw) < BTF_HEADER_SIZE:
@@ -528,17 +542,15 @@ class BTF:
 
     def skip_mods(self, type_id: int) -> int:
         """Follow modifiers (const, volatile, restrict, type tags) and typedefs to the underlying type id."""
-        seen = 0
-        while type_id:
+        start = type_id
+        for _ in range(MAX_RESOLVE_DEPTH + 1):
+            if not type_id:
+                return type_id
             t = self[type_id]
-            if t.kind in MODIFIERS or t.kind == Kind.TYPEDEF:
-                type_id = t.size_or_type
-                seen += 1
-                if seen > 64:
-                    raise self._fail(f"type chain from [{type_id}] is too deep (a loop?)")
-            else:
-                break
-        return type_id
+            if t.kind not in MODIFIERS and t.kind != Kind.TYPEDEF:
+                return type_id
+            type_id = t.size_or_type
+        raise self.too_deep(start, "modifiers and typedefs")
 
     def resolve(self, type_id: int) -> Type | None:
         """The type behind modifiers and typedefs (None for void)."""
@@ -546,25 +558,32 @@ class BTF:
         return self[type_id] if type_id else None
 
     def size_of(self, type_id: int) -> int:
-        """Byte size of a type, as libbpf's btf__resolve_size computes it."""
+        """Byte size of a type, as libbpf's btf__resolve_size computes it.  BTFError for a
+        loop, a type without a size, or a size past u32 (the kernel refuses such BTF)."""
+        start = type_id
         nelems = 1
-        for _ in range(64):
+        for _ in range(MAX_RESOLVE_DEPTH + 1):
             if type_id == 0:
                 raise BTFError(f"{self.source}: void has no size")
             t = self[type_id]
             k = t.kind
             if k in (Kind.INT, Kind.ENUM, Kind.ENUM64, Kind.STRUCT, Kind.UNION, Kind.DATASEC, Kind.FLOAT):
-                return nelems * t.size_or_type
-            if k == Kind.PTR:
-                return nelems * self.pointer_size
-            if k in MODIFIERS or k in (Kind.TYPEDEF, Kind.VAR, Kind.DECL_TAG):
+                size = nelems * t.size_or_type
+            elif k == Kind.PTR:
+                size = nelems * self.pointer_size
+            elif k in MODIFIERS or k in (Kind.TYPEDEF, Kind.VAR, Kind.DECL_TAG):
                 type_id = t.size_or_type
+                continue
             elif k == Kind.ARRAY:
                 nelems *= t.nelems
                 type_id = t.elem_type
+                continue
             else:
                 raise BTFError(f"{self.source}: type [{t.id}] {k.name} has no size")
-        raise self._fail(f"type chain from [{type_id}] is too deep (a loop?)")
+            if size > MAX_TYPE_SIZE:
+                raise self._fail(f"type [{start}] is {size} bytes, more than BTF's 32-bit sizes allow")
+            return size
+        raise self.too_deep(start)
 
     @property
     def pointer_size(self) -> int:
@@ -584,27 +603,35 @@ class BTF:
         return self._ptr_size
 
     def type_name(self, type_id: int) -> str:
-        """A short C-like name for a type, for messages: ``struct event``, ``int``, ``char[16]``, ``void *``."""
-        if type_id == 0:
-            return "void"
-        t = self[type_id]
-        k = t.kind
-        if k in (Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64):
-            word = {Kind.STRUCT: "struct", Kind.UNION: "union"}.get(k, "enum")
-            return f"{word} {t.name or '(anon)'}"
-        if k == Kind.FWD:
-            return f"{'union' if t.kind_flag else 'struct'} {t.name}"
-        if k == Kind.PTR:
-            return f"{self.type_name(t.size_or_type)} *"
-        if k == Kind.ARRAY:
-            return f"{self.type_name(t.elem_type)}[{t.nelems}]"
-        if k in (Kind.CONST, Kind.VOLATILE, Kind.RESTRICT):
-            return f"{k.name.lower()} {self.type_name(t.size_or_type)}"
-        if k == Kind.TYPE_TAG:
-            return self.type_name(t.size_or_type)
-        if k == Kind.FUNC_PROTO:
-            return "function"
-        return t.name or f"({k.name.lower()})"
+        """A short C-like name for a type, for messages: ``struct event``, ``int``, ``char[16]``, ``void *``.
+        A chain deeper than :data:`MAX_RESOLVE_DEPTH` (a loop) ends in ``...``."""
+        prefix, suffix = "", ""
+        for _ in range(MAX_RESOLVE_DEPTH + 1):
+            if type_id == 0:
+                return f"{prefix}void{suffix}"
+            t = self[type_id]
+            k = t.kind
+            if k in (Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64):
+                word = {Kind.STRUCT: "struct", Kind.UNION: "union"}.get(k, "enum")
+                return f"{prefix}{word} {t.name or '(anon)'}{suffix}"
+            if k == Kind.FWD:
+                return f"{prefix}{'union' if t.kind_flag else 'struct'} {t.name}{suffix}"
+            if k == Kind.PTR:
+                suffix = " *" + suffix
+                type_id = t.size_or_type
+            elif k == Kind.ARRAY:
+                suffix = f"[{t.nelems}]" + suffix
+                type_id = t.elem_type
+            elif k in (Kind.CONST, Kind.VOLATILE, Kind.RESTRICT):
+                prefix += f"{k.name.lower()} "
+                type_id = t.size_or_type
+            elif k == Kind.TYPE_TAG:
+                type_id = t.size_or_type
+            elif k == Kind.FUNC_PROTO:
+                return f"{prefix}function{suffix}"
+            else:
+                return f"{prefix}{t.name or f'({k.name.lower()})'}{suffix}"
+        return f"{prefix}...{suffix}"
 
     # -- output ----------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import os
 import struct
 
 from ..errors import BTFError, ObjectError
-from .btf import BTF, BTF_MAGIC, MODIFIERS, Kind
+from .btf import BTF, BTF_MAGIC, MAX_RESOLVE_DEPTH, MODIFIERS, Kind
 from .elf import ELF, malformed_is_object_error
 
 __all__ = ["format_raw", "format_c", "btf_from_file"]
@@ -247,6 +247,28 @@ _U32_MAX = 0xFFFFFFFF
 _MAX_PAD_FIELDS = 1 << 20
 
 
+#: how deep the dump's walks (ordering, emitting, alignment) may nest: vmlinux (6.18) needs 15; the
+#: kernel refuses BTF resolving deeper than MAX_RESOLVE_DEPTH at each step, and pointers to
+#: anonymous types chain such steps: deeper is a loop or corrupt BTF
+_MAX_NESTING = 4 * MAX_RESOLVE_DEPTH
+
+
+def _nested(walk):
+    """Bound a recursive walk of :class:`_CDump` whose first argument is a type id (or a list
+    of them): past _MAX_NESTING levels it raises a BTFError naming the type, not a RecursionError."""
+    def bounded(self, first, *args):
+        self.depth += 1
+        try:
+            if self.depth > _MAX_NESTING:
+                type_id = first[-1] if isinstance(first, list) and first else first
+                raise self.btf.too_deep(type_id, f"type references ({walk.__name__.strip('_')})", _MAX_NESTING)
+            return walk(self, first, *args)
+        finally:
+            self.depth -= 1
+    bounded.__name__, bounded.__doc__ = walk.__name__, walk.__doc__
+    return bounded
+
+
 def _c_int(v: int) -> int:
     """v as a C int: libbpf keeps bit offsets and sizes in ints, which wrap."""
     return (v + 0x80000000) % 0x100000000 - 0x80000000
@@ -281,6 +303,7 @@ class _CDump:
         self.ident_names: dict[str, int] = {}  # typedefs and enumerators
         self.align_cache: dict[int, int] = {}
         self.out: list[str] = []
+        self.depth = 0            # nesting of the walks below (_nested)
         # void is ordered and emitted from the start
         self.order_state[0] = _ORDERED
         self.emit_state[0] = _EMITTED
@@ -391,6 +414,7 @@ class _CDump:
             self.align_cache[type_id] = a
         return a
 
+    @_nested
     def _align_of(self, type_id: int) -> int:
         if type_id == 0:
             return 0
@@ -438,6 +462,7 @@ class _CDump:
         for q in queue:
             self.emit_type(q, 0)
 
+    @_nested
     def order(self, type_id: int, through_ptr: bool, queue: list) -> int:
         """Topological sort; returns 1 for a strong link (must be defined first), 0 for a weak one."""
         state = self.order_state
@@ -497,6 +522,7 @@ class _CDump:
 
     # -- emitting (btf_dump_emit_type) -----------------------------------------------------------
 
+    @_nested
     def emit_type(self, type_id: int, cont_id: int) -> None:
         """Print the definition of type_id and what it needs first; cont_id is the struct or
         typedef being defined (0: top level)."""
@@ -685,12 +711,16 @@ class _CDump:
 
     # -- declarations (btf_dump_emit_type_decl / emit_type_chain) --------------------------------
 
+    @_nested
     def emit_type_decl(self, type_id: int, fname: str, lvl: int) -> None:
         """Print `type name` in C syntax: pointers, arrays and function pointers inside out."""
         types = self.types
         stack = []
+        start = type_id
         while True:
             stack.append(type_id)
+            if len(stack) > _MAX_NESTING:     # e.g. a pointer to itself
+                raise self.btf.too_deep(start, "declarator (pointers, arrays, modifiers)", _MAX_NESTING)
             if type_id == 0:
                 break
             t = types[type_id]
@@ -729,6 +759,7 @@ class _CDump:
     def emit_name(self, name: str, last_was_ptr: bool) -> None:
         self.out.append(" " + name if name and not last_was_ptr else name)
 
+    @_nested
     def emit_type_chain(self, decls: list, fname: str, lvl: int) -> None:
         types = self.types
         out = self.out.append
@@ -837,7 +868,6 @@ def format_c(btf: BTF) -> str:
         for type_id in range(1, d.n):
             d.dump_type(type_id)
         d.out.append(_FOOTER)
-    except RecursionError:
-        # vmlinux nests 25 calls deep at most: this is a loop (e.g. a typedef of itself)
-        raise BTFError(f"{btf.source}: type references loop or nest too deeply to dump as C") from None
+    except RecursionError:   # the walks are bounded (_MAX_NESTING): only a caller already deep in its stack
+        raise BTFError(f"{btf.source}: type references nest too deeply to dump as C") from None
     return "".join(d.out)

@@ -98,7 +98,7 @@ class ELF:
 
     def body(self, sh, name: str = "") -> bytes:
         """A section's bytes (empty for SHT_NOBITS); ObjectError if they run past the file."""
-        if sh["sh_type"] == "SHT_NOBITS":
+        if sh["sh_type"] in ("SHT_NOBITS", "SHT_NULL"):
             return b""
         end = sh["sh_offset"] + sh["sh_size"]
         if end > len(self.data):
@@ -131,6 +131,12 @@ class ELF:
             raise ObjectError(f"the section name table index {strndx} is not a section "
                               f"(the file has {len(headers)})")
         names = self.body(headers[strndx])
+        # sections do not overlap in an object file: their sizes add up to at most the file's
+        # (each body is copied: overlapping headers would copy the file once per header)
+        total = sum(sh["sh_size"] for sh in headers if sh["sh_type"] not in ("SHT_NOBITS", "SHT_NULL"))
+        if total > len(self.data):
+            raise ObjectError(f"the sections' sizes add up to {total} bytes, more than the file's "
+                              f"{len(self.data)}: sections overlap or claim bytes the file does not have")
         out = []
         for sh in headers:
             name = self.string(names, sh["sh_name"])
@@ -150,6 +156,7 @@ class ELF:
         if not 0 < link < len(headers) or headers[link]["sh_type"] != "SHT_STRTAB":
             raise ObjectError(f"the symbol table's string table (section {link}) is not a string table")
         strings = self.body(headers[link])
+        self.body(sh, ".symtab")    # its entries lie inside the file
         base, count = sh["sh_offset"], sh["sh_size"] // sym.sizeof()
         out = []
         for i in range(count):

@@ -11,6 +11,7 @@ relocation to the function it patches.
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 
@@ -157,11 +158,102 @@ class ProgramSpec(Record):
         return f"<ProgramSpec {self.name} section={self.section!r} type={self.sec_def.prog_type}>"
 
 
+#: the largest value the kernel's array maps take: BPF_MAP_CREATE refuses value_size > INT_MAX with
+#: E2BIG (kernel/bpf/arraymap.c array_map_alloc_check); a data section larger cannot be a map
+MAX_ARRAY_VALUE_SIZE = 0x7FFFFFFF
+
+
+class ZeroImage:
+    """The initial image of a SHT_NOBITS section (``.bss``, ``__arena`` globals): ``size``
+    zero bytes that are not held in memory (a ``.bss`` may claim a GiB; the kernel zero-fills
+    new array maps anyway, kernel/bpf/arraymap.c).
+
+    It reads like ``bytes`` (``len()``, indexing and slices, ``bytes(image)``: that one
+    builds every byte, so keep it for small sections) and takes slice assignments of the
+    same length (:meth:`VariableSpec.set`): only the pages written are kept."""
+
+    PAGE = 4096
+
+    def __init__(self, size: int):
+        self.size = size
+        self._pages: dict[int, bytearray] = {}     # page number -> its bytes, for pages written
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def is_zero(self) -> bool:
+        """True while every byte is zero (nothing but zeros was written)."""
+        return not any(any(page) for page in self._pages.values())
+
+    def _range(self, key) -> tuple[int, int]:
+        if not isinstance(key, slice):
+            raise Error(f"a zero-filled section image takes slices, not {type(key).__name__}")
+        start, stop, step = key.indices(self.size)
+        if step != 1:
+            raise Error("a zero-filled section image takes contiguous slices only")
+        return start, max(start, stop)
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            if not -self.size <= key < self.size:
+                raise IndexError("section image index out of range")
+            key %= self.size
+            page = self._pages.get(key // self.PAGE)
+            return page[key % self.PAGE] if page is not None else 0
+        start, stop = self._range(key)
+        out = bytearray(stop - start)
+        for n in sorted(self._pages):
+            lo, hi = max(start, n * self.PAGE), min(stop, (n + 1) * self.PAGE)
+            if lo < hi:
+                out[lo - start:hi - start] = self._pages[n][lo - n * self.PAGE:hi - n * self.PAGE]
+        return bytes(out)
+
+    def __setitem__(self, key, value) -> None:
+        start, stop = self._range(key)
+        value = bytes(value)
+        if len(value) != stop - start:
+            raise Error(f"a section image keeps its size: {len(value)} bytes cannot replace {stop - start}")
+        pos = start
+        while pos < stop:
+            n = pos // self.PAGE
+            end = min(stop, (n + 1) * self.PAGE)
+            page = self._pages.get(n)
+            if page is None:
+                page = self._pages[n] = bytearray(min(self.PAGE, self.size - n * self.PAGE))
+            page[pos - n * self.PAGE:end - n * self.PAGE] = value[pos - start:end - start]
+            pos = end
+
+    def __bytes__(self) -> bytes:
+        return self[0:self.size]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, ZeroImage):
+            return self.size == other.size and bytes(self) == bytes(other)
+        if isinstance(other, (bytes, bytearray, memoryview)):
+            return len(other) == self.size and bytes(self) == bytes(other)
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"<ZeroImage {self.size} bytes, {len(self._pages)} pages written>"
+
+
+def zero_image(data) -> bool:
+    """True if an initial image is all zeros that the kernel provides by itself (a
+    :class:`ZeroImage` nobody wrote non-zero bytes to)."""
+    return isinstance(data, ZeroImage) and data.is_zero()
+
+
 class MapSpec(Record):
     """A map to create: from a BTF-defined ``.maps`` entry or an internal data section.
 
     Internal maps (``.data``, ``.rodata``, ``.bss``) have ``section`` set and
-    ``data`` holding the initial image of the section.  An ARENA map's ``data``
+    ``data`` holding the initial image of the section (a bytearray, or for
+    ``.bss`` a :class:`ZeroImage`, not held in memory).  An ARENA map's ``data``
     is the image of the object's ``__arena`` globals (section ``.addr_space.1``),
     or None without them: it is copied to the end of the arena after creation
     (:meth:`arena_data_offset`).  ``max_entries`` and ``value_size`` may be
@@ -175,7 +267,7 @@ class MapSpec(Record):
     def __init__(self, name: str, type: int, key_size: int = 0, value_size: int = 0, max_entries: int = 0,
                  flags: int = 0, key_type_id: int = 0, value_type_id: int = 0, pinning: int = 0,
                  map_extra: int = 0, numa_node: int = 0, section: str = ".maps",
-                 data: bytearray | None = None, btf_var_id: int = 0, inner: MapSpec | None = None,
+                 data: bytearray | ZeroImage | None = None, btf_var_id: int = 0, inner: MapSpec | None = None,
                  record_type_id: int = 0, values: dict | None = None):
         self.name = name
         self.type = type
@@ -722,6 +814,9 @@ class ObjectSpec:
         if not kconfig:
             return
         sec = self.btf.by_name(".kconfig", Kind.DATASEC)[0]
+        if self.kconfig_size > MAX_ARRAY_VALUE_SIZE:
+            raise ObjectError(f".kconfig externs take {self.kconfig_size} bytes: more than the "
+                              f"{MAX_ARRAY_VALUE_SIZE} bytes an array map value may have (kernel/bpf/arraymap.c)")
         m = MapSpec(name=internal_map_name(self.name, ".kconfig"), type=MAP_TYPE_ARRAY, key_size=4,
                     value_size=self.kconfig_size, max_entries=1, flags=BPF_F_RDONLY_PROG | BPF_F_MMAPABLE,
                     section=".kconfig", data=bytearray(self.kconfig_size), btf_var_id=sec.id,
@@ -751,10 +846,17 @@ class ObjectSpec:
                         f"pybpf cannot tell its program type. Use one of libbpf's section names, e.g. "
                         f"SEC(\"tracepoint/<category>/<name>\"), SEC(\"kprobe/<function>\"), SEC(\"xdp\"), "
                         f"SEC(\"syscall\")")
+            end = 0
             for s in funcs:
                 if s.value % I.INSN_SIZE or s.value + s.size > len(body) or s.size == 0:
                     raise ObjectError(f"function {s.name!r} in {name!r} has a bad offset or size "
                                       f"({s.value}, {s.size})")
+                # functions do not overlap (each one's instructions are copied: overlapping
+                # symbols would copy the section once per symbol)
+                if s.value < end:
+                    raise ObjectError(f"function {s.name!r} in {name!r} at offset {s.value} overlaps the "
+                                      f"function before it (which ends at {end})")
+                end = s.value + s.size
                 linkage = LINKAGE_STATIC if s.bind == STB_LOCAL else LINKAGE_GLOBAL
                 fn = FunctionSpec(s.name, name, s.value // I.INSN_SIZE, body[s.value:s.value + s.size],
                                   linkage=linkage)
@@ -773,10 +875,19 @@ class ObjectSpec:
         return self._funcs_by_pos.get((section, insn_index))
 
     def _function_containing(self, section: str, insn_index: int) -> FunctionSpec | None:
-        for (sec, start), fn in self._funcs_by_pos.items():
-            if sec == section and start <= insn_index < start + fn.insn_cnt:
-                return fn
-        return None
+        # by bisection over each section's sorted starts: an object may have many relocations
+        starts = self.__dict__.get("_func_starts")
+        if starts is None:
+            starts = {}
+            for (sec, start) in sorted(self._funcs_by_pos):
+                starts.setdefault(sec, []).append(start)
+            self._func_starts = starts
+        sec_starts = starts.get(section, ())
+        i = bisect.bisect_right(sec_starts, insn_index) - 1
+        if i < 0:
+            return None
+        fn = self._funcs_by_pos[(section, sec_starts[i])]
+        return fn if insn_index < sec_starts[i] + fn.insn_cnt else None
 
     # -- maps ------------------------------------------------------------------------------------
 
@@ -873,10 +984,14 @@ class ObjectSpec:
             size = sh["sh_size"]
             if size == 0:
                 continue
+            if size > MAX_ARRAY_VALUE_SIZE:   # a SHT_NOBITS size is not bounded by the file's
+                raise ObjectError(f"section {name} is {size} bytes: more than the {MAX_ARRAY_VALUE_SIZE} bytes "
+                                  f"an array map value may have (kernel/bpf/arraymap.c), so it cannot be "
+                                  f"created; the object is corrupt or its globals are too large")
             flags = BPF_F_MMAPABLE
             if kind == ".rodata":
                 flags |= BPF_F_RDONLY_PROG
-            data = bytearray(size) if kind == ".bss" else bytearray(body)
+            data = ZeroImage(size) if kind == ".bss" else bytearray(body)
             datasec = self.btf.by_name(name, Kind.DATASEC) if self.btf else []
             m = MapSpec(name=internal_map_name(self.name, name), type=MAP_TYPE_ARRAY, key_size=4,
                         value_size=size, max_entries=1, flags=flags, section=name, data=data,
@@ -926,7 +1041,7 @@ class ObjectSpec:
             raise ObjectError(f"the object has __arena globals (section {ARENA_SEC}) but no arena: declare the "
                               f"ARENA map in SEC(\".maps\") (__uint(type, BPF_MAP_TYPE_ARENA))")
         arena = arenas[0]
-        arena.data = bytearray(sh["sh_size"]) if sh["sh_type"] == "SHT_NOBITS" else bytearray(body)
+        arena.data = ZeroImage(sh["sh_size"]) if sh["sh_type"] == "SHT_NOBITS" else bytearray(body)
         datasec = self.btf.by_name(ARENA_SEC, Kind.DATASEC) if self.btf else []
         for si in datasec[0].secinfos if datasec else ():
             var = self.btf[si.type_id]

@@ -22,7 +22,7 @@ import ctypes
 import enum
 
 from ..errors import BTFError, Error
-from .btf import BTF, INT_BOOL, INT_CHAR, Kind
+from .btf import BTF, INT_BOOL, INT_CHAR, MAX_RESOLVE_DEPTH, MAX_TYPE_SIZE, Kind
 
 _INTS = {(1, False): ctypes.c_uint8, (1, True): ctypes.c_int8, (2, False): ctypes.c_uint16,
          (2, True): ctypes.c_int16, (4, False): ctypes.c_uint32, (4, True): ctypes.c_int32,
@@ -248,9 +248,11 @@ class TypeFactory:
         self.btf = btf
         self._cache: dict[int, object] = {}
         self._enums: dict[int, object] = {}
+        self._making: list[int] = []     # the types being made, outermost first (loops, depth)
 
     def ctype(self, type_id: int):
-        """The ctypes type of BTF type ``type_id``."""
+        """The ctypes type of BTF type ``type_id``.  BTFError for a type that contains itself,
+        nests deeper than the kernel allows (MAX_RESOLVE_DEPTH) or is larger than u32."""
         btf = self.btf
         tid = btf.skip_mods(type_id)
         cached = self._cache.get(tid)
@@ -258,6 +260,26 @@ class TypeFactory:
             return cached
         if tid == 0:
             raise BTFError("void has no value type")
+        if tid in self._making:
+            t = btf[tid]
+            raise BTFError(f"{btf.source}: corrupt BTF: type [{tid}] {t.kind.name} '{t.name}' contains itself "
+                           f"(through {' -> '.join(f'[{i}]' for i in self._making)}); rebuild the object")
+        if len(self._making) >= MAX_RESOLVE_DEPTH:
+            raise btf.too_deep(self._making[0], "nested types")
+        self._making.append(tid)
+        try:
+            ct = self._make(tid)
+        finally:
+            self._making.pop()
+        # ctypes itself does not check: sizes past ssize_t crash it (a corrupt nelems)
+        if ctypes.sizeof(ct) > MAX_TYPE_SIZE:
+            raise BTFError(f"{btf.source}: corrupt BTF: type [{tid}] {btf.type_name(tid)} is "
+                           f"{ctypes.sizeof(ct)} bytes, more than BTF's 32-bit sizes allow")
+        self._cache[tid] = ct
+        return ct
+
+    def _make(self, tid: int):
+        btf = self.btf
         t = btf[tid]
         k = t.kind
         if k == Kind.INT:
@@ -282,6 +304,9 @@ class TypeFactory:
                 bool(et.encoding & INT_CHAR) or et.name in ("char", "signed char"))
             if is_char:
                 elem = ctypes.c_char
+            if t.nelems * ctypes.sizeof(elem) > MAX_TYPE_SIZE:
+                raise BTFError(f"{btf.source}: corrupt BTF: array [{tid}] of {t.nelems} x {ctypes.sizeof(elem)} "
+                               f"bytes is larger than BTF's 32-bit sizes allow")
             ct = self._array_type(elem, t.nelems, btf.type_name(tid), is_char)
         elif k in (Kind.STRUCT, Kind.UNION, Kind.DATASEC):
             ct = self._record_type(tid)
@@ -289,7 +314,6 @@ class TypeFactory:
             ct = self.ctype(t.type_id)
         else:
             raise BTFError(f"BTF type [{tid}] {k.name} {t.name!r} has no value representation")
-        self._cache[tid] = ct
         return ct
 
     def enum_class(self, type_id: int):
@@ -337,6 +361,11 @@ class TypeFactory:
                                                          and mt.bits and mt.bits != 8 * mt.size)
             if is_bitfield:
                 bits = bitsz or (mt.bits if mt is not None and mt.kind == Kind.INT else 8 * btf.size_of(mtid))
+                # the kernel refuses bitfields wider than 128 bits and members past the end
+                # (kernel/bpf/btf.c btf_int_check_member, btf_struct_check_member)
+                if not 0 < bits <= 128 or bit_off + bits > 8 * size:
+                    raise BTFError(f"{btf.source}: corrupt BTF: {btf.type_name(tid)} [{tid}] member {name!r}: "
+                                   f"{bits} bits at bit {bit_off} do not fit in its {size} bytes")
                 pyname = _safe_name(name or f"bf{i}", taken)
                 is_enum = mt is not None and mt.kind in (Kind.ENUM, Kind.ENUM64)
                 props[pyname] = _bitfield_property(bit_off // 8, bit_off % 8, bits, bool(mt and mt.signed),
@@ -345,6 +374,9 @@ class TypeFactory:
                 continue
             ct = self.ctype(mtid)
             off = bit_off // 8
+            if off + ctypes.sizeof(ct) > size:
+                raise BTFError(f"{btf.source}: corrupt BTF: {btf.type_name(tid)} [{tid}] member {name!r} "
+                               f"[{off}, {off + ctypes.sizeof(ct)}) lies past its end ({size} bytes)")
             if union:
                 if off:
                     raise BTFError(f"union {t.name!r} member {name!r} at non-zero offset {off}")
