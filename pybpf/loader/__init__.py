@@ -365,7 +365,7 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
             from ..spec.btf import BTF as _BTF
             target_btf = _BTF.load(os.fspath(target_btf))
         facts = KernelFacts.running(btf=target_btf)
-    from ..spec.object import zero_image
+    from ..spec.object import ZeroImage, zero_image
     from .refusals import check_object
     check_object(spec, facts)       # struct_ops, kinds this kernel lacks, max_entries 0: before the kernel
     if spec.externs:
@@ -418,8 +418,15 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
                 if mspec.section == ".kconfig":
                     data = _externs.resolution_for(spec, facts).kconfig
                 # a new array map's value is zero-filled by the kernel (kernel/bpf/arraymap.c
-                # array_map_alloc: bpf_map_area_alloc zeroes): an untouched .bss needs no write
-                if not zero_image(data):
+                # array_map_alloc: bpf_map_area_alloc zeroes): of a .bss only the pages written
+                # before load are copied in, each through a mapping of its own page (mapping
+                # the whole value would make all of it resident: array_map_mmap maps every page)
+                if isinstance(data, ZeroImage):
+                    if not zero_image(data):
+                        for off, chunk in data.written():
+                            with mmap.mmap(fd, len(chunk), mmap.MAP_SHARED, offset=off) as page:
+                                page[:] = chunk
+                else:
                     m._write_initial(bytes(data))
                 if mspec.readonly:
                     sc.map_freeze(fd)

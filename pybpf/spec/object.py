@@ -12,6 +12,7 @@ relocation to the function it patches.
 from __future__ import annotations
 
 import bisect
+import mmap
 import os
 import struct
 
@@ -172,7 +173,7 @@ class ZeroImage:
     builds every byte, so keep it for small sections) and takes slice assignments of the
     same length (:meth:`VariableSpec.set`): only the pages written are kept."""
 
-    PAGE = 4096
+    PAGE = mmap.PAGESIZE      # written pages are copied into the map one mapped page at a time
 
     def __init__(self, size: int):
         self.size = size
@@ -228,6 +229,10 @@ class ZeroImage:
 
     def __bytes__(self) -> bytes:
         return self[0:self.size]
+
+    def written(self) -> list[tuple[int, bytes]]:
+        """(offset, bytes) of each page written, in order: the image is zeros elsewhere."""
+        return [(n * self.PAGE, bytes(self._pages[n])) for n in sorted(self._pages)]
 
     def __eq__(self, other) -> bool:
         if isinstance(other, ZeroImage):
