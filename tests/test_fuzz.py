@@ -4,7 +4,7 @@ Structure-aware mutants of the objects under programs/ (fields of .BTF, .BTF.ext
 the map definitions, relocations, the symbol table, section headers) must give
 success or a pybpf.Error: any other exception, a RecursionError or a mutant
 slower than the per-mutant timeout fails the test, with the command replaying
-it.  The run is a subprocess, so its memory is measured alone (ru_maxrss) and
+it.  The run is a subprocess, so its memory is measured alone (its VmHWM) and
 a runaway allocation cannot take pytest down.  The long run is
 ``python tools/fuzz.py --minutes 10``.
 """

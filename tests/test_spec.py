@@ -149,6 +149,8 @@ EXPECTED_PROGRAMS = {
     "struct_ops_test": {n: (f"struct_ops/{n}", ProgType.STRUCT_OPS, None, n)
                         for n in ("pybpf_ssthresh", "pybpf_cong_avoid", "pybpf_undo_cwnd")},
     "arena_test": {n: ("syscall", ProgType.SYSCALL, None, "") for n in ("bump", "alloc_page", "read_page")},
+    "core_bitfield": {"read_bits": ("syscall", ProgType.SYSCALL, None, "")},
+    "percpu_sizes": {"swap": ("syscall", ProgType.SYSCALL, None, "")},
     "execsnoop": {
         "enter_execve": ("tracepoint/syscalls/sys_enter_execve", ProgType.TRACEPOINT, None,
                          "syscalls/sys_enter_execve"),

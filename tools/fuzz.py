@@ -31,7 +31,6 @@ import glob
 import json
 import os
 import random
-import resource
 import signal
 import struct
 import sys
@@ -318,7 +317,21 @@ def campaign(seed: int, count: int | None, minutes: float | None, timeout: float
         i += 1
     return {"seed": seed, "mutants": i, "seconds": round(time.monotonic() - start, 1),
             "figures": {t: v for t, v in figures.items() if any(p["tried"] for p in v.values())},
-            "defects": defects, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+            "defects": defects, "max_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> int:
+    """This process's peak RSS in MB: VmHWM of its own address space.
+
+    Not ru_maxrss: execve() folds the parent's high-water mark into the child's
+    (setmax_mm_hiwater_rss in fs/exec.c), and subprocess spawns with vfork, so
+    a child of a large pytest process would report pytest's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def replay(seed: int, i: int, only: list | None = None) -> None:
