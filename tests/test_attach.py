@@ -220,7 +220,6 @@ def test_xdp_test_run_repeat(no_fd_leak):
         r = obj.programs["xdp_pass"].test_run(data=b"\x10" + bytes(63), repeat=100)
         # the kernel copies data_in once and runs the program on it `repeat` times
         assert r.retval == XDP_PASS and r.data[0] == 0x10 + 100
-        assert r.duration >= 0
 
 
 @pytest.mark.parametrize("size", [64, 100, 1500])

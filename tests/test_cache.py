@@ -151,11 +151,19 @@ def test_pybpf_cache_0_reads_and_writes_nothing(cache, tmp_path, monkeypatch):
 
 
 def test_an_unwritable_cache_folder_is_not_an_error(tmp_path, monkeypatch):
+    """The spec read with a cache folder that cannot be made is the spec read without any cache,
+    every time, and nothing is written in place of the folder."""
+    path = copy_object("globals_test", tmp_path)
+    monkeypatch.setenv("PYBPF_CACHE", "0")
+    uncached = spec_summary(ObjectSpec.from_file(path))
+    monkeypatch.delenv("PYBPF_CACHE")
     blocked = tmp_path / "file-not-folder"
     blocked.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))       # pybpf/ cannot be made under a file
-    path = copy_object("globals_test", tmp_path)
-    assert set(ObjectSpec.from_file(path).programs) == set(ObjectSpec.from_file(path).programs)
+    for _ in range(2):
+        assert spec_summary(ObjectSpec.from_file(path)) == uncached
+    assert blocked.is_file() and blocked.read_text() == ""
+    assert uncached["programs"]                              # the object was read, not an empty spec
 
 
 def test_errors_are_not_cached(cache, tmp_path):

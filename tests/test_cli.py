@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -127,8 +129,9 @@ def test_ctrl_c_exits_cleanly_and_unloads():
 
 
 @pytest.mark.kernel
-def test_feed_json_sample_by_btf_type():
-    """--feed writes the given sample; the BPF side answers each sample drained with an event."""
+def test_feed_answered_in_the_tutorial():
+    """The tutorial with --feed: the BPF side answers each sample drained with an event
+    (its content is not read there: test_feed_json_sample_by_btf_type checks what is written)."""
     s = Session("load", program("user_ringbuf"), "--count", "1", "--feed", 'user_ringbuf={"i": 7, "comm": "x"}')
     s.wait_for(lambda l: l.startswith("TIME"))
     s.wait_for(lambda l: l[:2].isdigit(), on_idle=lambda: os.kill(os.getpid(), 0))
@@ -137,14 +140,95 @@ def test_feed_json_sample_by_btf_type():
 
 
 @pytest.mark.kernel
-def test_generic_object_streams_hex_or_fields(tmp_path):
-    """An object without tutorial types still loads and stops after --duration."""
-    s = Session("load", program("ringbuf_test"), "--duration", "1.6", "--rate")
+def test_feed_json_sample_by_btf_type():
+    """--feed MAP=JSON with --type: the sample the kernel drains is exactly the JSON encoded by
+    that BTF struct (none of its values is what the default sample holds: our pid, a number).
+    ringbuf_test's `drain` echoes each sample of `urb` into `rb`, which the CLI prints in hex."""
+    fields = {"count": 0xA1B2C3, "size": 77, "discard_every": 5, "start_seq": 0x7EADBEEF, "flags": 0x1122334455}
+    assert os.getpid() not in fields.values()
+    s = Session("load", program("ringbuf_test"), "--count", "2", "--type", "urb=struct produce_args",
+                "--feed", "urb=" + json.dumps(fields))
+    want = struct.pack("<IIIIQ", *fields.values())        # struct produce_args: 4 u32, a u64
+    for n in range(2):                                    # a sample at start, one after each record
+        s.wait_for(lambda l: l == "Draining current samples...")
+        # drain_args: flags, echo; returns the number of samples drained
+        assert _run_program_of(s.proc.pid, "drain", struct.pack("<QI4x", 0, 1)) == 1
+        row = s.wait_for(lambda l: " bytes: " in l)
+        assert row.split()[2:4] == ["rb", str(len(want))]
+        assert bytes.fromhex(row.split()[-1]) == want
     code, err = s.finish()
     assert code == 0, err
-    assert "no ring buffer" not in err
-    rates = [l for l in err.splitlines() if l.startswith("pybpf: ")]
-    assert rates and "rb: 0 records/s, 0B/s" in rates[0]
+
+
+def _run_program_of(pid: int, name: str, ctx: bytes) -> int:
+    """BPF_PROG_TEST_RUN of the program NAME that process PID holds open (found through its
+    /proc fdinfo, so another test's program of the same name is never run, waiting for the
+    process to load it); returns retval."""
+    import ctypes
+    from pybpf.kernel import syscall as sc
+    from pybpf.kernel.attrs import ProgInfo, TestRunAttr
+    from pybpf.kernel.constants import Cmd
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for fd in _prog_fds_of(pid):
+            ours = sc.get_fd_by_id(Cmd.PROG_GET_FD_BY_ID, fd)
+            try:
+                if sc.obj_get_info_by_fd(ours, ProgInfo()).name.decode() != name:
+                    continue
+                buf = ctypes.create_string_buffer(ctx, len(ctx))
+                attr = TestRunAttr(prog_fd=ours, ctx_in=ctypes.addressof(buf), ctx_size_in=len(ctx))
+                sc.bpf(Cmd.PROG_TEST_RUN, attr)
+                return attr.retval
+            finally:
+                os.close(ours)
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} holds no program {name!r}")
+
+
+def _prog_fds_of(pid: int) -> list[int]:
+    """Ids of the BPF programs process PID has open (the prog_id lines of its fdinfo)."""
+    ids = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            info = open(f"/proc/{pid}/fdinfo/{fd}").read()
+        except OSError:
+            continue
+        ids += [int(l.split()[1]) for l in info.splitlines() if l.startswith("prog_id:")]
+    return ids
+
+
+@pytest.mark.kernel
+def test_generic_object_streams_hex_or_fields():
+    """An object without tutorial types loads, prints each record of its ring buffer in hex
+    (map name, length, bytes) and stops after --count; records are made by running the loaded
+    `produce` program (seq at offset 0, then .bss `fill`, zero) with sizes not multiples of 8."""
+    s = Session("load", program("ringbuf_test"), "--count", "3")
+    first = 0x1A2B3C40
+    # produce_args: count, size, discard_every, start_seq, flags
+    assert _run_program_of(s.proc.pid, "produce", struct.pack("<IIIIQ", 3, 13, 0, first, 0)) == 3
+    code, err = s.finish(timeout=20)
+    assert code == 0, err
+    rows = [l for l in s.seen if " bytes: " in l]
+    assert len(rows) == 3, s.seen
+    for i, row in enumerate(rows):
+        ts, label, name, size, _, data = row.split()
+        assert time.strptime(ts, "%H:%M:%S")
+        assert (name, size) == ("rb", "13")
+        assert bytes.fromhex(data) == struct.pack("<I", first + i) + bytes(9)
+
+
+@pytest.mark.kernel
+def test_rate_counts_the_records_streamed():
+    """--rate prints one line a second per ring buffer; over the run its records/s add up to
+    the records produced (3 of 13 bytes, made in the first second)."""
+    s = Session("load", program("ringbuf_test"), "--rate", "--duration", "2.6")
+    assert _run_program_of(s.proc.pid, "produce", struct.pack("<IIIIQ", 3, 13, 0, 1, 0)) == 3
+    code, err = s.finish(timeout=20)
+    assert code == 0, err
+    assert len([l for l in s.seen if " bytes: " in l]) == 3, s.seen
+    rates = [l for l in err.splitlines() if l.startswith("pybpf: rb: ")]
+    assert len(rates) == 2, err
+    assert sum(int(l.split()[2]) for l in rates) == 3, err
 
 
 def test_without_root_says_so_in_one_line():

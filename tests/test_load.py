@@ -240,7 +240,6 @@ def test_test_run_result_fields(no_fd_leak):
         r = obj.programs["compute"].test_run(ctx=compute_args(4, 1))
         assert isinstance(r, pybpf.TestRunResult)
         assert r.retval == 5 and r.data == b"" and len(r.ctx) == 24
-        assert r.duration >= 0
 
 
 def test_syscall_program_refuses_data(no_fd_leak):
