@@ -305,12 +305,28 @@ def test_inspect_struct_layout_shows_holes_and_padding():
     assert "size: 16, cachelines: 1, members: 4" in proc.stdout
 
 
+def _callback_offset(name: str, prog: str) -> int:
+    """The imm the loaded PROG's ld_imm64 of its one callback gets, from the object: the
+    relocation names the callback's function (a section symbol + the insn's own imm), which
+    is linked right after PROG's instructions; the imm is relative to the insn after the pair."""
+    import struct as st
+    import pybpf
+    spec = pybpf.open(program(name))
+    main = spec.programs[prog].function
+    (reloc,) = [r for r in main.relocations if spec.symbol_section(r.symbol) != main.section
+                and spec.symbol_section(r.symbol) != ".maps"]
+    imm = st.unpack_from("<i", bytes(main.insns), reloc.insn * 8 + 4)[0]
+    callee = spec.function_at(spec.symbol_section(reloc.symbol), (reloc.symbol.value + imm) // 8)
+    assert callee is not None and callee.name == "do_nothing_cb"
+    return main.insn_cnt - (reloc.insn + 1)        # the callee starts right after main's insns
+
+
 def test_inspect_disasm_names_helpers_maps_and_source():
     proc = _run("inspect", program("user_ringbuf"), "--disasm")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "r1 = map[user_ringbuf]" in out
-    assert "r2 = subprog[+6#do_nothing_cb]" in out
+    assert f"r2 = subprog[+{_callback_offset('user_ringbuf', 'kill_exit')}#do_nothing_cb]" in out
     assert "call bpf_user_ringbuf_drain#209" in out
     assert "; bpf_user_ringbuf_drain(&user_ringbuf, do_nothing_cb, NULL, 0);" in out
     assert "long do_nothing_cb(struct bpf_dynptr * dynptr, void * context):" in out
