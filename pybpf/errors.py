@@ -83,8 +83,13 @@ class TimeoutError(Error):  # noqa: A001
     """A blocking operation did not complete within its timeout."""
 
 
+class InUseError(Error):
+    """A kernel object already has, in this process, the one user it may have: a ring
+    buffer's consumer or producer, a perf event array's :class:`pybpf.PerfBuffer`."""
+
+
 __all__ = [
     "Error", "ObjectError", "BTFError", "NotSupportedError", "ClosedError",
     "SyscallError", "PermissionError", "VerifierError", "RingBufferFullError",
-    "TimeoutError",
+    "TimeoutError", "InUseError",
 ]

@@ -16,7 +16,10 @@ from .. import atomics
 from ..resource import Resource
 from ..errors import ClosedError, Error
 from ..kernel.constants import MapType
-from ._mapping import _ALIGN, _DISCARD, _HDR, _LEN_MASK, _ROUND, _UNPACK_RUN, _Mapping, _check_map, _release_quietly
+from ._mapping import (
+    _ALIGN, _DISCARD, _HDR, _LEN_MASK, _ROUND, _UNPACK_RUN, _claim, _Mapping, _check_map, _release_quietly,
+    _run_all, _unclaim, _Waiter,
+)
 
 __all__ = ["RingBuffer", "Ring"]
 
@@ -129,32 +132,32 @@ class Ring:
                 self._callback = typed
             else:
                 self._callback = callback
-        self._maps = []
+        self._maps = []   # each mapping joins before it is made: _teardown finds it whatever happens
         self._views = []
+        self._data = None
         page = mmap.PAGESIZE
         try:
             # consumer page: the only part user space may write
-            cons = _Mapping(fd, page, 0, True, "consumer page", self.name)
-            self._maps.append(cons)
+            cons = _Mapping(fd, page, 0, True, "consumer page", self.name, self._maps)
             # producer page + data twice, read-only
-            prod = _Mapping(fd, page + 2 * size, page, False, "producer page and data", self.name)
-            self._maps.append(prod)
+            prod = _Mapping(fd, page + 2 * size, page, False, "producer page and data", self.name, self._maps)
+            self._cons_addr = cons.addr
+            self._prod_addr = prod.addr
+            self._data_addr = prod.addr + page
+            self._views.append(prod.mem)  # released with the rest if the slice below is cut short
+            self._data = prod.mem[page:]
+            self._views.append(self._data)
         except BaseException:
             self._teardown()
             raise
-        self._cons_addr = cons.addr
-        self._prod_addr = prod.addr
-        self._data_addr = prod.addr + page
-        self._data = prod.mem[page:]
-        self._views.append(self._data)
 
     def _teardown(self) -> None:
-        for view in reversed(self._views):
-            view.release()
+        """Releases the views, then unmaps; every step runs even if one raises, and
+        a call cut short (KeyboardInterrupt) is finished by the next one."""
+        _run_all([*(lambda v=v: _release_quietly(v) for v in reversed(self._views)),
+                  *(m.close for m in self._maps)])
         self._views = []
         self._data = None
-        for m in self._maps:
-            m.close()
         self._maps = []
 
     def __repr__(self) -> str:
@@ -451,16 +454,25 @@ class RingBuffer(Resource):
     0 and positive values go on.
 
     One consumer at a time: consume/poll/read_batch while another runs (from
-    the callback or another thread) raises :class:`pybpf.Error`.
+    the callback or another thread) raises :class:`pybpf.Error`.  One consumer
+    per ring in the process, as the kernel's protocol requires (a single
+    consumer_pos): a second RingBuffer on a map that one already reads (the
+    same map through another fd included, by its kernel id) raises
+    :class:`pybpf.InUseError` until that one is closed; use :meth:`add` to
+    read several maps with one object.
+
     :meth:`close` may be called from the callback or another thread: it takes
-    effect when the running consume returns.  Use as a context manager or call
-    :meth:`close`.
+    effect when the running consume returns, and wakes a :meth:`poll` waiting
+    in another thread at once (that poll raises :class:`pybpf.ClosedError`).
+    Use as a context manager or call :meth:`close`.
     """
 
     def __init__(self, map, callback: Callable[[memoryview], object] = _NO_CALLBACK, type=None):  # noqa: A002
         if callback is not _NO_CALLBACK and not callable(callback):
             raise Error(f"RingBuffer callback must be callable, not {callback!r}")
         _check_map(map, MapType.RINGBUF)  # a clear error before anything is mapped
+        self.name = getattr(map, "name", "?")
+        self.size = map.max_entries
         lib = atomics.library()  # fails clearly if the C helper is not built
         self._load_u64 = lib.pybpf_load_acquire_u64
         self._store_u64 = lib.pybpf_store_release_u64
@@ -474,19 +486,17 @@ class RingBuffer(Resource):
         self._closed = True  # until fully set up: close() then undoes what exists
         self._rings: list[Ring] = []
         self._by_fd: dict[int, Ring] = {}
+        self._claims: list = []   # the maps (by kernel id) this object is the consumer of
         self._waiters: list = []  # (loop, future) of read_batch_async calls waiting
-        self._epoll = None
+        self._waiter = None       # the epoll set poll() waits on; close() wakes it
         try:
-            self._epoll = select.epoll()
+            self._waiter = _Waiter(select.epoll)
             self._closed = False
             self._add(map, callback, type)
         except BaseException:
             self._closed = True
             self._teardown()
             raise
-        first = self._rings[0]
-        self.name = first.name
-        self.size = first.size
 
     def add(self, map, callback: Callable[[memoryview], object] = _NO_CALLBACK, type=None) -> Ring:  # noqa: A002
         """Adds another ring (a ``RINGBUF`` map) with its own callback and type; returns it.
@@ -506,11 +516,23 @@ class RingBuffer(Resource):
         fd, name, _ = _check_map(map, MapType.RINGBUF)
         if fd in self._by_fd:
             raise Error(f"map '{name}' (fd {fd}) is already a ring of this RingBuffer")
-        ring = Ring(self, map, callback, type)
+        claimed = len(self._claims)
+        key = _claim("consumer", fd, name, self, self._claims,
+                     "A ring buffer has one consumer_pos, so two consumers would hand out the same "
+                     "records twice", "close that RingBuffer first, or add() the map's callback to it")
+        if key is not None and len(self._claims) == claimed:  # this object has the map already (another fd)
+            raise Error(f"map '{name}' ({key[1][0]} {key[1][-1]}) is already a ring of this RingBuffer")
         try:
-            self._epoll.register(fd, select.EPOLLIN)  # level-triggered (see poll)
+            ring = Ring(self, map, callback, type)
+            try:
+                self._waiter.register(fd, select.EPOLLIN)  # level-triggered (see poll)
+            except BaseException:
+                ring._teardown()
+                raise
         except BaseException:
-            ring._teardown()
+            if key is not None:
+                _unclaim(key, self)
+                self._claims.remove(key)
             raise
         self._rings.append(ring)
         self._by_fd[fd] = ring
@@ -521,16 +543,27 @@ class RingBuffer(Resource):
     def close(self) -> None:
         """Unmaps the rings and closes the epoll fd.  Idempotent.
 
-        Ends ``async for`` loops and wakes ``read_batch_async`` waiters (they
-        raise :class:`pybpf.ClosedError`).
+        Wakes a :meth:`poll` waiting in another thread (it raises
+        :class:`pybpf.ClosedError`), ends ``async for`` loops and wakes
+        ``read_batch_async`` waiters (they raise :class:`pybpf.ClosedError`).
+        A consume running in another thread (or the callback calling close())
+        stops after the current record, and the rings are unmapped when it
+        returns.  Every step runs even if one fails or is interrupted
+        (KeyboardInterrupt), and the next close() finishes what is left.
         """
         self._closed = True
-        for loop, future in list(self._waiters):
-            try:
-                loop.call_soon_threadsafe(_wake, future)
-            except RuntimeError:  # loop closed
-                pass
-        self._try_teardown()
+        steps = [(lambda w=w: self._wake_async(w)) for w in list(self._waiters)]
+        if self._waiter is not None:
+            steps.append(self._waiter.close)
+        steps.append(self._try_teardown)
+        _run_all(steps)
+
+    @staticmethod
+    def _wake_async(waiter) -> None:
+        try:
+            waiter[0].call_soon_threadsafe(_wake, waiter[1])
+        except RuntimeError:  # loop closed
+            pass
 
     def _try_teardown(self) -> None:
         # If a consume is running, it tears down when it is done (it checks
@@ -542,19 +575,21 @@ class RingBuffer(Resource):
                 self._lock.release()
 
     def _teardown(self) -> None:
-        for ring in self._rings:
-            ring._teardown()
+        # (no consume running) every step idempotent: see close()
+        steps = [ring._teardown for ring in self._rings]
+        if self._waiter is not None:
+            steps.append(self._waiter.close)  # the fds go now, or when the last poll() leaves
+        if getattr(self, "_outv", None) is not None:
+            steps.append(self._outv.release)
+        # the claims last: a new consumer is accepted once nothing here reads the rings
+        steps += [(lambda key=key: _unclaim(key, self)) for key in self._claims]
+        _run_all(steps)
         self._rings = []
         self._by_fd = {}
-        if self._epoll is not None:
-            self._epoll.close()
-            self._epoll = None
-        if getattr(self, "_outv", None) is not None:
-            self._outv.release()
-            self._outv = None
+        self._claims = []
 
     def __del__(self) -> None:
-        if getattr(self, "_rings", None):
+        if getattr(self, "_rings", None) or getattr(self, "_claims", None):
             self.close()
 
     @property
@@ -625,7 +660,7 @@ class RingBuffer(Resource):
         """An fd that is readable while a ring has data (for select/asyncio)."""
         if self._closed:
             raise ClosedError(f"ring buffer '{self.name}' is closed")
-        return self._epoll.fileno()
+        return self._waiter.fileno()
 
     epoll_fd = fileno
 
@@ -673,21 +708,19 @@ class RingBuffer(Resource):
         backs off ~1 ms first, so a loop around poll() does not spin), or the
         negative value a callback returned to stop it (see :meth:`consume`).
         Signals interrupting the wait are retried (PEP 475); KeyboardInterrupt
-        propagates.
+        propagates.  :meth:`close` from another thread wakes the wait at once,
+        and poll raises :class:`pybpf.ClosedError` (as it does when called on
+        a closed ring buffer).
         """
-        epoll = self._epoll
-        if epoll is None or self._closed:
+        waiter = self._waiter
+        if waiter is None or self._closed:
             raise ClosedError(f"ring buffer '{self.name}' is closed")
         timeout = -1 if timeout_ms is None or timeout_ms < 0 else timeout_ms / 1000
         deadline = time.monotonic() + timeout if timeout >= 0 else None
-        try:
-            ready = epoll.poll(timeout, max(len(self._rings), 1))
-        except (ValueError, OSError):
-            self._check()  # closed by another thread during the wait
-            raise
+        ready = waiter.wait(timeout, max(len(self._rings), 1), f"ring buffer '{self.name}' is closed")
         if not ready:
             return 0
-        n = self._consume_ready([fd for fd, _ in ready])
+        n = self._consume_ready(ready)
         if n or self._closed:
             return n
         # Woken but nothing committed at the head (BUSY record), or only discards.
@@ -757,7 +790,7 @@ class RingBuffer(Resource):
         waiter = (loop, future)
         self._waiters.append(waiter)  # before the check: close() either sees it or we see _closed
         try:
-            epoll = self._epoll
+            epoll = self._waiter
             if self._closed or epoll is None:
                 raise ClosedError(f"ring buffer '{self.name}' is closed")
             fd = epoll.fileno()

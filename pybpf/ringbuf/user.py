@@ -15,7 +15,10 @@ from .. import atomics
 from ..resource import Resource
 from ..errors import ClosedError, Error, RingBufferFullError, TimeoutError
 from ..kernel.constants import MapType
-from ._mapping import _ALIGN, _BUSY, _DISCARD, _HDR, _HDR_SHIFT, _ROUND, _UNPACK_RUN, _Mapping, _check_map
+from ._mapping import (
+    _ALIGN, _BUSY, _DISCARD, _HDR, _HDR_SHIFT, _ROUND, _UNPACK_RUN, _claim, _Mapping, _check_map, _release_quietly,
+    _run_all, _unclaim, _Waiter,
+)
 
 __all__ = ["UserRingBuffer", "Sample", "SampleSizeError", "SampleClosedError", "SampleExportedError"]
 
@@ -182,8 +185,14 @@ class UserRingBuffer(Resource):
     is the room left now.
 
     One producer per map: the methods are serialized with a mutex, so threads
-    of this process may share the object.  Use as a context manager or call
-    :meth:`close`.
+    of this process may share the object.  A second UserRingBuffer on a map
+    this process already produces into (the same map through another fd
+    included, by its kernel id) raises :class:`pybpf.InUseError` until the
+    first is closed: each would keep its own producer_pos and write over the
+    other's samples.  :meth:`close` from another thread wakes a
+    :meth:`reserve_blocking` (or a blocking :meth:`write`/:meth:`write_batch`)
+    waiting for room, which raises :class:`pybpf.ClosedError`.  Use as a
+    context manager or call :meth:`close`.
     """
 
     def __init__(self, map):
@@ -202,16 +211,20 @@ class UserRingBuffer(Resource):
         self._take, self._give = self._lock.take, self._lock.give
         self._pending: set[Sample] = set()  # reserved, not yet submitted or discarded
         self._closed = True  # until fully set up
-        self._epoll = None
+        self._waiter = None
         self._views = ()
-        self._maps = []
+        self._maps = []    # each mapping joins before it is made: _teardown finds it whatever happens
+        self._claims = []  # the map (by kernel id) this object is the producer of
+        self._data = self._hdr = self._prod_pos = self._mapping = None
         page = mmap.PAGESIZE
         try:
+            _claim("producer", fd, self.name, self, self._claims,
+                   "A user ring buffer has one producer_pos, so two producers would reserve the same bytes "
+                   "and write over each other's samples",
+                   "share that UserRingBuffer between threads (its methods are serialized) or close it first")
             # consumer page: the kernel refuses a writable mapping (EPERM)
-            cons = _Mapping(fd, page, 0, False, "consumer page", self.name)
-            self._maps.append(cons)
-            prod = _Mapping(fd, page + 2 * size, page, True, "producer page and data", self.name)
-            self._maps.append(prod)
+            cons = _Mapping(fd, page, 0, False, "consumer page", self.name, self._maps)
+            prod = _Mapping(fd, page + 2 * size, page, True, "producer page and data", self.name, self._maps)
             self._cons_addr = cons.addr
             self._prod_addr = prod.addr
             self._data_addr = prod.addr + page
@@ -227,8 +240,8 @@ class UserRingBuffer(Resource):
             self._set_release(_PLAIN_RELEASE)
             self._prod = self._load_u64(self._prod_addr)  # we are the only writer from here on
             self._cons = self._load_u64(self._cons_addr)  # cached; reloaded when short of room
-            self._epoll = select.epoll(1)
-            self._epoll.register(fd, select.EPOLLOUT)  # level-triggered: fires while any byte is free
+            self._waiter = _Waiter(select.epoll)
+            self._waiter.register(fd, select.EPOLLOUT)  # level-triggered: fires while any byte is free
             self._closed = False
         except BaseException:
             self._teardown()
@@ -240,32 +253,46 @@ class UserRingBuffer(Resource):
         """Unmaps the ring and closes the epoll fd.  Idempotent.
 
         Samples reserved and not yet submitted are discarded (a BUSY sample left
-        behind would stop the kernel's drain for good).
+        behind would stop the kernel's drain for good).  Wakes the threads
+        waiting for room in :meth:`reserve_blocking` (they raise
+        :class:`pybpf.ClosedError`).  Every step runs even if one fails or is
+        interrupted (KeyboardInterrupt), and the next close() finishes what is
+        left.
         """
+        self._closed = True  # before the mutex: a waiter woken now sees it
+        _run_all([self._waiter.close if self._waiter is not None else _nothing, self._locked_teardown])
+
+    def _locked_teardown(self) -> None:
         with self._lock:
             self._closed = True
             self._teardown()
 
-    def _teardown(self) -> None:
-        for sample in self._pending:
-            # by force, even with live exports: a BUSY sample left behind would
-            # stop the kernel's drain for good (the memory stays mapped for them)
+    def _discard_by_force(self, sample: Sample) -> None:
+        # by force, even with live exports: a BUSY sample left behind would
+        # stop the kernel's drain for good (the memory stays mapped for them)
+        if not sample.committed:
             sample._commit(len(sample) | _DISCARD, True)
             self.discards += 1
-        self._pending.clear()
-        for view in self._views:
-            view.release()
-        self._views = ()
+        self._pending.discard(sample)
+
+    def _unmap(self) -> None:
         self._data = self._hdr = self._prod_pos = self._mapping = None
-        for m in self._maps:
-            m.close()
+        _run_all([*(lambda v=v: _release_quietly(v) for v in self._views), *(m.close for m in self._maps)])
+        self._views = ()
         self._maps = []
-        if self._epoll is not None:
-            self._epoll.close()
-            self._epoll = None
+
+    def _teardown(self) -> None:
+        """(mutex held, or never shared) every step idempotent: see close()."""
+        steps = [(lambda s=s: self._discard_by_force(s)) for s in list(self._pending)]
+        steps.append(self._unmap)
+        if self._waiter is not None:
+            steps.append(self._waiter.close)  # the fds go now, or when the last waiter leaves
+        steps += [(lambda key=key: _unclaim(key, self)) for key in self._claims]
+        _run_all(steps)
+        self._claims = []
 
     def __del__(self) -> None:
-        if getattr(self, "_maps", None):
+        if getattr(self, "_maps", None) or getattr(self, "_claims", None):
             self._closed = True
             self._teardown()
 
@@ -282,7 +309,7 @@ class UserRingBuffer(Resource):
         """An fd that is writable while the ring has any free byte (for select/asyncio)."""
         if self._closed:
             raise ClosedError(f"user ring buffer '{self.name}' is closed")
-        return self._epoll.fileno()
+        return self._waiter.fileno()
 
     epoll_fd = fileno
 
@@ -385,16 +412,14 @@ class UserRingBuffer(Resource):
 
     def _wait_for_room(self, total: int, deadline: float | None, backoff: float) -> float:
         """Waits (mutex not held) until ``total`` bytes may fit or the deadline; returns the next back-off."""
-        epoll = self._epoll
-        if epoll is None:
-            raise ClosedError(f"user ring buffer '{self.name}' is closed")
+        waiter = self._waiter
+        closed = f"user ring buffer '{self.name}' is closed"
+        if waiter is None or self._closed:
+            raise ClosedError(closed)
         remaining = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            woke = epoll.poll(remaining, 1)
-        except (ValueError, OSError):  # closed by another thread meanwhile
-            woke = None
+        woke = waiter.wait(remaining, 1, closed)  # close() from another thread: ClosedError at once
         if self._closed:
-            raise ClosedError(f"user ring buffer '{self.name}' is closed")
+            raise ClosedError(closed)
         if woke:
             # EPOLLOUT fires while ANY byte is free; if the sample still does
             # not fit, wait for the drain a little instead of spinning.
@@ -412,7 +437,9 @@ class UserRingBuffer(Resource):
         """Like :meth:`reserve` (the same writable buffer), but waits up to
         ``timeout_ms`` (-1 or None: forever) for room.
 
-        Raises :class:`pybpf.TimeoutError` when the time is up.
+        Raises :class:`pybpf.TimeoutError` when the time is up, and
+        :class:`pybpf.ClosedError` when :meth:`close` is called meanwhile (from
+        another thread: it wakes the wait at once).
         """
         total = self._check_size(n)
         forever = timeout_ms is None or timeout_ms < 0
@@ -655,6 +682,10 @@ class UserRingBuffer(Resource):
 
 
 _packers: dict[tuple[int, int], list] = {}
+
+
+def _nothing() -> None:
+    pass
 
 
 def _uniform_length(items) -> int:
