@@ -15,31 +15,40 @@ import time
 
 import pytest
 
+import pybpf
 from conftest import ROOT, program
 
 PYTHON = sys.executable
 
 
-def _kernel_prog_names() -> list[str]:
-    """Names of every BPF program loaded in the kernel now."""
+def _prog_exists(prog_id: int) -> bool:
+    """Whether the kernel still has the BPF program with this id."""
+    from pybpf.kernel import syscall as sc
+    from pybpf.kernel.constants import Cmd
+    try:
+        fd = sc.get_fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id)
+    except pybpf.Error:
+        return False
+    os.close(fd)
+    return True
+
+
+def _prog_names(pid: int) -> dict[int, str]:
+    """{id: name} of the BPF programs process PID holds open (its own, not another test's)."""
     from pybpf.kernel import syscall as sc
     from pybpf.kernel.attrs import ProgInfo
     from pybpf.kernel.constants import Cmd
-    names = []
-    pid = 0
-    while True:
-        pid = sc.get_next_id(Cmd.PROG_GET_NEXT_ID, pid)
-        if pid is None:
-            return names
+    names = {}
+    for prog_id in _prog_fds_of(pid):
         try:
-            fd = sc.get_fd_by_id(Cmd.PROG_GET_FD_BY_ID, pid)
-        except Exception:
+            fd = sc.get_fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id)
+        except pybpf.Error:
             continue
         try:
-            info = sc.obj_get_info_by_fd(fd, ProgInfo())
-            names.append(info.name.decode())
+            names[prog_id] = sc.obj_get_info_by_fd(fd, ProgInfo()).name.decode()
         finally:
             os.close(fd)
+    return names
 
 
 class Session:
@@ -96,6 +105,8 @@ def test_seed_session_rows_per_kill():
     in between, so we wait for three of ours and check every row's shape."""
     s = Session("load", program("user_ringbuf"))
     s.wait_for(lambda l: l.startswith("TIME"))
+    progs = _prog_names(s.proc.pid)
+    assert list(progs.values()) == ["kill_exit"]
     assert s.seen[0] == "Draining current samples..."
     assert s.seen[1].split() == ["TIME", "EVENT", "COMM", "PID"]
     kill = lambda: os.kill(os.getpid(), 0)  # noqa: E731 - kill(2) with signal 0: the traced syscall
@@ -113,19 +124,20 @@ def test_seed_session_rows_per_kill():
     s.proc.send_signal(signal.SIGINT)
     code, err = s.finish()
     assert code == 0, err
-    assert "kill_exit" not in _kernel_prog_names()
+    assert not any(_prog_exists(i) for i in progs)        # unloaded once the CLI is gone
 
 
 @pytest.mark.kernel
 def test_ctrl_c_exits_cleanly_and_unloads():
     s = Session("load", program("user_ringbuf"))
     s.wait_for(lambda l: l.startswith("TIME"))
-    assert "kill_exit" in _kernel_prog_names()
+    progs = _prog_names(s.proc.pid)
+    assert list(progs.values()) == ["kill_exit"]
     s.proc.send_signal(signal.SIGINT)
     code, err = s.finish()
     assert code == 0
     assert "Traceback" not in err
-    assert "kill_exit" not in _kernel_prog_names()
+    assert not any(_prog_exists(i) for i in progs)
 
 
 @pytest.mark.kernel
