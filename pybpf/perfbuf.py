@@ -36,7 +36,7 @@ from .kernel import perf
 from .kernel import syscall as sc
 from .kernel.attrs import MapInfo
 from .kernel.constants import MapType
-from .ringbuf._mapping import _Mapping, _release_quietly
+from .ringbuf._mapping import _claim, _Mapping, _release_quietly, _run_all, _unclaim, _Waiter
 from .ringbuf.reader import _stops
 
 __all__ = ["PerfBuffer"]
@@ -64,14 +64,30 @@ def online_cpus() -> list[int]:
 
 
 class _CpuRing:
-    """The perf event and mapped ring of one CPU."""
+    """The perf event and mapped ring of one CPU.
 
-    def __init__(self, cpu: int, fd: int, mapping: _Mapping, data_size: int):
+    The event fd is held by a file object (``open(fd, closefd=True)``) from the
+    moment perf_event_open returns: closing it is idempotent, and a ring lost
+    to an interrupt closes its fd when it is garbage.  Each teardown step is
+    done once (a second close() does only what the first could not).
+    """
+
+    def __init__(self, cpu: int, file):
         self.cpu = cpu
-        self.fd = fd
+        self.file = file
+        self.fd = file.fileno()
+        self.mappings: list[_Mapping] = []
+        self.mapping = None
+        self.data = None
+        self.size = 0
+        self.in_map = False   # its fd is in the map's slot for the CPU
+        self.enabled = False
+
+    def map(self, data_size: int, name: str) -> None:
+        page = mmap.PAGESIZE
+        mapping = _Mapping(self.fd, page + data_size, 0, True, f"perf ring of CPU {self.cpu}", name, self.mappings)
         self.mapping = mapping
         self.size = data_size
-        page = mmap.PAGESIZE
         header = mapping.mem[:page]
         # the data starts at data_offset (Linux 4.1+; one page before that)
         offset = struct.unpack_from("=Q", header, _DATA_OFFSET)[0] or page
@@ -80,11 +96,30 @@ class _CpuRing:
         self.tail_addr = mapping.addr + _TAIL
         self.data = mapping.mem[offset:offset + data_size]
 
-    def close(self) -> None:
+    def close(self, map_fd: int) -> None:
+        _run_all([lambda: self._clear_slot(map_fd), self._disable, self._unmap, self.file.close])
+
+    def _clear_slot(self, map_fd: int) -> None:
+        if self.in_map:
+            try:
+                sc.map_delete_elem(map_fd, struct.pack("=I", self.cpu))
+            except Error:
+                pass  # the map may be gone already
+            self.in_map = False
+
+    def _disable(self) -> None:
+        if self.enabled and not self.file.closed:
+            try:
+                perf.ioctl(self.fd, perf.PERF_EVENT_IOC_DISABLE, 0)
+            except Error:
+                pass
+            self.enabled = False
+
+    def _unmap(self) -> None:
         if self.data is not None:
-            self.data.release()
-            self.data = None
-        self.mapping.close()
+            _release_quietly(self.data)
+        _run_all([m.close for m in self.mappings])
+        self.data = None
 
 
 class PerfBuffer(Resource):
@@ -106,7 +141,13 @@ class PerfBuffer(Resource):
 
     Counters: ``records``, ``bytes`` (as handed out) and ``lost``.  One
     consumer at a time; :meth:`close` (or the context manager) disables the
-    events, removes them from the map and unmaps the rings.
+    events, removes them from the map and unmaps the rings; from another
+    thread it wakes a waiting :meth:`poll`, which raises
+    :class:`pybpf.ClosedError`.
+
+    One PerfBuffer per map in the process (by the map's kernel id): a second
+    would put its own events in the map's slots, and the first would get
+    nothing more (:class:`pybpf.InUseError` until the first is closed).
     """
 
     def __init__(self, map, callback: Callable[[int, memoryview], object],
@@ -151,10 +192,14 @@ class PerfBuffer(Resource):
         self._closed = True
         self._rings: list[_CpuRing] = []
         self._by_fd: dict[int, _CpuRing] = {}
-        self._epoll = None
+        self._claims: list = []
+        self._waiter = None
         try:
             slots = sc.obj_get_info_by_fd(map_fd, MapInfo()).max_entries
-            self._epoll = select.epoll()
+            _claim("PerfBuffer", map_fd, self.name, self, self._claims,
+                   "A PerfBuffer puts one event per CPU in the map's slots, so a second would take them "
+                   "over and the first would get nothing more", "close that PerfBuffer first")
+            self._waiter = _Waiter(select.epoll)
             for cpu in online_cpus():
                 if cpu < slots:
                     self._open_cpu(cpu)
@@ -168,26 +213,35 @@ class PerfBuffer(Resource):
     def _open_cpu(self, cpu: int) -> None:
         attr = perf.PerfEventAttr(type=perf.PERF_TYPE_SOFTWARE, config=perf.PERF_COUNT_SW_BPF_OUTPUT,
                                   sample_type=perf.PERF_SAMPLE_RAW, sample_period=1, wakeup_events=1)
-        fd = perf.perf_event_open(attr, pid=-1, cpu=cpu)
-        try:
-            size = self.page_count * mmap.PAGESIZE
-            mapping = _Mapping(fd, mmap.PAGESIZE + size, 0, True, f"perf ring of CPU {cpu}", self.name)
-        except BaseException:
-            os.close(fd)
-            raise
-        ring = _CpuRing(cpu, fd, mapping, size)
+        # the fd owned by a file object at once (closed with it, or when it is garbage)
+        file = open(perf.perf_event_open(attr, pid=-1, cpu=cpu), "rb", buffering=0)  # noqa: SIM115
+        ring = _CpuRing(cpu, file)
         self._rings.append(ring)
+        fd = ring.fd
         self._by_fd[fd] = ring
+        ring.map(self.page_count * mmap.PAGESIZE, self.name)
+        ring.enabled = True  # first: disabling one that is not is harmless
         perf.ioctl(fd, perf.PERF_EVENT_IOC_ENABLE, 0)
+        ring.in_map = True
         # bpf_perf_event_output(BPF_F_CURRENT_CPU) looks up the CPU's index
         sc.map_update_elem(self._map_fd, struct.pack("=I", cpu), struct.pack("=I", fd))
-        self._epoll.register(fd, select.EPOLLIN)
+        self._waiter.register(fd, select.EPOLLIN)
 
     # -- life cycle --
 
     def close(self) -> None:
-        """Disables the events, takes them out of the map, unmaps.  Idempotent."""
+        """Disables the events, takes them out of the map, unmaps.  Idempotent.
+
+        Wakes a :meth:`poll` waiting in another thread (it raises
+        :class:`pybpf.ClosedError`); a consume running in another thread stops
+        after the current sample and the rings go when it returns.  Every step
+        runs even if one fails or is interrupted (KeyboardInterrupt), and the
+        next close() finishes what is left.
+        """
         self._closed = True
+        _run_all([self._waiter.close if self._waiter is not None else _nothing, self._try_teardown])
+
+    def _try_teardown(self) -> None:
         if self._lock.acquire(blocking=False):
             try:
                 self._teardown()
@@ -195,25 +249,17 @@ class PerfBuffer(Resource):
                 self._lock.release()
 
     def _teardown(self) -> None:
-        for ring in self._rings:
-            try:
-                sc.map_delete_elem(self._map_fd, struct.pack("=I", ring.cpu))
-            except Error:
-                pass  # the map may be gone already
-            try:
-                perf.ioctl(ring.fd, perf.PERF_EVENT_IOC_DISABLE, 0)
-            except Error:
-                pass
-            ring.close()
-            os.close(ring.fd)
+        steps = [(lambda r=r: r.close(self._map_fd)) for r in self._rings]
+        if self._waiter is not None:
+            steps.append(self._waiter.close)
+        steps += [(lambda key=key: _unclaim(key, self)) for key in self._claims]
+        _run_all(steps)
         self._rings = []
         self._by_fd = {}
-        if self._epoll is not None:
-            self._epoll.close()
-            self._epoll = None
+        self._claims = []
 
     def __del__(self) -> None:
-        if getattr(self, "_rings", None):
+        if getattr(self, "_rings", None) or getattr(self, "_claims", None):
             self.close()
 
     @property
@@ -236,7 +282,7 @@ class PerfBuffer(Resource):
     def fileno(self) -> int:
         """An fd that is readable when a CPU's ring has samples (for select/asyncio)."""
         self._check()
-        return self._epoll.fileno()
+        return self._waiter.fileno()
 
     epoll_fd = fileno
 
@@ -326,17 +372,20 @@ class PerfBuffer(Resource):
     def poll(self, timeout_ms: int | float | None = -1) -> int:
         """Waits up to ``timeout_ms`` (-1 or None: forever) for samples, then consumes
         the CPUs that have some.  Returns the number of samples handed out, or
-        the negative value a callback returned to stop it (see :meth:`consume`)."""
-        epoll = self._epoll
-        if epoll is None or self._closed:
+        the negative value a callback returned to stop it (see :meth:`consume`).
+        :meth:`close` from another thread wakes the wait: poll then raises
+        :class:`pybpf.ClosedError`."""
+        waiter = self._waiter
+        if waiter is None or self._closed:
             raise ClosedError(f"perf buffer '{self.name}' is closed")
         timeout = -1 if timeout_ms is None or timeout_ms < 0 else timeout_ms / 1000
-        try:
-            ready = epoll.poll(timeout, len(self._rings))
-        except (ValueError, OSError):
-            self._check()
-            raise
+        ready = waiter.wait(timeout, len(self._rings), f"perf buffer '{self.name}' is closed")
         if not ready:
             return 0
         # (perf_poll reports a wakeup once: no busy loop on an empty ring)
-        return self._consume([self._by_fd[fd] for fd, _ in ready if fd in self._by_fd])
+        by_fd = self._by_fd
+        return self._consume([by_fd[fd] for fd in ready if fd in by_fd])
+
+
+def _nothing() -> None:
+    pass

@@ -90,9 +90,10 @@ class _Mapping:
             message = f"mapping the {what} of map '{map_name}' {mode} ({length} bytes at offset {offset})"
             cls = PermissionError if exc.errno in (_errno.EPERM, _errno.EACCES) else SyscallError
             raise cls("mmap", exc.errno or _errno.EINVAL, message) from None
-        pybuf = _PyBuffer()
+        # kept before it is filled: close() releases it whenever the export was
+        # taken (releasing a Py_buffer never filled, obj NULL, does nothing)
+        self._pybuf = pybuf = _PyBuffer()
         _PyObject_GetBuffer(self.mmap, ctypes.byref(pybuf), _PyBUF_SIMPLE)
-        self._pybuf = pybuf
         self.addr: int = pybuf.buf
         self.mem = memoryview(self.mmap)
 
@@ -121,6 +122,8 @@ class _Mapping:
         return self.mmap is None or self.mmap.closed
 
     def __del__(self) -> None:
+        if self._pybuf is None and (self.mmap is None or self.mmap.closed):
+            return  # closed already
         try:
             self.close()
         except Exception:  # interpreter shutdown: ctypes may be half torn down
