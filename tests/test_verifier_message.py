@@ -55,6 +55,19 @@ def test_rejection_names_the_marked_line(no_fd_leak):
 
 
 @pytest.mark.kernel
+def test_the_kernel_log_alone_names_the_marked_line(no_fd_leak):
+    """From the verifier's own annotations (no line_info of ours): the last one before the
+    instruction refused, out of the several in the log."""
+    n, text = marked_line()
+    with pytest.raises(pybpf.VerifierError) as exc:
+        pybpf.load(program("verifier_fail"))
+    assert len(re.findall(r"^; ", exc.value.log, re.M)) > 2
+    reason, details = _verifier_summary(exc.value.log)
+    assert reason.startswith("invalid access to map value")
+    assert where_line(details) == f"  at verifier_fail.bpf.c:{n}: {text}"
+
+
+@pytest.mark.kernel
 def test_cli_rejection_names_the_marked_line():
     n, text = marked_line()
     proc = subprocess.run([sys.executable, "-m", "pybpf", "load", program("verifier_fail")], cwd=ROOT,
@@ -100,6 +113,21 @@ def test_every_instruction_names_its_line(name, prog):
             assert where_line(details) == f"  at {name}.bpf.c:{want[0]} (in {fn.name}): {want[1]}", insn
             checked += 1
     assert checked >= len(starts)
+
+
+@pytest.mark.parametrize("name, prog", [("user_ringbuf", "kill_exit"), ("calls_test", "compute")])
+def test_no_line_from_another_function(name, prog):
+    """Without a line_info record at the start of a subprogram (a BTF.ext that has none), its
+    first instructions name no line: the previous function's last line is not theirs."""
+    spec = pybpf.open(program(name))
+    linked = link_program(spec, spec.programs[prog])
+    for fn, start in linked.layout[1:]:
+        linked = link_program(spec, spec.programs[prog])
+        linked.line_info = [r for r in linked.line_info if r[0] != start]
+        first_rec = min((r[0] for r in linked.line_info if r[0] > start), default=start + fn.insn_cnt)
+        for insn in range(start, min(first_rec, start + fn.insn_cnt)):
+            _, details = _verifier_summary(synthetic_log(insn), linked, spec.btf)
+            assert not [l for l in details.splitlines() if l.startswith("  at ")], (fn.name, insn, details)
 
 
 def test_line_from_the_log_without_line_info():
