@@ -14,6 +14,14 @@ runtime objects (``Object``, ``Map``, ``Program``, ``Link``, ``RingBuffer``,
 from __future__ import annotations
 
 import os as _os
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"] and __name__ == "pybpf":
+    # `python -m pybpf` is starting (runpy imports the package first, sys.argv[0] is "-m"
+    # meanwhile): until pybpf.cli.main() installs its handler, nothing is in the kernel,
+    # and Ctrl-C exits at once with 130 instead of a KeyboardInterrupt traceback
+    import signal as _signal
+    _signal.signal(_signal.SIGINT, lambda signum, frame: _os._exit(128 + signum))
 
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all

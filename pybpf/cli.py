@@ -17,6 +17,7 @@ import os
 import selectors
 import signal
 import sys
+import threading
 import time
 
 import pybpf
@@ -307,6 +308,7 @@ def cmd_load(args) -> int:
                 meter = RateMeter(*rings, *(u for u, _, _ in users))
                 next_rate = time.monotonic() + 1.0
             while True:
+                _interrupts.check()
                 timeout = 0.5
                 if stop_after is not None:
                     timeout = max(0.0, min(timeout, stop_after - time.monotonic()))
@@ -356,11 +358,51 @@ def cmd_btf_dump(args) -> int:
     return 0
 
 
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt
+class _Interrupts:
+    """SIGINT and SIGTERM while the CLI runs: the first raises KeyboardInterrupt (the ``with``
+    blocks then unload everything, and main() exits with 128 + the signal's number: 130 for
+    Ctrl-C), a second one exits at once (the kernel releases the fds of an exiting process,
+    so nothing stays loaded either way).  ``signum`` stays set, so that a KeyboardInterrupt
+    swallowed on its way (CPython ignores exceptions raised in ``__del__`` methods) is raised
+    again by the streaming loop."""
+
+    def __init__(self):
+        self.signum = 0
+
+    def __call__(self, signum, frame):
+        if self.signum:
+            os._exit(128 + self.signum)
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+
+
+_interrupts = _Interrupts()
 
 
 def main(argv: list | None = None) -> int:
+    """Run the CLI; returns its exit code (130 after Ctrl-C, 143 after SIGTERM)."""
+    global _interrupts
+    _interrupts = _Interrupts()
+    old = {}
+    if threading.current_thread() is threading.main_thread():   # signal.signal works there only
+        old = {s: signal.signal(s, _interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            return 128 + (_interrupts.signum or signal.SIGINT)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    except KeyboardInterrupt:      # a signal while the handlers were put back
+        return 128 + (_interrupts.signum or signal.SIGINT)
+
+
+def _main(argv: list | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pybpf", description="A pure-Python eBPF loader.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("load", help="load a BPF object, attach its programs, stream its ring buffers",
@@ -403,15 +445,12 @@ def main(argv: list | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    old = signal.signal(signal.SIGTERM, _sigterm)
     try:
         if args.command == "inspect":
             return cmd_inspect(args)
         if args.command == "btf":
             return cmd_btf_dump(args)
         return cmd_load(args)
-    except KeyboardInterrupt:
-        return 0
     except pybpf.VerifierError as e:
         print(f"pybpf: error: {e}", file=sys.stderr)
         if getattr(args, "log", False):
@@ -430,5 +469,3 @@ def main(argv: list | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 0
-    finally:
-        signal.signal(signal.SIGTERM, old)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 
-from .resource import Resource
+from .resource import Resource, deferred_signals
 from .errors import ClosedError, Error
 from .maps import Map
 from .programs import Program
@@ -98,21 +98,32 @@ class Object(Resource):
     # -- built by the loader ---------------------------------------------------------
 
     def _add_map(self, spec, fd: int) -> Map:
-        # the kernel's word on the sizes: the loader may have rounded (ring buffers)
-        # or filled them in (perf event arrays: one entry per possible CPU)
+        """Takes ownership of ``fd`` (closed here if no Map can be made of it); the loader
+        calls it in the same section as the syscall that made the fd."""
         from .kernel import syscall as sc
         from .kernel.attrs import MapInfo
+        try:
+            m = Map(fd, spec, btf=self.spec.btf)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._maps[spec.name] = m      # owned: close() releases it from here on
+        # the kernel's word on the sizes: the loader may have rounded (ring buffers)
+        # or filled them in (perf event arrays: one entry per possible CPU)
         info = sc.obj_get_info_by_fd(fd, MapInfo())
-        m = Map(fd, spec, max_entries=info.max_entries, btf=self.spec.btf)
-        m.key_size, m.value_size = info.key_size, info.value_size
-        self._maps[spec.name] = m
+        m.max_entries, m.key_size, m.value_size = info.max_entries, info.key_size, info.value_size
         for v in self.spec.variables.values():
             if v.map is spec:
                 self._variables[v.name] = Variable(v, m)
         return m
 
     def _add_program(self, spec, fd: int, linked) -> Program:
-        p = Program(fd, spec, linked, owner=self)
+        """Takes ownership of ``fd``, as :meth:`_add_map`."""
+        try:
+            p = Program(fd, spec, linked, owner=self)
+        except BaseException:
+            os.close(fd)
+            raise
         self._programs[spec.name] = p
         return p
 
@@ -141,9 +152,13 @@ class Object(Resource):
                     continue
                 made.append(p.attach())
         except BaseException:
-            for link in made:
-                link.close()
-                self._links.remove(link)
+            with deferred_signals():   # a second Ctrl-C cannot stop the undoing half-way
+                for link in made:
+                    try:
+                        link.close()
+                    except Exception:
+                        pass           # stays in _links: close() tries it again
+                self._links = [link for link in self._links if not link.closed]
             raise
         return made
 
@@ -152,18 +167,37 @@ class Object(Resource):
         return self._closed
 
     def close(self) -> None:
-        """Detach all links, close all programs and maps and the BTF fd. Idempotent."""
+        """Detach all links, close all programs and maps and the BTF fd.
+
+        Every step is tried even when one raises; the first exception is raised
+        at the end, and what failed stays owned, so a second ``close()`` finishes
+        the job (and is a no-op once everything is released).  Ctrl-C is
+        deferred to the end (:func:`pybpf.resource.deferred_signals`): closing
+        perf-event links takes the kernel a while, and an interrupt there used
+        to leave the rest of the object open for good."""
         self._closed = True
-        for link in self._links:
-            link.close()
-        self._links.clear()
-        for p in self._programs.values():
-            p.close()
-        for m in self._maps.values():
-            m.close()
-        if self._btf_fd >= 0:
-            fd, self._btf_fd = self._btf_fd, -1
-            os.close(fd)
+        first = None
+        with deferred_signals():
+            for link in list(self._links):
+                try:
+                    link.close()
+                except BaseException as e:
+                    first = first or e
+                else:
+                    self._links.remove(link)
+            for part in (*self._programs.values(), *self._maps.values()):
+                try:
+                    part.close()
+                except BaseException as e:
+                    first = first or e
+            if self._btf_fd >= 0:
+                fd, self._btf_fd = self._btf_fd, -1
+                try:
+                    os.close(fd)
+                except OSError as e:   # close(2) frees the fd even when it reports an error
+                    first = first or e
+        if first is not None:
+            raise first
 
     def __del__(self):
         try:

@@ -14,7 +14,7 @@ import ctypes
 import errno as _errno
 import os
 
-from .resource import Resource
+from .resource import Resource, deferred_signals
 from .errors import ClosedError, Error, NotSupportedError, SyscallError
 from .kernel import perf, tracefs
 from .kernel import syscall as sc
@@ -46,18 +46,48 @@ class Link(Resource):
         return not self._fds
 
     def close(self) -> None:
-        """Detach: close the link fd (and the perf event behind it). Idempotent."""
-        fds, self._fds = self._fds, []
-        for fd in fds:
-            os.close(fd)
+        """Detach: close the link fd (and the perf event behind it). Idempotent.
+
+        Signals are deferred meanwhile (closing a perf event waits for the kernel,
+        so a Ctrl-C very often lands here): each fd is taken from the link and
+        closed as one step, and every fd is closed even if one close fails."""
+        first = None
+        with deferred_signals():
+            while self._fds:
+                fd = self._fds.pop(0)
+                try:
+                    os.close(fd)
+                except OSError as e:   # close(2) frees the fd even when it reports an error
+                    first = first or e
+        if first is not None:
+            raise first
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fds[0]}"
         return f"<Link {self.program.name} {self.kind}:{self.target} {state}>"
 
 
+def _perf_link(program, attr, pid: int, cpu: int, kind: str, target: str) -> Link:
+    """perf_event_open and the BPF attachment to it in one section: the event fd, then the
+    link fd, are owned by the Link from the moment they exist; an interrupt deferred to the
+    section's end closes the Link before it propagates."""
+    with deferred_signals() as section:
+        pfd = perf.perf_event_open(attr, pid=pid, cpu=cpu)
+        link = _attach_perf_event(program, pfd, kind, target)
+        section.on_interrupt(link)
+    return link
+
+
+def _fd_link(program, kind: str, target: str, make) -> Link:
+    """A Link around the one fd ``make()`` returns, made in a section (see :func:`_perf_link`)."""
+    with deferred_signals() as section:
+        link = Link(program, kind, target, [make()])
+        section.on_interrupt(link)
+    return link
+
+
 def _attach_perf_event(program, pfd: int, kind: str, target: str) -> Link:
-    """Attach ``program`` to the perf event ``pfd`` (taking ownership of ``pfd``)."""
+    """Attach ``program`` to the perf event ``pfd`` (taking ownership of ``pfd``); called in a section."""
     try:
         try:
             lfd = sc.bpf(Cmd.LINK_CREATE, LinkCreateAttr(prog_fd=program.fd, target_fd=pfd,
@@ -83,8 +113,7 @@ def attach_tracepoint(program, target: str) -> Link:
                     f"(e.g. SEC(\"tracepoint/syscalls/sys_enter_getpid\"))")
     tp_id = tracefs.tracepoint_id(category, name)
     attr = perf.PerfEventAttr(type=perf.PERF_TYPE_TRACEPOINT, config=tp_id)
-    pfd = perf.perf_event_open(attr, pid=-1, cpu=0)
-    return _attach_perf_event(program, pfd, "tracepoint", target)
+    return _perf_link(program, attr, -1, 0, "tracepoint", target)
 
 
 def attach_raw_tracepoint(program, target: str) -> Link:
@@ -93,13 +122,15 @@ def attach_raw_tracepoint(program, target: str) -> Link:
         raise Error(f"program {program.name!r}: raw tracepoint needs a name (SEC(\"raw_tp/<name>\"))")
     name = ctypes.create_string_buffer(target.encode())
     attr = RawTracepointOpenAttr(name=ctypes.addressof(name), prog_fd=program.fd)
-    try:
-        fd = sc.bpf(Cmd.RAW_TRACEPOINT_OPEN, attr)
-    except SyscallError as e:
-        hint = " (no such raw tracepoint in this kernel)" if e.errno == _errno.ENOENT else ""
-        raise type(e)(e.command, e.errno,
-                      f"program {program.name!r}: cannot attach to raw tracepoint {target!r}{hint}") from None
-    return Link(program, "raw_tracepoint", target, [fd])
+
+    def make() -> int:
+        try:
+            return sc.bpf(Cmd.RAW_TRACEPOINT_OPEN, attr)
+        except SyscallError as e:
+            hint = " (no such raw tracepoint in this kernel)" if e.errno == _errno.ENOENT else ""
+            raise type(e)(e.command, e.errno,
+                          f"program {program.name!r}: cannot attach to raw tracepoint {target!r}{hint}") from None
+    return _fd_link(program, "raw_tracepoint", target, make)
 
 
 def attach_kprobe(program, target: str, retprobe: bool) -> Link:
@@ -112,8 +143,7 @@ def attach_kprobe(program, target: str, retprobe: bool) -> Link:
     attr = perf.PerfEventAttr(type=pmu, kprobe_func=ctypes.addressof(name), probe_offset=int(off or "0", 0))
     if retprobe:
         attr.config |= 1 << tracefs.pmu_retprobe_bit("kprobe")
-    pfd = perf.perf_event_open(attr, pid=-1, cpu=0)
-    return _attach_perf_event(program, pfd, "kretprobe" if retprobe else "kprobe", target)
+    return _perf_link(program, attr, -1, 0, "kretprobe" if retprobe else "kprobe", target)
 
 
 def attach_trace(program, target: str | None = None) -> Link:
@@ -126,19 +156,22 @@ def attach_trace(program, target: str | None = None) -> Link:
                     f"fixed at load); to attach it to {target!r} set spec.programs[{program.name!r}].attach_target "
                     f"before loading")
     attach_type = spec.expected_attach_type
-    try:
-        fd = sc.bpf(Cmd.LINK_CREATE, LinkCreateAttr(prog_fd=program.fd, target_fd=0, attach_type=attach_type))
-    except SyscallError as e:
-        if e.errno != _errno.EINVAL:
-            raise type(e)(e.command, e.errno, f"program {program.name!r}: cannot attach to "
-                                              f"{spec.attach_target!r}") from None
-        attr = RawTracepointOpenAttr(name=0, prog_fd=program.fd)
+
+    def make() -> int:
         try:
-            fd = sc.bpf(Cmd.RAW_TRACEPOINT_OPEN, attr)
-        except SyscallError:
-            raise type(e)(e.command, e.errno, f"program {program.name!r}: cannot attach to "
-                                              f"{spec.attach_target!r}") from None
-    return Link(program, spec.sec_def.attach, spec.attach_target, [fd])
+            return sc.bpf(Cmd.LINK_CREATE, LinkCreateAttr(prog_fd=program.fd, target_fd=0,
+                                                          attach_type=attach_type))
+        except SyscallError as e:
+            if e.errno != _errno.EINVAL:
+                raise type(e)(e.command, e.errno, f"program {program.name!r}: cannot attach to "
+                                                  f"{spec.attach_target!r}") from None
+            attr = RawTracepointOpenAttr(name=0, prog_fd=program.fd)
+            try:
+                return sc.bpf(Cmd.RAW_TRACEPOINT_OPEN, attr)
+            except SyscallError:
+                raise type(e)(e.command, e.errno, f"program {program.name!r}: cannot attach to "
+                                                  f"{spec.attach_target!r}") from None
+    return _fd_link(program, spec.sec_def.attach, spec.attach_target, make)
 
 
 # -- uprobes --------------------------------------------------------------------------------------
@@ -252,8 +285,7 @@ def attach_uprobe(program, target: str, retprobe: bool, pid: int = -1) -> Link:
     attr = perf.PerfEventAttr(type=pmu, uprobe_path=ctypes.addressof(name), probe_offset=file_offset + offset)
     if retprobe:
         attr.config |= 1 << tracefs.pmu_retprobe_bit("uprobe")
-    pfd = perf.perf_event_open(attr, pid=pid, cpu=0 if pid == -1 else -1)
-    return _attach_perf_event(program, pfd, "uretprobe" if retprobe else "uprobe", target)
+    return _perf_link(program, attr, pid, 0 if pid == -1 else -1, "uretprobe" if retprobe else "uprobe", target)
 
 
 # -- cgroups ----------------------------------------------------------------------------------------
@@ -266,16 +298,19 @@ def attach_cgroup(program, cgroup) -> Link:
         raise Error(f"program {program.name!r} (section {program.section!r}) has no attach type: use a "
                     f"section such as cgroup_skb/ingress or cgroup_skb/egress")
     own = not isinstance(cgroup, int)
-    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY) if own else cgroup
-    try:
-        lfd = sc.bpf(Cmd.LINK_CREATE, LinkCreateAttr(prog_fd=program.fd, target_fd=fd, attach_type=attach_type))
-    except SyscallError as e:
-        raise type(e)(e.command, e.errno, f"program {program.name!r}: cannot attach to cgroup {cgroup!r} "
-                                          f"as {AttachType(attach_type).name}") from None
-    finally:
-        if own:
-            os.close(fd)
-    return Link(program, "cgroup", str(cgroup), [lfd])
+
+    def make() -> int:
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY) if own else cgroup
+        try:
+            return sc.bpf(Cmd.LINK_CREATE, LinkCreateAttr(prog_fd=program.fd, target_fd=fd,
+                                                          attach_type=attach_type))
+        except SyscallError as e:
+            raise type(e)(e.command, e.errno, f"program {program.name!r}: cannot attach to cgroup {cgroup!r} "
+                                              f"as {AttachType(attach_type).name}") from None
+        finally:
+            if own:
+                os.close(fd)
+    return _fd_link(program, "cgroup", str(cgroup), make)
 
 
 def attach_program(program, target: str | None = None) -> Link:

@@ -10,7 +10,7 @@ import sys
 import weakref
 from collections.abc import Iterator
 
-from .resource import Resource
+from .resource import Resource, deferred_signals
 from .errors import ClosedError, Error
 from .kernel import syscall as sc
 from .kernel.constants import MapType
@@ -96,18 +96,32 @@ class Map(Resource):
         return self._fd < 0
 
     def close(self) -> None:
-        """Release the fd (and the mmap of an internal map or an arena). Idempotent."""
-        if self._arena is not None:
-            self._unmap_arena()
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                pass  # a memoryview is still exported; the mapping goes when it does
-            self._mmap = None
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
+        """Release the fd (and the mmap of an internal map or an arena). Idempotent.
+
+        Every step is tried even if one fails; the first failure is raised after.
+        Signals are deferred meanwhile (:func:`pybpf.resource.deferred_signals`),
+        so Ctrl-C cannot stop it between taking an fd and closing it."""
+        first = None
+        with deferred_signals():
+            if self._arena is not None:
+                try:
+                    self._unmap_arena()
+                except Exception as e:
+                    first = e
+            if self._mmap is not None:
+                mm, self._mmap = self._mmap, None
+                try:
+                    mm.close()
+                except BufferError:
+                    pass  # a memoryview is still exported; the mapping goes when it does
+            if self._fd >= 0:
+                fd, self._fd = self._fd, -1
+                try:
+                    os.close(fd)
+                except OSError as e:   # close(2) frees the fd even when it reports an error
+                    first = first or e
+        if first is not None:
+            raise first
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
@@ -282,27 +296,33 @@ class Map(Resource):
             want = self.spec.map_extra
             # the kernel takes an arena at map_extra only; never replace what is mapped there
             flags = mmap.MAP_SHARED | (_MAP_FIXED_NOREPLACE if want else 0)
-            addr = _libc_mmap(want or None, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, self.fd, 0)
-            if addr is None or addr == _MAP_FAILED:
-                err = ctypes.get_errno()
-                where = f" at 0x{want:x}" if want else ""
-                hint = ""
-                if err == _errno.EEXIST:
-                    hint = (f": something else is mapped in [0x{want:x}, 0x{want + size:x}) of this process; "
-                            f"the arena's map_extra fixes its address (change it, or leave it 0)")
-                elif err == _errno.EINVAL:
-                    hint = ": the kernel fixed this arena's address elsewhere (another process mapped it first?)"
-                raise Error(f"map {self.name!r}: cannot mmap the arena ({size} bytes{where}): "
-                            f"{os.strerror(err)}{hint}")
-            if want and addr != want:        # a kernel without MAP_FIXED_NOREPLACE took it as a hint
-                _libc_munmap(addr, size)
-                raise Error(f"map {self.name!r}: the arena must be mapped at 0x{want:x} (its map_extra), but "
-                            f"this process has something there")
-            mem = type("ArenaMemory", (ctypes.c_ubyte * size,), {}).from_address(addr)
-            # the address range is unmapped when the last view of it goes (or by close())
-            unmap = weakref.finalize(mem, _libc_munmap, addr, size)
-            self._arena = (addr, size, mem, memoryview(mem).cast("B"), unmap)
+            # a signal between mmap returning and the finalizer taking the address would leave the
+            # arena (and so the map: a mapping holds it) in this process for good
+            with deferred_signals():
+                self._map_arena(want, size, flags)
         return self._arena[3]
+
+    def _map_arena(self, want: int, size: int, flags: int) -> None:
+        addr = _libc_mmap(want or None, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, self.fd, 0)
+        if addr is None or addr == _MAP_FAILED:
+            err = ctypes.get_errno()
+            where = f" at 0x{want:x}" if want else ""
+            hint = ""
+            if err == _errno.EEXIST:
+                hint = (f": something else is mapped in [0x{want:x}, 0x{want + size:x}) of this process; "
+                        f"the arena's map_extra fixes its address (change it, or leave it 0)")
+            elif err == _errno.EINVAL:
+                hint = ": the kernel fixed this arena's address elsewhere (another process mapped it first?)"
+            raise Error(f"map {self.name!r}: cannot mmap the arena ({size} bytes{where}): "
+                        f"{os.strerror(err)}{hint}")
+        if want and addr != want:        # a kernel without MAP_FIXED_NOREPLACE took it as a hint
+            _libc_munmap(addr, size)
+            raise Error(f"map {self.name!r}: the arena must be mapped at 0x{want:x} (its map_extra), but "
+                        f"this process has something there")
+        mem = type("ArenaMemory", (ctypes.c_ubyte * size,), {}).from_address(addr)
+        # the address range is unmapped when the last view of it goes (or by close())
+        unmap = weakref.finalize(mem, _libc_munmap, addr, size)
+        self._arena = (addr, size, mem, memoryview(mem).cast("B"), unmap)
 
     def _unmap_arena(self) -> None:
         addr, size, carr, view, unmap = self._arena

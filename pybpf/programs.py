@@ -6,7 +6,7 @@ import ctypes
 import os
 
 from ._record import Record
-from .resource import Resource
+from .resource import Resource, deferred_signals
 from .errors import ClosedError, Error
 from .kernel import syscall as sc
 from .kernel.attrs import TestRunAttr
@@ -73,9 +73,10 @@ class Program(Resource):
 
     def close(self) -> None:
         """Release the program's fd (links keep the program alive in the kernel). Idempotent."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
+        with deferred_signals():       # the fd is taken and closed in one step, never half
+            if self._fd >= 0:
+                fd, self._fd = self._fd, -1
+                os.close(fd)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
@@ -143,9 +144,18 @@ class Program(Resource):
         ``target`` overrides what the section names (e.g. ``"syscalls/sys_enter_getpid"``).
         """
         from .links import attach_program
-        link = attach_program(self, target)
-        if self._owner is not None:
-            self._owner._links.append(link)
+        return self._attached(attach_program, self, target)
+
+    def _attached(self, attach, *args):
+        """``attach(*args)`` and the link registered with the object, as one step: the link
+        fd is made and owned inside a section (signals deferred), and if a deferred Ctrl-C
+        fires as the section ends, the new link is closed first: an interrupted attach
+        leaves nothing attached."""
+        with deferred_signals() as section:
+            link = attach(*args)
+            section.on_interrupt(link)
+            if self._owner is not None:
+                self._owner._links.append(link)
         return link
 
     def iterate(self, **options):
@@ -155,10 +165,7 @@ class Program(Resource):
         ``tid=``/``pid=``/``pid_fd=`` for task iterators, ``cgroup_fd=``/``order=``
         for cgroup iterators."""
         from .iter import attach_iter
-        it = attach_iter(self, **options)
-        if self._owner is not None:
-            self._owner._links.append(it)
-        return it
+        return self._attached(lambda: attach_iter(self, **options))
 
     def attach_uprobe(self, target: str | None = None, *, pid: int = -1, retprobe: bool | None = None):
         """Attach a uprobe/uretprobe program to ``"PATH:FUNC[+OFFSET]"`` (default: its section's
@@ -166,16 +173,11 @@ class Program(Resource):
         from .links import attach_uprobe
         if retprobe is None:
             retprobe = self.spec.sec_def.attach == "uretprobe"
-        link = attach_uprobe(self, target if target is not None else self.spec.attach_target, retprobe, pid)
-        if self._owner is not None:
-            self._owner._links.append(link)
-        return link
+        return self._attached(attach_uprobe, self, target if target is not None else self.spec.attach_target,
+                              retprobe, pid)
 
     def attach_cgroup(self, cgroup):
         """Attach a cgroup program (cgroup_skb/ingress, cgroup/connect4...) to a cgroup v2
         directory (a path, or an open fd) with a BPF link."""
         from .links import attach_cgroup
-        link = attach_cgroup(self, cgroup)
-        if self._owner is not None:
-            self._owner._links.append(link)
-        return link
+        return self._attached(attach_cgroup, self, cgroup)

@@ -18,6 +18,7 @@ import errno as _errno
 import os
 
 from .. import errors
+from ..resource import interrupt_pending
 from .attrs import GetIdAttr, InfoByFdAttr, MapElemAttr, MapFdAttr, ObjPinAttr
 from .constants import Cmd
 
@@ -98,6 +99,11 @@ def _raw_bpf(cmd: int, attr: ctypes.Structure, size: int | None) -> tuple[int, i
         if result >= 0:
             return result, 0
         err = ctypes.get_errno()
+        if err in (_errno.EINTR, _errno.EAGAIN) and interrupt_pending():
+            # a Ctrl-C came during the call (the verifier stops with EAGAIN on a pending
+            # signal) and waits at the end of a deferred_signals() section: nothing was
+            # made, so give up now instead of starting the work again
+            return -1, err
         if err == _errno.EINTR:
             continue
         if err == _errno.EAGAIN and cmd == Cmd.PROG_LOAD and eagain_left > 1:

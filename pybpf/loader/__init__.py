@@ -17,15 +17,19 @@ from ..errors import BTFError, Error, NotSupportedError, ObjectError, SyscallErr
 from ..kernel import syscall as sc
 from ..kernel.attrs import BtfLoadAttr, MapCreateAttr, ProgLoadAttr
 from ..kernel.constants import Cmd, MapType, ProgType
+from ..resource import deferred_signals, interrupt_pending
 from ..spec import sections as S
 from ..spec.object import MapSpec, ObjectSpec, ProgramSpec
 from .relocate import LinkedProgram, link_program
 
 PAGE_SIZE = mmap.PAGESIZE
 
-# verifier log: start at 256 KiB (libbpf's default is similar), grow up to 1 GiB on ENOSPC
+# verifier log: start at 256 KiB, grow on ENOSPC up to 16 MiB, libbpf's cap (its
+# BPF_LOG_BUF_SIZE): a long loop logs every instruction of every pass, hundreds of MB of
+# text no one reads, and the kernel keeps the log's end (where the error is) in a rotating
+# buffer (kernel/bpf/log.c, 6.4+), so a cut log still ends with the reason
 _LOG_START = 256 * 1024
-_LOG_MAX = 1 << 30
+_LOG_MAX = 16 << 20
 
 
 def possible_cpus() -> int:
@@ -314,22 +318,37 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
     try:
         return sc.bpf(Cmd.PROG_LOAD, attr())
     except SyscallError as first:
+        if interrupt_pending():     # the verifier gave up for a Ctrl-C: no second run, no log
+            raise
         failure = first
     size = _LOG_START
     log = ""
+    cut_at = 0          # the log was cut at this size (0: the kernel's log is whole)
     while True:
         buf = ctypes.create_string_buffer(size)
         a = attr(buf)
         try:
             return sc.bpf(Cmd.PROG_LOAD, a)   # a transient first failure: keep the program
         except SyscallError as e:
+            if interrupt_pending():
+                raise
             log = buf.value.decode(errors="replace")
+            del buf
             if e.errno == _errno.ENOSPC and size < _LOG_MAX:
-                size = max(size * 4, a.log_true_size or 0)
+                size = min(_LOG_MAX, max(size * 4, a.log_true_size or 0))
                 continue
+            if e.errno == _errno.ENOSPC:
+                # the kernel reports a full log as ENOSPC instead of the verifier's own error
+                cut_at = size
             failure = e
             break
     where = f"program {prog.name!r} (section {prog.section!r}, {ProgType(prog.prog_type).name})"
+    cut = ""
+    if cut_at:
+        whole = f" of {a.log_true_size} bytes" if a.log_true_size > cut_at else ""
+        cut = (f"\n(the verifier log{whole} was cut at {cut_at >> 20} MiB, libbpf's limit too: the kernel "
+               f"reports a full log as ENOSPC, so the verifier's own error code is lost; what is kept is "
+               f"the log's end)")
     from .refusals import lockdown_refusal
     lockdown = lockdown_refusal(log, prog, where)
     if lockdown is not None:
@@ -348,7 +367,8 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
                   f"(verifier: {reason})")
     raise VerifierError(failure.command, failure.errno,
                         f"{where} was rejected by the verifier: {reason}\n{details}\n"
-                        f"(the whole log is in the exception's .log)", log) from None
+                        f"(the {'kept' if cut_at else 'whole'} log is in the exception's .log){cut}",
+                        log) from None
 
 
 def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None):
@@ -365,109 +385,132 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
             from ..spec.btf import BTF as _BTF
             target_btf = _BTF.load(os.fspath(target_btf))
         facts = KernelFacts.running(btf=target_btf)
-    from ..spec.object import ZeroImage, zero_image
     from .refusals import check_object
     check_object(spec, facts)       # struct_ops, kinds this kernel lacks, max_entries 0: before the kernel
     if spec.externs:
         from . import externs as _externs
-        try:
-            _externs.resolve(spec, facts)
-        except ObjectError as e:
-            raise type(e)(f"{spec.path}: {e}") from None
-    # link first: it is pure, so an object pybpf cannot handle (externs, CO-RE, bad
-    # relocations) fails with its own message before anything is put in the kernel
-    linked = {}
-    attach_btf = {}
-    for name, pspec in spec.programs.items():
-        if not pspec.autoload:
-            continue
-        if pspec.sec_def.flags & S.ATTACH_BTF:
-            from .attach_btf import resolve_attach_btf
-            attach_btf[name] = resolve_attach_btf(pspec, facts)
-        try:
-            linked[name] = link_program(spec, pspec, facts)
-        except ObjectError as e:
-            raise type(e)(f"{spec.path}: {e}") from None
-    _check_map_values(spec)
-    obj = Object(spec)
+    # Every fd is made and handed to its owner inside a deferred_signals() section: a Ctrl-C
+    # between a syscall's return and the assignment would leave the fd open with no owner.
+    # If anything fails or is interrupted, ``obj.close()`` releases all that was made, and
+    # the externs' module BTF fds are released in every case.
+    obj = None
     try:
-        if btf and spec.btf is not None:
-            from .sanitize import kernel_btf
-            raw = kernel_btf(spec.btf)
-            if raw is not None:          # None: a kernel without BTF
+        try:
+            if spec.externs:
+                try:
+                    with deferred_signals():
+                        _externs.resolve(spec, facts)
+                except ObjectError as e:
+                    raise type(e)(f"{spec.path}: {e}") from None
+            # link first: it is pure, so an object pybpf cannot handle (externs, CO-RE, bad
+            # relocations) fails with its own message before anything is put in the kernel
+            linked = {}
+            attach_btf = {}
+            for name, pspec in spec.programs.items():
+                if not pspec.autoload:
+                    continue
+                if pspec.sec_def.flags & S.ATTACH_BTF:
+                    from .attach_btf import resolve_attach_btf
+                    attach_btf[name] = resolve_attach_btf(pspec, facts)
+                try:
+                    linked[name] = link_program(spec, pspec, facts)
+                except ObjectError as e:
+                    raise type(e)(f"{spec.path}: {e}") from None
+            _check_map_values(spec)
+            obj = Object(spec)
+            _load_into(obj, spec, btf, facts, linked, attach_btf)
+        finally:
+            if spec.externs:
+                with deferred_signals():
+                    _externs.release(spec, facts)
+    except VerifierError as e:
+        if obj is not None:
+            obj.close()
+        if spec.externs:
+            _externs.explain(e, spec)
+        raise
+    except BaseException:
+        if obj is not None:
+            obj.close()
+        raise
+    return obj
+
+
+def _load_into(obj, spec: ObjectSpec, btf: bool, facts, linked: dict, attach_btf: dict) -> None:
+    from ..spec.object import ZeroImage, zero_image
+    if spec.externs:
+        from . import externs as _externs
+    if btf and spec.btf is not None:
+        from .sanitize import kernel_btf
+        raw = kernel_btf(spec.btf)
+        if raw is not None:          # None: a kernel without BTF
+            with deferred_signals():
                 obj._btf_fd = load_btf(raw)
-        for name, mspec in spec.maps.items():
+    for name, mspec in spec.maps.items():
+        with deferred_signals():
             inner_fd = -1
-            if mspec.inner is not None:
-                inner_fd = create_map(mspec.inner, obj._btf_fd)
             try:
+                if mspec.inner is not None:
+                    inner_fd = create_map(mspec.inner, obj._btf_fd)
                 fd = create_map(mspec, obj._btf_fd, inner_fd)
             finally:
                 if inner_fd >= 0:
                     os.close(inner_fd)
             m = obj._add_map(mspec, fd)
-            if mspec.type == MapType.ARENA:
-                # mapped before any program loads (libbpf bpf_object__create_maps): the kernel fixes
-                # the arena's user address at the first mmap and resolves __arena globals against it
-                view = m.mmap()
-                if mspec.data and not zero_image(mspec.data):
-                    off = m.data_offset
-                    view[off:off + len(mspec.data)] = bytes(mspec.data)
-            elif mspec.data is not None:
-                data = mspec.data
-                if mspec.section == ".kconfig":
-                    data = _externs.resolution_for(spec, facts).kconfig
-                # a new array map's value is zero-filled by the kernel (kernel/bpf/arraymap.c
-                # array_map_alloc: bpf_map_area_alloc zeroes): of a .bss only the pages written
-                # before load are copied in, each through a mapping of its own page (mapping
-                # the whole value would make all of it resident: array_map_mmap maps every page)
-                if isinstance(data, ZeroImage):
-                    if not zero_image(data):
-                        for off, chunk in data.written():
-                            with mmap.mmap(fd, len(chunk), mmap.MAP_SHARED, offset=off) as page:
-                                page[:] = chunk
-                else:
-                    m._write_initial(bytes(data))
-                if mspec.readonly:
-                    sc.map_freeze(fd)
-        fds = {name: m.fd for name, m in obj.maps.items()}
-        fd_array = _externs.resolution_for(spec, facts).fd_array() if spec.externs else None
-        # map-in-map slots once every map exists (libbpf init_map_in_map_slots)
-        for name, mspec in spec.maps.items():
-            if mspec.inner is not None:
-                _fill_slots(mspec, obj.maps[name].fd, fds, "map")
-        for name, lp in linked.items():
-            pspec = spec.programs[name]
-            target = attach_btf.get(name)
+        if mspec.type == MapType.ARENA:
+            # mapped before any program loads (libbpf bpf_object__create_maps): the kernel fixes
+            # the arena's user address at the first mmap and resolves __arena globals against it
+            view = m.mmap()
+            if mspec.data and not zero_image(mspec.data):
+                off = m.data_offset
+                view[off:off + len(mspec.data)] = bytes(mspec.data)
+        elif mspec.data is not None:
+            data = mspec.data
+            if mspec.section == ".kconfig":
+                data = _externs.resolution_for(spec, facts).kconfig
+            # a new array map's value is zero-filled by the kernel (kernel/bpf/arraymap.c
+            # array_map_alloc: bpf_map_area_alloc zeroes): of a .bss only the pages written
+            # before load are copied in, each through a mapping of its own page (mapping
+            # the whole value would make all of it resident: array_map_mmap maps every page)
+            if isinstance(data, ZeroImage):
+                if not zero_image(data):
+                    for off, chunk in data.written():
+                        with mmap.mmap(fd, len(chunk), mmap.MAP_SHARED, offset=off) as page:
+                            page[:] = chunk
+            else:
+                m._write_initial(bytes(data))
+            if mspec.readonly:
+                sc.map_freeze(fd)
+    fds = {name: m.fd for name, m in obj.maps.items()}
+    fd_array = _externs.resolution_for(spec, facts).fd_array() if spec.externs else None
+    # map-in-map slots once every map exists (libbpf init_map_in_map_slots)
+    for name, mspec in spec.maps.items():
+        if mspec.inner is not None:
+            _fill_slots(mspec, obj.maps[name].fd, fds, "map")
+    for name, lp in linked.items():
+        pspec = spec.programs[name]
+        target = attach_btf.get(name)
+        insns = lp.with_map_fds(fds)
+        # the verifier runs in the section: a Ctrl-C makes it give up (EAGAIN), which
+        # load_program turns into an error at once, and the section's end raises the interrupt
+        with deferred_signals():
             obj_fd = module_fd = 0
-            if target is not None and target.in_module:
-                from .attach_btf import module_btf_fd
-                obj_fd = module_fd = module_btf_fd(target.module)
             try:
-                fd = load_program(pspec, lp, lp.with_map_fds(fds), obj._btf_fd,
+                if target is not None and target.in_module:
+                    from .attach_btf import module_btf_fd
+                    obj_fd = module_fd = module_btf_fd(target.module)
+                fd = load_program(pspec, lp, insns, obj._btf_fd,
                                   attach_btf_id=target.btf_id if target else 0, attach_btf_obj_fd=obj_fd,
                                   btf=spec.btf, fd_array=fd_array)
             finally:
                 if module_fd:
                     os.close(module_fd)
             obj._add_program(pspec, fd, lp)
-        # prog array slots once the programs are loaded (libbpf init_prog_array_slots)
-        prog_fds = {name: p.fd for name, p in obj.programs.items()}
-        for name, mspec in spec.maps.items():
-            if mspec.type == MapType.PROG_ARRAY and mspec.values:
-                _fill_slots(mspec, obj.maps[name].fd, prog_fds, "program")
-    except VerifierError as e:
-        obj.close()
-        if spec.externs:
-            _externs.explain(e, spec)
-        raise
-    except BaseException:
-        obj.close()
-        raise
-    finally:
-        if spec.externs:
-            _externs.release(spec, facts)
-    return obj
+    # prog array slots once the programs are loaded (libbpf init_prog_array_slots)
+    prog_fds = {name: p.fd for name, p in obj.programs.items()}
+    for name, mspec in spec.maps.items():
+        if mspec.type == MapType.PROG_ARRAY and mspec.values:
+            _fill_slots(mspec, obj.maps[name].fd, prog_fds, "program")
 
 
 def _check_map_values(spec: ObjectSpec) -> None:
