@@ -526,6 +526,72 @@ def test_array_loads_use_the_element_size():
     assert (whole.orig_sz, whole.new_sz, whole.fail_memsz_adjust) == (2, 4, True)
 
 
+def test_types_match_compares_int_signedness():
+    lb, tb = BTFBuilder(), BTFBuilder()
+    mine, theirs, same = lb.int_("count_t", 4, signed=True), tb.int_("count_t", 4), tb.int_("count_t", 4, signed=True)
+    lbtf, tbtf = lb.btf(), tb.btf()
+    assert not core.types_match(lbtf, mine, tbtf, theirs)       # same name and size, other signedness
+    assert core.types_match(lbtf, mine, tbtf, same)
+
+
+def test_target_array_index_past_its_length_does_not_match():
+    lb, tb, L, T = two_btfs()
+    lt = lb.struct("s", 16, [("a", lb.array(L.INT, 4), 0)])
+    tb.struct("s", 12, [("a", tb.array(T.INT, 3), 0)])
+    tbtf = tb.btf()
+    assert resolve(lb, tbtf, lt, "0:0:2", 0).new == 8              # a[2]: in both
+    last = resolve(lb, tbtf, lt, "0:0:3", 0)                       # a[3]: not in the target's 3
+    assert last.poison and "index [3] is out of range" in last.reason
+
+
+def test_nested_array_field_sizes_multiply():
+    lb, tb, L, T = two_btfs()
+    lt = lb.struct("grid", 28, [("m", lb.array(lb.array(L.INT, 3), 2), 0), ("after", L.INT, 192)])
+    tb.struct("grid", 52, [("m", tb.array(tb.array(T.INT, 3), 4), 0), ("after", T.INT, 384)])
+    tbtf = tb.btf()
+    size = resolve(lb, tbtf, lt, "0:0", CoreKind.FIELD_BYTE_SIZE)
+    assert (size.orig, size.new) == (2 * 3 * 4, 4 * 3 * 4)
+    assert resolve(lb, tbtf, lt, "0", CoreKind.TYPE_SIZE).orig == 28
+    row = resolve(lb, tbtf, lt, "0:0:1", CoreKind.FIELD_BYTE_SIZE)    # m[1]: one row of 3 ints
+    assert (row.orig, row.new) == (12, 12)
+
+
+def test_unsigned_32bit_enumerator_above_2_31_patches():
+    """clang writes an unsigned enumerator >= 2^31 zero-extended in the ld_imm64; the value is
+    checked on its low 32 bits, and the target's value replaces it."""
+    lb, tb, L, T = two_btfs()
+    le = lb.enum("flags", [("HIGH", 0x80000000)], size=4)
+    tb.enum("flags", [("HIGH", 0x90000000)], size=4)
+    res = resolve(lb, tb.btf(), le, "0", CoreKind.ENUMVAL_VALUE)
+    insns = bytearray(struct.pack("<BBhi", 0x18, 1, 0, -(1 << 31)) + struct.pack("<BBhi", 0, 0, 0, 0))
+    assert core.patch_insn(insns, 0, res) is None
+    assert insn_value(insns, 0) & 0xFFFFFFFF == 0x90000000
+
+
+def test_alu_immediate_of_2_31_is_stored_as_s32():
+    insns = bytearray(struct.pack("<BBhi", 0xB7, 1, 0, 8))
+    core.patch_insn(insns, 0, res_for(CoreKind.FIELD_BYTE_OFFSET, 8, 1 << 31))
+    assert I.decode(insns, 0) == (0xB7, 1, 0, 0, -(1 << 31))        # truncated to s32, as libbpf does
+    core.patch_insn(insns, 0, res_for(CoreKind.FIELD_BYTE_OFFSET, -(1 << 31) & (2**64 - 1), (1 << 31) - 1))
+    assert I.decode(insns, 0) == (0xB7, 1, 0, 0, (1 << 31) - 1)
+
+
+def test_failure_in_log_names_a_poisoned_ld_imm64_by_either_slot():
+    """A poisoned ld_imm64 is two calls: the verifier may stop at either one."""
+    def failure(insn, kind):
+        return core.CoreFailure(insn=insn, function="f", section="s", relo_index=0, kind=kind, type_id=1,
+                                type_name="enum e", path="e::X", access="0", reason="gone", spec="<...>")
+    linked = SimpleNamespace(core_failures=[failure(5, "enumval_value"), failure(9, "byte_off")])
+
+    def log(idx):
+        return f"{idx}: (85) call unknown#{core.POISON_IMM}\ninvalid func unknown#{core.POISON_IMM}\n"
+    assert core.failure_in_log(log(5), linked).insn == 5
+    assert core.failure_in_log(log(6), linked).insn == 5           # the ld_imm64's second slot
+    assert core.failure_in_log(log(4), linked) is None
+    assert core.failure_in_log(log(9), linked).insn == 9
+    assert core.failure_in_log(log(10), linked) is None            # not an ld_imm64 relocation
+
+
 # -- whole objects, offline --------------------------------------------------------------------------
 
 # the kernel structures core_read.bpf.c reads, in other layouts and with other enum values

@@ -242,3 +242,71 @@ def test_map_after_object_closed(no_fd_leak):
         a.lookup(0)
     with pytest.raises(pybpf.ClosedError):
         a.update(0, 1)
+
+
+# -- edges: raw per-CPU values, mmapable arrays over pages, keys gone meanwhile, empty queues, rings ---
+
+def test_percpu_raw_values_are_exactly_value_size(no_fd_leak):
+    """Without BTF types a per-CPU value is bytes: each CPU's exactly value_size (4) bytes, not
+    the 8-byte slot the kernel copies it in."""
+    spec = pybpf.open(program("percpu_sizes"))
+    m = spec.maps["array4"]
+    m.key_type_id = m.value_type_id = 0
+    ncpus = possible_cpus()
+    written = [bytes([0x80 | cpu]) * 3 + b"\xff" for cpu in range(ncpus)]
+    with spec.load() as obj:
+        obj.maps["array4"].update(0, written)
+        assert obj.maps["array4"].lookup(0) == written
+        assert obj.maps["array4"][1] == [bytes(4)] * ncpus
+
+
+def test_mmapable_array_of_several_pages(no_fd_leak):
+    """A BPF_F_MMAPABLE array of 1000 8-byte values (8000 bytes: two pages, the second partly
+    used) is mapped whole: every element is where the syscalls put it."""
+    from pybpf.kernel.constants import BPF_F_MMAPABLE
+    spec = pybpf.open(program("maps_test"))
+    spec.maps["array"].max_entries = 1000
+    spec.maps["array"].flags |= BPF_F_MMAPABLE
+    with spec.load() as obj:
+        assert obj.programs["fill"].test_run().retval == 0
+        a = obj.maps["array"]
+        a.update(999, 0x1122334455667788)
+        view = a.mmap()
+        assert len(view) >= 8000
+        assert struct.unpack_from("<Q", view, 2 * 8)[0] == 222          # written by the program
+        assert struct.unpack_from("<Q", view, 999 * 8)[0] == 0x1122334455667788
+        struct.pack_into("<Q", view, 600 * 8, 600)
+        assert a[600] == 600
+
+
+def test_items_skip_keys_deleted_meanwhile(filled, monkeypatch):
+    """A key deleted between BPF_MAP_GET_NEXT_KEY and its lookup (by the program or another
+    process) is skipped, not yielded with a missing value."""
+    h = filled.maps["hash"]
+    keys = h.keys
+
+    def keys_and_a_gone_one():
+        yield from keys()
+        yield 99                    # as if deleted right after GET_NEXT_KEY returned it
+    monkeypatch.setattr(h, "keys", keys_and_a_gone_one)
+    assert sorted(k for k, _ in h.items()) == [1, 2, 3]
+    assert len(list(h.values())) == 3
+
+
+def test_empty_queue_and_stack_peek_and_pop(no_fd_leak):
+    with pybpf.load(program("map_types")) as obj:
+        for name in ("queue", "stack"):
+            m = obj.maps[name]
+            for op in (m.peek, m.pop):
+                with pytest.raises(KeyError, match=f"map '{name}' is empty"):
+                    op()
+                assert op(None) is None and op(-1) == -1
+
+
+def test_ring_buffer_maps_have_no_elements(no_fd_leak):
+    with pybpf.load(program("ringbuf_test")) as obj:
+        for name in ("rb", "urb"):
+            m = obj.maps[name]
+            for op in (lambda: m.lookup(0), lambda: m.update(0, 1), lambda: m.delete(0), lambda: list(m.keys())):
+                with pytest.raises(pybpf.Error, match=f"map '{name}' is a .*RingBuffer"):
+                    op()

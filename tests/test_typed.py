@@ -414,6 +414,87 @@ def test_hand_built_bool_and_signed_enum(tiny):
     assert f.encode(btf.find("enum color").id, "BLUE") == (-2).to_bytes(4, "little", signed=True)
 
 
+def edges_btf():
+    """Hand-built types for the checks at the edges: a signed __int128 member, a char array,
+    a 4-byte enum member, two structs with the same layout, corrupt members."""
+    b = BTFBuilder()
+    i32 = b.int_("int", 4, signed=True)
+    s128 = b.int_("__int128", 16, signed=True)
+    char = b.int_("char", 1, signed=True)
+    b.struct("wide", 24, [("n", s128, 0), ("k", i32, 128)])
+    b.struct("named", 8, [("tag", b.array(char, 8), 0)])
+    mode = b.enum("mode", [("OFF", 0), ("ON", 1)])
+    b.struct("withenum", 4, [("m", mode, 0)])
+    b.struct("pair_a", 8, [("x", i32, 0), ("y", i32, 32)])
+    b.struct("pair_b", 8, [("x", i32, 0), ("y", i32, 32)])
+    b.struct("past_end", 4, [("a", i32, 16)])                 # [2, 6) in 4 bytes
+    b.union("offset_union", 8, [("a", i32, 0), ("b", i32, 32)])  # a union member at byte 4
+    return b.btf()
+
+
+def test_signed_int128_member_reads_negative():
+    btf = edges_btf()
+    f = TypeFactory(btf)
+    wide = btf.find("struct wide").id
+    v = f.from_bytes(wide, (-3).to_bytes(16, "little", signed=True) + (7).to_bytes(4, "little") + bytes(4))
+    assert (v.n, v.k) == (-3, 7) and v.to_python() == {"n": -3, "k": 7}
+    assert f.encode(wide, {"n": -(1 << 127)})[:16] == (-(1 << 127)).to_bytes(16, "little", signed=True)
+
+
+def test_char_array_set_shorter_clears_the_rest():
+    btf = edges_btf()
+    f = TypeFactory(btf)
+    named = btf.find("struct named").id
+    v = f.from_bytes(named, b"longname")
+    v.tag = "ab"
+    assert bytes(v) == b"ab" + bytes(6) and v.tag == "ab"
+    v.tag = b"12345678"                                        # an exact fit: no NUL
+    assert bytes(v) == b"12345678"
+
+
+def test_enum_member_range_is_its_size():
+    btf = edges_btf()
+    f = TypeFactory(btf)
+    withenum = btf.find("struct withenum").id
+    v = f.from_bytes(withenum, bytes(4))
+    v.m = (1 << 32) - 1
+    assert bytes(v) == b"\xff" * 4
+    with pytest.raises(pybpf.Error, match="does not fit in 32 bits"):
+        v.m = 1 << 32
+    with pytest.raises(pybpf.Error, match="does not fit in 32 bits"):
+        f.encode(withenum, {"m": 1 << 40})
+
+
+def test_values_of_different_types_are_not_equal():
+    btf = edges_btf()
+    f = TypeFactory(btf)
+    a = f.from_bytes(btf.find("struct pair_a").id, bytes(range(8)))
+    b = f.from_bytes(btf.find("struct pair_b").id, bytes(range(8)))
+    assert a != b and bytes(a) == bytes(b)
+    assert a == f.from_bytes(btf.find("struct pair_a").id, bytes(range(8))) and a == bytes(range(8))
+
+
+@pytest.mark.parametrize("name, match", [("struct past_end", "lies past its end"),
+                                         ("union offset_union", "non-zero offset 4")])
+def test_corrupt_members_are_refused(name, match):
+    btf = edges_btf()
+    with pytest.raises(pybpf.BTFError, match=match):
+        TypeFactory(btf).ctype(btf.find(name).id)
+
+
+def test_one_byte_short_is_an_error():
+    btf = edges_btf()
+    f = TypeFactory(btf)
+    pair = btf.find("struct pair_a").id
+    with pytest.raises(pybpf.Error, match="is 8 bytes, got 7"):
+        f.from_bytes(pair, bytes(7))
+    from pybpf.spec.typed import record_decoder
+    decode = record_decoder(btf, "struct pair_a", "ring 'rb'")
+    assert decode(bytes(range(9))).to_python() == {"x": 0x03020100, "y": 0x07060504}
+    with pytest.raises(pybpf.Error, match="a 7-byte record is shorter than struct pair_a"):
+        decode(bytes(7))
+
+
 # -- enums, char arrays, to_python, == -----------------------------------------------------
 
 def test_enums_decode_to_names_and_accept_names(vmlinux, factory):
