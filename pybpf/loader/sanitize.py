@@ -202,14 +202,16 @@ def kernel_accepts(blob: bytes) -> bool:
     from ..kernel import syscall as sc
     from ..kernel.attrs import BtfLoadAttr
     from ..kernel.constants import Cmd
+    from ..resource import deferred_signals
     buf = ctypes.create_string_buffer(blob, len(blob))
-    try:
-        fd = sc.bpf(Cmd.BTF_LOAD, BtfLoadAttr(btf=ctypes.addressof(buf), btf_size=len(blob)))
-    except SyscallError as e:
-        if e.errno in (_errno.EPERM, _errno.EACCES):
-            raise
-        return False
-    os.close(fd)
+    with deferred_signals():    # a Ctrl-C between the load and the close would orphan the fd
+        try:
+            fd = sc.bpf(Cmd.BTF_LOAD, BtfLoadAttr(btf=ctypes.addressof(buf), btf_size=len(blob)))
+        except SyscallError as e:
+            if e.errno in (_errno.EPERM, _errno.EACCES):
+                raise
+            return False
+        os.close(fd)
     return True
 
 
