@@ -36,7 +36,7 @@ from .kernel import perf
 from .kernel import syscall as sc
 from .kernel.attrs import MapInfo
 from .kernel.constants import MapType
-from .ringbuf._mapping import _claim, _Mapping, _release_quietly, _run_all, _unclaim, _Waiter
+from .ringbuf._mapping import _claim, _inside, _Mapping, _release_quietly, _run_all, _unclaim, _Waiter
 from .ringbuf.reader import _stops
 
 __all__ = ["PerfBuffer"]
@@ -242,11 +242,22 @@ class PerfBuffer(Resource):
         _run_all([self._waiter.close if self._waiter is not None else _nothing, self._try_teardown])
 
     def _try_teardown(self) -> None:
+        # a consume running tears down when it returns (it checks _closed after the release)
         if self._lock.acquire(blocking=False):
             try:
                 self._teardown()
             finally:
                 self._lock.release()
+        elif not _inside((self,), _consumer_codes()):
+            # held by no running method: lost to an interrupt after its acquire
+            # (see pybpf.ringbuf._mapping._inside); _consume refuses once closed
+            try:
+                self._teardown()
+            finally:
+                try:
+                    self._lock.release()
+                except RuntimeError:
+                    pass
 
     def _teardown(self) -> None:
         steps = [(lambda r=r: r.close(self._map_fd)) for r in self._rings]
@@ -389,3 +400,7 @@ class PerfBuffer(Resource):
 
 def _nothing() -> None:
     pass
+
+
+def _consumer_codes() -> frozenset:
+    return frozenset(f.__code__ for f in (PerfBuffer.consume, PerfBuffer._consume, PerfBuffer._consume_ring))

@@ -130,6 +130,28 @@ class _Mapping:
             pass
 
 
+def _inside(owners, codes, skip_current: bool = False) -> bool:
+    """True when a thread runs one of ``codes`` (functions' ``__code__``) on one of
+    ``owners`` (its ``self``).
+
+    How close() tells a lock held by a running method from a lock lost to an
+    interrupt: KeyboardInterrupt can land right after a C-level acquire returns
+    and before the ``try`` that would release it, and then no thread holds it
+    any more.  Only close() asks, and only when the lock is not free.
+    """
+    me = threading.get_ident()
+    for ident, frame in sys._current_frames().items():
+        if skip_current and ident == me:
+            continue
+        while frame is not None:
+            if frame.f_code in codes:
+                this = frame.f_locals.get("self")
+                if any(this is owner for owner in owners):
+                    return True
+            frame = frame.f_back
+    return False
+
+
 def _run_all(steps) -> None:
     """Calls every step, even when one raises (KeyboardInterrupt included), then
     re-raises the first exception.  Each step must be idempotent: a close()

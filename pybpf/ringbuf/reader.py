@@ -17,8 +17,8 @@ from ..resource import Resource
 from ..errors import ClosedError, Error
 from ..kernel.constants import MapType
 from ._mapping import (
-    _ALIGN, _DISCARD, _HDR, _LEN_MASK, _ROUND, _UNPACK_RUN, _claim, _Mapping, _check_map, _release_quietly,
-    _run_all, _unclaim, _Waiter,
+    _ALIGN, _DISCARD, _HDR, _LEN_MASK, _ROUND, _UNPACK_RUN, _claim, _inside, _Mapping, _check_map,
+    _release_quietly, _run_all, _unclaim, _Waiter,
 )
 
 __all__ = ["RingBuffer", "Ring"]
@@ -573,6 +573,17 @@ class RingBuffer(Resource):
                 self._teardown()
             finally:
                 self._lock.release()
+        elif not _inside((self, *self._rings), _consumer_codes()):
+            # Held, but by no running method: lost to an interrupt between its
+            # acquire and the try that releases it (see _inside).  Nothing can
+            # take it meanwhile (_enter refuses once closed).
+            try:
+                self._teardown()
+            finally:
+                try:
+                    self._lock.release()
+                except RuntimeError:
+                    pass  # released meanwhile
 
     def _teardown(self) -> None:
         # (no consume running) every step idempotent: see close()
@@ -821,6 +832,19 @@ class RingBuffer(Resource):
                 return
             for record in records:
                 yield record
+
+
+_CONSUMER_CODES = None
+
+
+def _consumer_codes() -> frozenset:
+    """The code of the methods that run with a RingBuffer's consumer lock held."""
+    global _CONSUMER_CODES
+    if _CONSUMER_CODES is None:
+        _CONSUMER_CODES = frozenset(f.__code__ for f in (
+            RingBuffer.consume, RingBuffer._consume_ready, RingBuffer.read_batch, RingBuffer.add,
+            RingBuffer._enter, Ring.read_batch, Ring.available.fget))
+    return _CONSUMER_CODES
 
 
 def _wake(future) -> None:

@@ -16,8 +16,8 @@ from ..resource import Resource
 from ..errors import ClosedError, Error, RingBufferFullError, TimeoutError
 from ..kernel.constants import MapType
 from ._mapping import (
-    _ALIGN, _BUSY, _DISCARD, _HDR, _HDR_SHIFT, _ROUND, _UNPACK_RUN, _claim, _Mapping, _check_map, _release_quietly,
-    _run_all, _unclaim, _Waiter,
+    _ALIGN, _BUSY, _DISCARD, _HDR, _HDR_SHIFT, _ROUND, _UNPACK_RUN, _claim, _inside, _Mapping, _check_map,
+    _release_quietly, _run_all, _unclaim, _Waiter,
 )
 
 __all__ = ["UserRingBuffer", "Sample", "SampleSizeError", "SampleClosedError", "SampleExportedError"]
@@ -263,9 +263,21 @@ class UserRingBuffer(Resource):
         _run_all([self._waiter.close if self._waiter is not None else _nothing, self._locked_teardown])
 
     def _locked_teardown(self) -> None:
-        with self._lock:
+        while True:
+            try:
+                self._take(True, 0.1)
+                break
+            except queue.Empty:
+                # Methods hold the mutex briefly (never while waiting); one held
+                # by no running method was lost to an interrupt right after its
+                # take() (see _inside): go on, and put the token back after.
+                if not _inside((self, self._lock), _producer_codes(), skip_current=True):
+                    break
+        try:
             self._closed = True
             self._teardown()
+        finally:
+            self._give(None)
 
     def _discard_by_force(self, sample: Sample) -> None:
         # by force, even with live exports: a BUSY sample left behind would
@@ -686,6 +698,20 @@ _packers: dict[tuple[int, int], list] = {}
 
 def _nothing() -> None:
     pass
+
+
+_PRODUCER_CODES = None
+
+
+def _producer_codes() -> frozenset:
+    """The code of the methods that take a UserRingBuffer's mutex."""
+    global _PRODUCER_CODES
+    if _PRODUCER_CODES is None:
+        u = UserRingBuffer
+        _PRODUCER_CODES = frozenset(f.__code__ for f in (
+            u.reserve, u.reserve_blocking, u._wait_for_room, u.submit, u.discard, u.write, u.write_batch,
+            u.free.fget, u._locked_teardown, _Mutex.__enter__))
+    return _PRODUCER_CODES
 
 
 def _uniform_length(items) -> int:
