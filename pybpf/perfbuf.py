@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable
 
 from . import atomics
-from .resource import Resource
+from .resource import Resource, deferred_signals
 from .errors import ClosedError, Error
 from .kernel import perf
 from .kernel import syscall as sc
@@ -213,10 +213,12 @@ class PerfBuffer(Resource):
     def _open_cpu(self, cpu: int) -> None:
         attr = perf.PerfEventAttr(type=perf.PERF_TYPE_SOFTWARE, config=perf.PERF_COUNT_SW_BPF_OUTPUT,
                                   sample_type=perf.PERF_SAMPLE_RAW, sample_period=1, wakeup_events=1)
-        # the fd owned by a file object at once (closed with it, or when it is garbage)
-        file = open(perf.perf_event_open(attr, pid=-1, cpu=cpu), "rb", buffering=0)  # noqa: SIM115
-        ring = _CpuRing(cpu, file)
-        self._rings.append(ring)
+        # the fd owned by a file object (closed with it, or when it is garbage) and the
+        # ring by this PerfBuffer, with SIGINT/SIGTERM handlers deferred until both are
+        with deferred_signals():
+            file = open(perf.perf_event_open(attr, pid=-1, cpu=cpu), "rb", buffering=0)  # noqa: SIM115
+            ring = _CpuRing(cpu, file)
+            self._rings.append(ring)
         fd = ring.fd
         self._by_fd[fd] = ring
         ring.map(self.page_count * mmap.PAGESIZE, self.name)
