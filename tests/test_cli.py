@@ -61,6 +61,14 @@ class Session:
         self.seen: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:        # a failed test: the CLI must not outlive it
+            self.proc.kill()
+            self.proc.wait()
+
     def _pump(self):
         for line in self.proc.stdout:
             self.lines.put(line.rstrip("\n"))
@@ -158,18 +166,18 @@ def test_feed_json_sample_by_btf_type():
     ringbuf_test's `drain` echoes each sample of `urb` into `rb`, which the CLI prints in hex."""
     fields = {"count": 0xA1B2C3, "size": 77, "discard_every": 5, "start_seq": 0x7EADBEEF, "flags": 0x1122334455}
     assert os.getpid() not in fields.values()
-    s = Session("load", program("ringbuf_test"), "--count", "2", "--type", "urb=struct produce_args",
-                "--feed", "urb=" + json.dumps(fields))
-    want = struct.pack("<IIIIQ", *fields.values())        # struct produce_args: 4 u32, a u64
-    for n in range(2):                                    # a sample at start, one after each record
-        s.wait_for(lambda l: l == "Draining current samples...")
-        # drain_args: flags, echo; returns the number of samples drained
-        assert _run_program_of(s.proc.pid, "drain", struct.pack("<QI4x", 0, 1)) == 1
-        row = s.wait_for(lambda l: " bytes: " in l)
-        assert row.split()[2:4] == ["rb", str(len(want))]
-        assert bytes.fromhex(row.split()[-1]) == want
-    code, err = s.finish()
-    assert code == 0, err
+    with Session("load", program("ringbuf_test"), "--count", "2", "--type", "urb=struct produce_args",
+                 "--feed", "urb=" + json.dumps(fields)) as s:
+        want = struct.pack("<IIIIQ", *fields.values())        # struct produce_args: 4 u32, a u64
+        for n in range(2):                                    # a sample at start, one after each record
+            s.wait_for(lambda l: l == "Draining current samples...")
+            # drain_args: flags, echo; returns the number of samples drained
+            assert _run_program_of(s.proc.pid, "drain", struct.pack("<QI4x", 0, 1)) == 1
+            row = s.wait_for(lambda l: " bytes: " in l)
+            assert row.split()[2:4] == ["rb", str(len(want))]
+            assert bytes.fromhex(row.split()[-1]) == want
+        code, err = s.finish()
+        assert code == 0, err
 
 
 def _run_program_of(pid: int, name: str, ctx: bytes) -> int:
@@ -214,19 +222,19 @@ def test_generic_object_streams_hex_or_fields():
     """An object without tutorial types loads, prints each record of its ring buffer in hex
     (map name, length, bytes) and stops after --count; records are made by running the loaded
     `produce` program (seq at offset 0, then .bss `fill`, zero) with sizes not multiples of 8."""
-    s = Session("load", program("ringbuf_test"), "--count", "3")
-    first = 0x1A2B3C40
-    # produce_args: count, size, discard_every, start_seq, flags
-    assert _run_program_of(s.proc.pid, "produce", struct.pack("<IIIIQ", 3, 13, 0, first, 0)) == 3
-    code, err = s.finish(timeout=20)
-    assert code == 0, err
-    rows = [l for l in s.seen if " bytes: " in l]
-    assert len(rows) == 3, s.seen
-    for i, row in enumerate(rows):
-        ts, label, name, size, _, data = row.split()
-        assert time.strptime(ts, "%H:%M:%S")
-        assert (name, size) == ("rb", "13")
-        assert bytes.fromhex(data) == struct.pack("<I", first + i) + bytes(9)
+    with Session("load", program("ringbuf_test"), "--count", "3") as s:
+        first = 0x1A2B3C40
+        # produce_args: count, size, discard_every, start_seq, flags
+        assert _run_program_of(s.proc.pid, "produce", struct.pack("<IIIIQ", 3, 13, 0, first, 0)) == 3
+        code, err = s.finish(timeout=20)
+        assert code == 0, err
+        rows = [l for l in s.seen if " bytes: " in l]
+        assert len(rows) == 3, s.seen
+        for i, row in enumerate(rows):
+            ts, label, name, size, _, data = row.split()
+            assert time.strptime(ts, "%H:%M:%S")
+            assert (name, size) == ("rb", "13")
+            assert bytes.fromhex(data) == struct.pack("<I", first + i) + bytes(9)
 
 
 @pytest.mark.kernel
@@ -234,17 +242,17 @@ def test_rate_counts_the_records_streamed():
     """--rate prints a line a second with each ring buffer's records/s and bytes/s since the
     previous line: 3 records of 13 bytes, made in the first second, are in one of the two
     lines (a line comes 1 to 1.5 s after the previous one: select's timeout is 0.5 s)."""
-    s = Session("load", program("ringbuf_test"), "--rate", "--duration", "2.6")
-    assert _run_program_of(s.proc.pid, "produce", struct.pack("<IIIIQ", 3, 13, 0, 1, 0)) == 3
-    code, err = s.finish(timeout=20)
-    assert code == 0, err
-    assert len([l for l in s.seen if " bytes: " in l]) == 3, s.seen
-    rates = [l for l in err.splitlines() if l.startswith("pybpf: rb: ")]
-    assert len(rates) == 2, err
-    nonzero = [l.split()[2:5:2] for l in rates if not l.startswith("pybpf: rb: 0 records/s")]
-    assert len(nonzero) == 1, err
-    records, nbytes = float(nonzero[0][0]), float(nonzero[0][1].rstrip(",").removesuffix("B/s"))
-    assert 3 / 1.6 <= records <= 3 and abs(nbytes / records - 13) < 0.1, err
+    with Session("load", program("ringbuf_test"), "--rate", "--duration", "2.6") as s:
+        assert _run_program_of(s.proc.pid, "produce", struct.pack("<IIIIQ", 3, 13, 0, 1, 0)) == 3
+        code, err = s.finish(timeout=20)
+        assert code == 0, err
+        assert len([l for l in s.seen if " bytes: " in l]) == 3, s.seen
+        rates = [l for l in err.splitlines() if l.startswith("pybpf: rb: ")]
+        assert len(rates) == 2, err
+        nonzero = [l.split()[2:5:2] for l in rates if not l.startswith("pybpf: rb: 0 records/s")]
+        assert len(nonzero) == 1, err
+        records, nbytes = float(nonzero[0][0]), float(nonzero[0][1].rstrip(",").removesuffix("B/s"))
+        assert 3 / 1.6 <= records <= 3 and abs(nbytes / records - 13) < 0.1, err
 
 
 def test_without_root_says_so_in_one_line():
