@@ -1182,20 +1182,51 @@ def _resolution_cache_name(spec, facts, programs) -> str | None:
     return _cache.digest(key + _cache.code_stamp("spec", "loader")) + ".pickle"
 
 
-def _read_resolutions(name: str, spec) -> dict | None:
+def _local_btf_pickling():
+    """Pickler and Unpickler classes that write the object's own BTF as the persistent id
+    "local".  Made once, at module level in effect: a class made per call with the spec in its
+    closure is a cycle (every class is one) that keeps the whole spec until the cyclic
+    collector runs."""
     from .._cache import pickle
-    raw = _cache.read("core", name)
-    if raw is None:
-        return None
+
+    class Pickler(pickle.Pickler):
+        def __init__(self, file, local):
+            super().__init__(file, protocol=-1)
+            self.local = local
+
+        def persistent_id(self, obj):
+            return "local" if obj is self.local else None
 
     class Unpickler(pickle.Unpickler):
+        def __init__(self, file, local):
+            super().__init__(file)
+            self.local = local
+
         def persistent_load(self, pid):
             if pid != "local":
                 raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-            return spec.btf
+            return self.local
+
+    return Pickler, Unpickler
+
+
+_PICKLING: tuple | None = None
+
+
+def _pickling() -> tuple:
+    global _PICKLING
+    if _PICKLING is None:
+        _PICKLING = _local_btf_pickling()
+    return _PICKLING
+
+
+def _read_resolutions(name: str, spec) -> dict | None:
+    import io
+    raw = _cache.read("core", name)
+    if raw is None:
+        return None
     try:
-        import io
-        out = Unpickler(io.BytesIO(raw)).load()
+        out = _pickling()[1](io.BytesIO(raw), spec.btf).load()
     except Exception:      # torn or from other code: resolve again
         return None
     return out if isinstance(out, dict) else None
@@ -1204,15 +1235,9 @@ def _read_resolutions(name: str, spec) -> dict | None:
 def _write_resolutions(name: str, spec, out: dict) -> None:
     import io
     from .._cache import pickle
-    local = spec.btf
-
-    class Pickler(pickle.Pickler):
-        def persistent_id(self, obj):
-            return "local" if obj is local else None
     buf = io.BytesIO()
     try:
-        Pickler(buf, protocol=-1).dump(
-            {k: r.replace(target=None) for k, r in out.items()})
+        _pickling()[0](buf, spec.btf).dump({k: r.replace(target=None) for k, r in out.items()})
     except (pickle.PicklingError, TypeError, AttributeError):
         return
     _cache.write("core", name, buf.getvalue())

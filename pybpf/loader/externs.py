@@ -308,6 +308,9 @@ class ExternResolution:
                                                 fd_index=fd_index)
 
     def resolve(self) -> ExternResolution:
+        untyped = [e.name for e in self.spec.externs.values() if e.kind != KCONFIG and not e.type_id]
+        if untyped and hasattr(self.facts, "prefetch_ksyms"):
+            self.facts.prefetch_ksyms(untyped)        # one pass over /proc/kallsyms for all of them
         for ext in sorted(self.spec.externs.values(), key=lambda e: e.index):
             if ext.kind == KCONFIG:
                 self._resolve_kconfig(ext)

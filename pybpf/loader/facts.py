@@ -113,9 +113,20 @@ class KernelFacts:
             return self._ksym_address(name)
         if not self.running_kernel:
             return None
-        if self._kallsyms is None:
-            self._kallsyms = read_kallsyms()
+        if self._kallsyms is None or name not in self._kallsyms:
+            self.prefetch_ksyms((name,))
         return self._kallsyms.get(name)
+
+    def prefetch_ksyms(self, names) -> None:
+        """Look ``names`` up in /proc/kallsyms in one pass (the running kernel only): later
+        ``ksym_address`` calls for them read no file."""
+        if self._ksym_address is not None or not self.running_kernel:
+            return
+        if self._kallsyms is None:
+            self._kallsyms = {}
+        wanted = {n for n in names if n not in self._kallsyms}
+        if wanted:
+            self._kallsyms.update(read_kallsyms(wanted))
 
 
 def read_kconfig() -> dict:
@@ -160,15 +171,17 @@ def running_kernel_version() -> int:
     return (major << 16) | (minor << 8) | min(patch, 255)
 
 
-def read_kallsyms() -> dict:
-    """/proc/kallsyms as {name: address} (addresses are 0 without CAP_SYSLOG)."""
-    out = {}
+def read_kallsyms(names=None) -> dict:
+    """/proc/kallsyms as {name: address} (addresses are 0 without CAP_SYSLOG); only ``names``
+    when given, each None if absent.  The whole table is ~10 MB of text and ~200k symbols, so
+    a loader asks for the few names it needs instead of keeping it."""
+    out: dict = {} if names is None else dict.fromkeys(names)
     try:
         with open("/proc/kallsyms") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) >= 3:
-                    out.setdefault(parts[2], int(parts[0], 16))
+                if len(parts) >= 3 and (names is None or parts[2] in out) and out.get(parts[2]) is None:
+                    out[parts[2]] = int(parts[0], 16)
     except OSError:
         pass
     return out

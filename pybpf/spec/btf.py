@@ -282,9 +282,15 @@ class BTF:
         self._by_name: dict[str, list[int]] | None = None
         self._ptr_size: int | None = None
         self._index(index)
-        self.types = _LazyTypes(self)
         if validate:
             self.validate()
+
+    @property
+    def types(self) -> _LazyTypes:
+        """The types as a sequence indexed by type id (``types[0]`` is None: void)."""
+        # made on each access, not stored: a stored view would refer back to this BTF and the
+        # cycle would leave a dropped BTF (megabytes for vmlinux) to the cyclic collector
+        return _LazyTypes(self)
 
     @classmethod
     def load(cls, path: str = "/sys/kernel/btf/vmlinux", **kwargs) -> BTF:
@@ -298,6 +304,7 @@ class BTF:
         state = self.__dict__.copy()
         del state["_words"], state["_cache"], state["_str_cache"]
         state.pop("_typed_factory", None)      # ctypes types (spec/typed.py): made again on use
+        state.pop("_content_key", None)
         return state
 
     def __setstate__(self, state):

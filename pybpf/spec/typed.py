@@ -19,6 +19,8 @@ values (ints, dicts, tuples, lists, strings for char arrays and enum names).
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import weakref
 import enum
 
 from ..errors import BTFError, Error
@@ -244,11 +246,21 @@ def _safe_name(name: str, taken: set) -> str:
 class TypeFactory:
     """Makes (and caches) a ctypes type for each BTF type id of one BTF."""
 
-    def __init__(self, btf: BTF):
-        self.btf = btf
+    def __init__(self, btf: BTF, *, _weak: bool = False):
+        # factory_for keeps the factory on its BTF and passes _weak: a strong reference back
+        # would make the pair a cycle, and a dropped BTF (megabytes for vmlinux) would wait
+        # for the cyclic collector instead of going at once
+        self._btf = weakref.ref(btf) if _weak else (lambda: btf)
         self._cache: dict[int, object] = {}
         self._enums: dict[int, object] = {}
         self._making: list[int] = []     # the types being made, outermost first (loops, depth)
+
+    @property
+    def btf(self) -> BTF:
+        btf = self._btf()
+        if btf is None:
+            raise Error("the BTF of these types is gone: keep the object or spec they came from")
+        return btf
 
     def ctype(self, type_id: int):
         """The ctypes type of BTF type ``type_id``.  BTFError for a type that contains itself,
@@ -612,12 +624,39 @@ def _view_property(off: int, ct) -> property:
     return property(get, set)
 
 
+# Factories of recently used BTF contents, newest last.  Loading the same object again gets
+# the same ctypes types instead of new ones: types are cyclic objects (a class and its MRO),
+# so a new set per load is garbage only the cyclic collector frees, and it lingers long
+# enough to fragment the heap.  Bounded: the oldest factory goes past _FACTORIES_MAX.
+_FACTORIES_MAX = 64
+_factories: dict[bytes, TypeFactory] = {}
+
+
+def _content_key(btf: BTF) -> bytes:
+    key = btf.__dict__.get("_content_key")
+    if key is None:
+        h = hashlib.sha256(btf.raw)
+        if btf.base is not None:       # split BTF: its ids and types continue its base's
+            h.update(_content_key(btf.base))
+        key = btf.__dict__["_content_key"] = h.digest()
+    return key
+
+
 def factory_for(btf: BTF) -> TypeFactory:
-    """The (shared) TypeFactory of ``btf``, kept on the BTF itself so that both go together
-    (a weak-keyed table would keep every BTF alive: the factory refers to its BTF)."""
+    """The (shared) TypeFactory of ``btf``: one per BTF content (see ``_factories``), kept on
+    the BTF itself for speed; it refers back to the BTF only weakly."""
     f = btf.__dict__.get("_typed_factory")
     if f is None:
-        f = btf.__dict__["_typed_factory"] = TypeFactory(btf)
+        key = _content_key(btf)
+        f = _factories.pop(key, None)
+        if f is None:
+            f = TypeFactory(btf, _weak=True)
+            while len(_factories) >= _FACTORIES_MAX:
+                del _factories[next(iter(_factories))]
+        _factories[key] = f
+        btf.__dict__["_typed_factory"] = f
+    if f._btf() is not btf:        # shared with an earlier BTF of the same content, maybe gone
+        f._btf = weakref.ref(btf)
     return f
 
 
