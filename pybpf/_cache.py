@@ -29,7 +29,11 @@ and ``$XDG_CACHE_HOME`` or ``$HOME`` may point into another user's files (``sudo
   its kind, name and payload under a per-user secret (``pybpf/secret``, mode 0600,
   made on first use), checked before anything is unpickled: a renamed, swapped,
   truncated, bit-flipped or planted entry is never used;
-- trimming removes only names pybpf writes, in the verified folder.
+- trimming removes only names pybpf writes, in the verified folder;
+- pickles are read by :class:`SpecUnpickler`, which names only pybpf's own data
+  classes: even an entry that got past the MAC cannot call any other code.  A format
+  that cannot name code at all was measured 14x (marshal) to 24x (json) slower to
+  read than this, 1.05x pickle (tools/bench/bench_cache_format.py).
 """
 
 from __future__ import annotations
@@ -49,8 +53,36 @@ try:  # the C pickler alone (the spec and core caches use it): pickle.py also im
 except ImportError:  # pragma: no cover - other Pythons
     import pickle
 
-__all__ = ["LIMITS", "enabled", "folder", "digest", "code_stamp", "read", "write", "pickle"]
+__all__ = ["LIMITS", "enabled", "folder", "digest", "code_stamp", "read", "write", "pickle", "SpecUnpickler"]
 
+
+
+class SpecUnpickler(pickle.Unpickler):
+    """The C unpickler, allowed to name only the classes pybpf's entries hold.
+
+    A MAC'd entry was written by this user's pybpf, so this is the second line: even a
+    pickle that got past the MAC can only rebuild pybpf's own data classes (whose
+    construction runs none of the entry's code), never call ``os.system`` or any other
+    global.  ``find_class`` runs once per class per entry, so reading costs what
+    ``pickle.loads`` does (tools/bench/bench_cache_format.py)."""
+
+    allowed = frozenset({
+        ("builtins", "bytearray"),            # how protocols before 5 write a bytearray
+        ("pybpf.spec.btf", "BTF"),
+        ("pybpf.spec.btf_ext", "BTFExt"), ("pybpf.spec.btf_ext", "CoreRelo"),
+        ("pybpf.spec.btf_ext", "FuncInfo"), ("pybpf.spec.btf_ext", "LineInfo"),
+        ("pybpf.spec.object", "ObjectSpec"), ("pybpf.spec.object", "ProgramSpec"),
+        ("pybpf.spec.object", "MapSpec"), ("pybpf.spec.object", "VariableSpec"),
+        ("pybpf.spec.object", "ExternSpec"), ("pybpf.spec.object", "FunctionSpec"),
+        ("pybpf.spec.object", "Relocation"), ("pybpf.spec.object", "Symbol"),
+        ("pybpf.spec.object", "ZeroImage"),
+        ("pybpf.spec.sections", "SectionDef"),
+    })
+
+    def find_class(self, module, name):
+        if (module, name) not in self.allowed:
+            raise pickle.UnpicklingError(f"a cache entry names {module}.{name}, which no pybpf entry holds")
+        return super().find_class(module, name)
 
 #: the most entries each cache keeps: a write beyond it removes the least recently used
 #: (every read of an entry marks it used); vmlinux BTF indexes are ~0.5 MB, one per boot

@@ -240,3 +240,43 @@ def test_trimming_removes_only_what_pybpf_wrote(cache, tmp_path, monkeypatch):
         ObjectSpec.from_file(path)
     assert (cache / "spec" / "notes.txt").read_text() == "mine"
     assert len([p for p in (cache / "spec").iterdir() if p.name.endswith(".pickle")]) == 1
+
+
+class _Plant:
+    """A pickle that runs code when loaded: REDUCE of a global (here: write a marker file)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_an_entry_with_a_valid_mac_still_runs_no_code(cache, tmp_path):
+    """Second line behind the MAC: an entry that got past it (a leaked secret, a bug) can name
+    only pybpf's own data classes, so a pickle calling exec() is refused and the object parsed
+    again, and the code never runs."""
+    from pybpf._cache import pickle
+    path = copy_object("globals_test", tmp_path)
+    fresh = insns(ObjectSpec.from_file(path))
+    entry = only_entry(cache / "spec")
+    marker = tmp_path / "ran"
+    _cache.write("spec", entry.name, pickle.dumps(_Plant(str(marker)), protocol=-1))
+    assert _cache.read("spec", entry.name) is not None, "the planted entry passes the MAC"
+    assert insns(ObjectSpec.from_file(path)) == fresh
+    assert not marker.exists()
+
+
+@pytest.mark.kernel
+def test_a_core_entry_with_a_valid_mac_still_runs_no_code(cache, tmp_path):
+    from pybpf._cache import pickle
+    path = copy_object("core_read", tmp_path)
+    spec = pybpf.open(path)
+    progs = {p.name for p in spec.programs.values() if p.autoload}
+    want = {k: r.new for k, r in core.resolve_object(spec, KernelFacts.running(), progs).items()}
+    (entry,) = (cache / "core").glob("*.pickle")
+    marker = tmp_path / "ran"
+    _cache.write("core", entry.name, pickle.dumps(_Plant(str(marker)), protocol=-1))
+    got = {k: r.new for k, r in core.resolve_object(pybpf.open(path), KernelFacts.running(), progs).items()}
+    assert got == want
+    assert not marker.exists()

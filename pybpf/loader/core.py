@@ -1197,7 +1197,10 @@ def _local_btf_pickling():
         def persistent_id(self, obj):
             return "local" if obj is self.local else None
 
-    class Unpickler(pickle.Unpickler):
+    class Unpickler(_cache.SpecUnpickler):
+        allowed = _cache.SpecUnpickler.allowed | {
+            ("pybpf.loader.core", n) for n in ("Accessor", "CoreKind", "CoreSpec", "Resolution")}
+
         def __init__(self, file, local):
             super().__init__(file)
             self.local = local

@@ -12,6 +12,7 @@ relocation to the function it patches.
 from __future__ import annotations
 
 import bisect
+import io
 import mmap
 import os
 import struct
@@ -571,7 +572,7 @@ class ObjectSpec:
         cached = _cache.read("spec", name)
         if cached is not None:
             try:
-                spec = pickle.loads(cached)
+                spec = _cache.SpecUnpickler(io.BytesIO(cached)).load()
             except Exception:   # an entry from another Python or torn by a crash: parse again
                 spec = None
             if isinstance(spec, cls) and spec.path == path:
