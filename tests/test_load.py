@@ -18,7 +18,7 @@ from conftest import PROGRAMS, program
 pytestmark = pytest.mark.kernel
 
 # objects made to be refused, each with its tests (test_errors.py, test_refusals.py)
-REFUSED = {"verifier_fail", "max_entries_unset", "struct_ops_test"}
+REFUSED = {"verifier_fail", "max_entries_unset", "struct_ops_test", "long_log"}
 LOADABLE = sorted(p.stem for p in PROGRAMS.glob("*.o") if p.stem not in REFUSED)
 
 

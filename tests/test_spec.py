@@ -86,6 +86,7 @@ EXPECTED_PROGRAMS = {
                        "unguarded_kfunc": ("?syscall", ProgType.SYSCALL, None, "")},
     "maps_test": {"fill": ("syscall", ProgType.SYSCALL, None, "")},
     "verifier_fail": {"oob": ("syscall", ProgType.SYSCALL, None, "")},
+    "long_log": {"long_log": ("socket", ProgType.SOCKET_FILTER, None, "")},
     "tracepoint_test": {
         "on_getpid": ("tracepoint/syscalls/sys_enter_getpid", ProgType.TRACEPOINT, None,
                       "syscalls/sys_enter_getpid"),
