@@ -534,6 +534,27 @@ def test_types_match_compares_int_signedness():
     assert core.types_match(lbtf, mine, tbtf, same)
 
 
+def test_zero_length_array_before_the_last_member_is_not_flexible():
+    b = BTFBuilder()
+    INT = b.int_("int", 4, signed=True)
+    mid = b.struct("mid", 4, [("z", b.array(INT, 0), 0), ("after", INT, 0)])
+    last = b.struct("last", 4, [("n", INT, 0), ("z", b.array(INT, 0), 32)])
+    btf = b.btf()
+    with pytest.raises(CoreError, match="array index 1 out of range"):
+        parse_spec(btf, mid, "0:0:1", CoreKind.FIELD_BYTE_OFFSET)
+    assert parse_spec(btf, last, "0:1:3", CoreKind.FIELD_BYTE_OFFSET).bit_offset == (4 + 12) * 8
+
+
+def test_types_match_compares_array_lengths():
+    lb, tb, L, T = two_btfs()
+    ls = lb.struct("vec", 16, [("a", lb.array(L.INT, 4), 0)])
+    t3 = tb.struct("vec", 12, [("a", tb.array(T.INT, 3), 0)])
+    t4 = tb.struct("vec___v2", 16, [("a", tb.array(T.INT, 4), 0)])
+    lbtf, tbtf = lb.btf(), tb.btf()
+    assert not core.types_match(lbtf, ls, tbtf, t3)
+    assert core.types_match(lbtf, ls, tbtf, t4)
+
+
 def test_target_array_index_past_its_length_does_not_match():
     lb, tb, L, T = two_btfs()
     lt = lb.struct("s", 16, [("a", lb.array(L.INT, 4), 0)])

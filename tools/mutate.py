@@ -412,7 +412,9 @@ def run_tests(tree: pathlib.Path, tests: list, deselect: list, timeout: float, f
                            preexec_fn=_child_setup)
     except subprocess.TimeoutExpired:
         return None, [], "timeout"
-    failed = [l.split()[1] for l in p.stdout.splitlines() if l.startswith(("FAILED ", "ERROR "))]
+    # "FAILED <node id> - <message>": node ids may hold spaces (parametrize ids)
+    failed = [l.split(" ", 1)[1].split(" - ", 1)[0] for l in p.stdout.splitlines()
+              if l.startswith(("FAILED ", "ERROR "))]
     last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr.strip()[-200:]
     return p.returncode, failed, last
 
