@@ -94,3 +94,23 @@ def test_a_foreign_exception_or_a_hang_is_a_defect(monkeypatch):
         assert fuzz.one(fields, fields.data, 0.5)["dump"].startswith(text)
     monkeypatch.setattr(fuzz, "run_dump", lambda d, n: fuzz.BTF(b"\0" * 8))
     assert fuzz.one(fields, fields.data, TIMEOUT)["dump"] == "error"
+
+
+def test_defects_found_by_the_long_run_stay_fixed():
+    """Mutants the long run (tools/fuzz.py --minutes 12 --seed 20261203) found, as the field
+    changes it printed (offset, size, field, old, new): a .kconfig extern whose char-array
+    type loops back into itself (RecursionError in open)."""
+    import signal
+    import struct
+    fuzz = _engine()
+    signal.signal(signal.SIGALRM, fuzz._on_alarm)
+    (fields,) = fuzz.objects(["extern_kconfig"])
+    found = [[(1448, 4, "type_id", 5, 16), (1876, 4, "type_id", 0, 34), (1208, 4, "int_enc", 32, 31)],
+             [(1064, 4, "name_off", 0, 0), (1448, 4, "type_id", 5, 16), (1788, 4, "len", 0, 4)]]
+    for changes in found:
+        data = bytearray(fields.data)
+        for off, size, _, old, new in changes:
+            fmt = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}[size]
+            assert struct.unpack_from(fmt, data, off)[0] == old, "extern_kconfig.o changed: update the offsets"
+            struct.pack_into(fmt, data, off, new)
+        assert fuzz.one(fields, bytes(data), TIMEOUT)["open"] == "error", changes

@@ -110,3 +110,22 @@ def test_kernel_symbols_are_looked_up_not_all_kept():
     assert {n: facts.ksym_address(n) for n in names} == {n: full[n] for n in names}
     assert facts.ksym_address("pybpf_no_such_symbol") is None
     assert len(facts._kallsyms) == len(set(names)) + 1
+
+
+def test_inspecting_an_object_with_externs_keeps_nothing_of_it():
+    """inspect resolves .kconfig/.ksyms externs against the running kernel; the resolution is
+    kept in a table weakly keyed by the spec, and must not hold the spec itself (it did: every
+    inspected object stayed for the life of the process)."""
+    import weakref
+    from pybpf import inspect as _inspect
+    from pybpf.loader import externs
+    refs = []
+    for name in ("extern_kconfig", "extern_ksyms"):
+        spec = pybpf.open(program(name))
+        assert spec.externs
+        _inspect.describe(spec)
+        externs.resolution_for(spec)
+        refs.append(weakref.ref(spec))
+        del spec
+    gc.collect()
+    assert [r() for r in refs] == [None, None]

@@ -134,13 +134,22 @@ class ExternResolution:
     """
 
     def __init__(self, spec, facts, module_btf_fd: Callable[[str], int] | None = None):
-        self.spec = spec
+        # weak: resolutions are kept in a table weakly keyed by the spec (_resolutions), and a
+        # value that held its key would keep every resolved spec for the life of the process
+        self._spec = weakref.ref(spec)
         self.facts = facts
         self.kconfig = bytearray(spec.kconfig_size)
         self.externs: dict[str, ResolvedExtern] = {}
         self.modules: list[str] = []
         self._open_module_fd = module_btf_fd or open_module_btf_fd
         self._module_fds: dict[str, int] = {}
+
+    @property
+    def spec(self):
+        spec = self._spec()
+        if spec is None:
+            raise Error("the object these externs were resolved for is gone")
+        return spec
 
     def module_btf_fd(self, module: str) -> int:
         fd = self._module_fds.get(module)

@@ -22,7 +22,8 @@ from .. import _cache
 from .._cache import pickle
 from ..errors import BTFError, Error, ObjectError
 from . import insn as I
-from .btf import BTF, INT_BOOL, INT_SIGNED, LINKAGE_EXTERN, LINKAGE_GLOBAL, LINKAGE_STATIC, Kind, VarSecinfo
+from .btf import (BTF, INT_BOOL, INT_SIGNED, LINKAGE_EXTERN, LINKAGE_GLOBAL, LINKAGE_STATIC,
+                  MAX_RESOLVE_DEPTH, Kind, VarSecinfo)
 from .btf_ext import BTFExt, parse_btf_ext
 from .elf import ELF, malformed_is_object_error
 from .sections import SectionDef, attach_target, match_section
@@ -456,8 +457,10 @@ class ExternSpec(Record):
         return f"<ExternSpec {self.name} {what}{' weak' if self.weak else ''}>"
 
 
-def _kconfig_type(btf: BTF, type_id: int) -> tuple:
+def _kconfig_type(btf: BTF, type_id: int, depth: int = 0) -> tuple:
     """libbpf's find_kcfg_type: (kind of .kconfig value or None if unsupported, signed)."""
+    if depth > MAX_RESOLVE_DEPTH:       # arrays of arrays that loop back (corrupt BTF)
+        raise btf.too_deep(type_id, "array element types")
     t = btf.resolve(type_id)
     if t is None:
         return None, False
@@ -470,7 +473,7 @@ def _kconfig_type(btf: BTF, type_id: int) -> tuple:
         return ("int" if t.size in (2, 4, 8) else None), signed
     if t.kind in (Kind.ENUM, Kind.ENUM64) and t.name == "libbpf_tristate":
         return ("tristate" if t.kind == Kind.ENUM64 or t.size == 4 else None), False
-    if t.kind == Kind.ARRAY and t.nelems and _kconfig_type(btf, t.elem_type)[0] == "char":
+    if t.kind == Kind.ARRAY and t.nelems and _kconfig_type(btf, t.elem_type, depth + 1)[0] == "char":
         return "char_array", False
     return None, False
 
@@ -478,9 +481,11 @@ def _kconfig_type(btf: BTF, type_id: int) -> tuple:
 def _kconfig_align(btf: BTF, type_id: int) -> int:
     """btf__align_of for the types a .kconfig extern may have."""
     t = btf.resolve(type_id)
-    while t is not None and t.kind == Kind.ARRAY:
+    for _ in range(MAX_RESOLVE_DEPTH + 1):
+        if t is None or t.kind != Kind.ARRAY:
+            return min(btf.pointer_size, t.size) if t is not None else 0
         t = btf.resolve(t.elem_type)
-    return min(btf.pointer_size, t.size) if t is not None else 0
+    raise btf.too_deep(type_id, "array element types")
 
 
 def object_name(path: str) -> str:
