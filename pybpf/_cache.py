@@ -298,6 +298,22 @@ def _valid_name(name: str) -> bool:
             and all(c.isascii() and (c.isalnum() or c in "._-") for c in name))
 
 
+def _fds_owned(fn):
+    """Run ``fn`` as one deferred-signals section (pybpf.resource): the folder walk swaps
+    directory fds one for the next, and a KeyboardInterrupt between a close and the swap
+    would close an fd twice (maybe someone else's by then) or leak one.  Cache reads and
+    writes are bounded (MAX_ENTRY), so Ctrl-C waits at most that long."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        from .resource import deferred_signals
+        with deferred_signals():
+            return fn(*args, **kwargs)
+    return run
+
+
+@_fds_owned
 def read(kind: str, name: str) -> bytes | None:
     """The payload of entry ``name``, or None if absent, disabled, or not verified (see the
     module's docstring: folders, file, its own name and its MAC are all checked)."""
@@ -329,6 +345,7 @@ def read(kind: str, name: str) -> bytes | None:
     return raw[head + n + _MAC_SIZE:]
 
 
+@_fds_owned
 def write(kind: str, name: str, data: bytes) -> None:
     """Store an entry atomically (readers see the old entry or the whole new one), with its
     name and MAC; nothing if the cache is disabled or its folders are not trustworthy."""
