@@ -198,6 +198,11 @@ class Object(Resource):
                     first = first or e
         if first is not None:
             raise first
+        # a closed program has nothing to add to its object: dropping the back reference
+        # breaks the object <-> program cycle, so a closed, dropped object (its spec, BTF and
+        # typed values) goes by reference counting now, not at the next full collection
+        for program in self._programs.values():
+            program._owner = None
 
     def __del__(self):
         try:

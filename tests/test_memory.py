@@ -82,6 +82,21 @@ def test_a_dropped_spec_goes_at_once_not_at_the_next_cyclic_collection():
         gc.enable()
 
 
+@pytest.mark.kernel
+def test_a_loaded_and_closed_object_goes_at_once(no_fd_leak):
+    import weakref
+    gc.collect()
+    gc.disable()
+    try:
+        with pybpf.load(program("extern_ksyms")) as obj:
+            spec = weakref.ref(obj.spec)
+            btf = weakref.ref(obj.spec.btf)
+        del obj
+        assert spec() is None and btf() is None
+    finally:
+        gc.enable()
+
+
 def test_same_content_shares_typed_classes_across_loads():
     """Opening the same object again gives the same ctypes classes (one factory per BTF
     content), so reloading creates no new types."""
