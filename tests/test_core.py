@@ -545,6 +545,17 @@ def test_zero_length_array_before_the_last_member_is_not_flexible():
     assert parse_spec(btf, last, "0:1:3", CoreKind.FIELD_BYTE_OFFSET).bit_offset == (4 + 12) * 8
 
 
+def test_field_signed_of_enum_members_follows_the_enum_kflag():
+    lb, tb, L, T = two_btfs()
+    lt = lb.struct("st", 8, [("s", lb.enum("se", [("NEG", -1)], signed=True), 0),
+                             ("u", lb.enum("ue", [("BIG", 7)]), 32)])
+    tb.struct("st", 8, [("s", tb.enum("se", [("NEG", -1)], signed=True), 0), ("u", tb.enum("ue", [("BIG", 7)]), 32)])
+    tbtf = tb.btf()
+    signed = resolve(lb, tbtf, lt, "0:0", CoreKind.FIELD_SIGNED)
+    unsigned = resolve(lb, tbtf, lt, "0:1", CoreKind.FIELD_SIGNED)
+    assert (signed.orig, signed.new, unsigned.orig, unsigned.new) == (1, 1, 0, 0)
+
+
 def test_types_match_compares_array_lengths():
     lb, tb, L, T = two_btfs()
     ls = lb.struct("vec", 16, [("a", lb.array(L.INT, 4), 0)])
