@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-/* One map of every type this kernel has, and programs that use them the way
- * real programs do: a test-run program doing lookups (LPM trie, map-in-map,
+/* One map of every type this kernel has (the arena apart: map_arena.bpf.c), and
+ * programs that use them the way real programs do: a test-run program doing lookups (LPM trie, map-in-map,
  * queue, bloom filter, per-CPU), a tail call through a prog array whose slots
  * come from `values`, a tp_btf program keeping task storage and stack traces,
  * a cgroup_skb program counting packets in cgroup storage.
@@ -264,11 +264,7 @@ struct {
 	__type(value, __u64);
 } reuseport SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARENA);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, 4);		/* pages */
-} arena SEC(".maps");
+/* the arena is in map_arena.bpf.c: some kernels refuse arena maps */
 
 /* -- programs ------------------------------------------------------------------------ */
 

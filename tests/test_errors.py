@@ -6,12 +6,14 @@ Malformed objects are made by byte surgery on copies of the committed objects.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
 import shutil
 import struct
 import subprocess
+import sys
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -403,3 +405,79 @@ def test_btf_refused_by_kernel(no_fd_leak):
     assert len(str(e).splitlines()) <= 3
     assert str(e).splitlines()[0].split(": ", 1)[1] in e.log
     assert len(e.log) > len(str(e))
+
+
+# -- EPERM: a missing privilege, or this kernel's policy -----------------------------------------
+
+_SOCKMAP_SCRIPT = """
+import os, sys
+import pybpf
+from pybpf.loader import create_map
+spec = pybpf.open(sys.argv[1])
+try:
+    os.close(create_map(spec.maps["sockmap"]))
+except pybpf.Error as e:
+    print(type(e).__name__, e)
+else:
+    print("created")
+"""
+
+
+@pytest.mark.kernel
+def test_eperm_for_a_missing_capability_is_a_permission_error():
+    """Root with CAP_BPF but without CAP_SYS_ADMIN and CAP_NET_ADMIN (setpriv takes them out
+    of the bounding set, so the execve does not give them) cannot create a SOCKMAP
+    (map_create checks CAP_NET_ADMIN, which CAP_SYS_ADMIN would stand for): a missing
+    privilege, a PermissionError, not "not permitted by this kernel"."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to drop a capability"
+    proc = subprocess.run([setpriv, "--bounding-set=-net_admin,-sys_admin", "--inh-caps=-all", sys.executable,
+                           "-c", _SOCKMAP_SCRIPT, program("map_types")], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYBPF_CACHE="0"))
+    out = proc.stdout.strip()
+    assert proc.returncode == 0, proc.stderr
+    assert out.startswith("PermissionError "), out
+    assert "BPF_MAP_CREATE" in out and "'sockmap'" in out and "SOCKMAP" in out
+    # with every capability the same map is created
+    again = subprocess.run([sys.executable, "-c", _SOCKMAP_SCRIPT, program("map_types")],
+                           capture_output=True, text=True, timeout=60, env=dict(os.environ, PYBPF_CACHE="0"))
+    assert again.stdout.strip() == "created", again.stdout + again.stderr
+
+
+def test_eperm_with_every_capability_is_the_kernels_refusal(monkeypatch):
+    """EPERM from BPF_MAP_CREATE for a process that holds every capability bpf(2) checks
+    (a kernel build that withholds arena maps does this) names the map type as refused by
+    this kernel; the same EPERM without them stays a PermissionError."""
+    import pybpf.loader as L
+    from pybpf.kernel import syscall as sc
+    from pybpf.kernel.constants import Cmd
+
+    def refuse(cmd, attr, *args, **kwargs):
+        assert cmd == Cmd.MAP_CREATE
+        raise pybpf.PermissionError("BPF_MAP_CREATE", errno.EPERM, "refused")
+
+    spec = pybpf.open(program("maps_test")).maps["hash"]
+    monkeypatch.setattr(sc, "bpf", refuse)
+    monkeypatch.setattr(sc, "every_bpf_capability", lambda: True)
+    with pytest.raises(pybpf.NotSupportedError) as exc:
+        L.create_map(spec)
+    assert "'hash'" in str(exc.value) and "HASH maps are not permitted by this kernel" in str(exc.value)
+    assert "EPERM" in str(exc.value)
+    monkeypatch.setattr(sc, "every_bpf_capability", lambda: False)
+    with pytest.raises(pybpf.PermissionError) as exc:
+        L.create_map(spec)
+    assert not isinstance(exc.value, pybpf.NotSupportedError) and "'hash'" in str(exc.value)
+
+
+def test_every_bpf_capability_reads_this_process_effective_set():
+    """Against /proc/self/status itself, and under setpriv without CAP_SYS_ADMIN."""
+    from pybpf.kernel import syscall as sc
+    with open("/proc/self/status") as f:
+        eff = int(next(line for line in f if line.startswith("CapEff:")).split()[1], 16)
+    assert sc.every_bpf_capability() == bool(eff >> 21 & 1)    # CAP_SYS_ADMIN
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() == 0 and setpriv:
+        proc = subprocess.run([setpriv, "--bounding-set=-sys_admin", "--inh-caps=-all", sys.executable, "-c",
+                               "from pybpf.kernel import syscall as sc; print(sc.every_bpf_capability(), "
+                               "sc.bpf_capable())"], capture_output=True, text=True, timeout=60)
+        assert proc.stdout.split() == ["False", "True"], proc.stdout + proc.stderr

@@ -119,6 +119,7 @@ EXPECTED_PROGRAMS = {
         "missing_target": ("?tp_btf/no_such_tracepoint", ProgType.TRACING, AttachType.TRACE_RAW_TP,
                            "no_such_tracepoint"),
     },
+    "map_arena": {"nothing": ("syscall", ProgType.SYSCALL, None, "")},
     "map_types": {
         "run": ("raw_tp", ProgType.RAW_TRACEPOINT, None, ""),
         "tail_caller": ("raw_tp", ProgType.RAW_TRACEPOINT, None, ""),

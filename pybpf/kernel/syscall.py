@@ -61,18 +61,33 @@ _CAP_SYS_ADMIN = 21
 _CAP_BPF = 39
 
 
-def bpf_capable() -> bool:
-    """True if CAP_BPF or CAP_SYS_ADMIN is in this process's effective set (root without
-    capabilities, as under ``setpriv --bounding-set=-all``, is not)."""
+def _effective_caps() -> int | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("CapEff:"):
-                    caps = int(line.split()[1], 16)
-                    return bool(caps >> _CAP_BPF & 1 or caps >> _CAP_SYS_ADMIN & 1)
+                    return int(line.split()[1], 16)
     except (OSError, ValueError):
         pass
-    return os.geteuid() == 0
+    return None
+
+
+def bpf_capable() -> bool:
+    """True if CAP_BPF or CAP_SYS_ADMIN is in this process's effective set (root without
+    capabilities, as under ``setpriv --bounding-set=-all``, is not)."""
+    caps = _effective_caps()
+    if caps is None:
+        return os.geteuid() == 0
+    return bool(caps >> _CAP_BPF & 1 or caps >> _CAP_SYS_ADMIN & 1)
+
+
+def every_bpf_capability() -> bool:
+    """True if this process passes every capability check of bpf(2): CAP_SYS_ADMIN is in
+    its effective set, which bpf_token_capable() (kernel/bpf/token.c) accepts for CAP_BPF,
+    CAP_PERFMON and CAP_NET_ADMIN too.  An EPERM such a process gets is the kernel's policy
+    (lockdown, an LSM, a build that withholds the feature), not a missing privilege."""
+    caps = _effective_caps()
+    return caps is not None and bool(caps >> _CAP_SYS_ADMIN & 1)
 
 
 def _permission_hint(cmd: int) -> str:

@@ -13,7 +13,7 @@ import errno as _errno
 import mmap
 import os
 
-from ..errors import BTFError, Error, NotSupportedError, ObjectError, SyscallError, VerifierError
+from ..errors import BTFError, Error, NotSupportedError, ObjectError, SyscallError, VerifierError, errno_text
 from ..kernel import syscall as sc
 from ..kernel.attrs import BtfLoadAttr, MapCreateAttr, ProgLoadAttr
 from ..kernel.constants import Cmd, MapType, ProgType
@@ -142,12 +142,29 @@ def create_map(spec: MapSpec, btf_fd: int = -1, inner_fd: int = -1) -> int:
     try:
         return sc.bpf(Cmd.MAP_CREATE, first)
     except SyscallError as e:
+        if e.errno in (_errno.EPERM, _errno.EACCES) and sc.every_bpf_capability():
+            raise NotSupportedError(_map_refused_by_kernel(spec, e)) from None
         if e.errno in (_errno.EPERM, _errno.EACCES) or not first.btf_fd:
             raise _map_error(spec, max_entries, e) from None
     try:
         return sc.bpf(Cmd.MAP_CREATE, map_create_attr(spec, btf_fd, inner_fd, False))
     except SyscallError as e:
         raise _map_error(spec, max_entries, e) from None
+
+
+def _map_refused_by_kernel(spec: MapSpec, e: SyscallError) -> str:
+    """The NotSupportedError text for BPF_MAP_CREATE refused with EPERM/EACCES although this
+    process holds CAP_SYS_ADMIN: map_create's capability checks (kernel/bpf/syscall.c,
+    through bpf_token_capable) all pass for such a process, so the refusal is this kernel's policy
+    (an LSM, lockdown, a build that withholds the map type), not a missing privilege."""
+    try:
+        tname = MapType(spec.type).name
+    except ValueError:
+        tname = str(spec.type)
+    name = errno_text(e.errno)[0]
+    return (f"map {spec.name!r}: {tname} maps are not permitted by this kernel (BPF_MAP_CREATE failed with "
+            f"{name} for a process with CAP_SYS_ADMIN, which passes every capability check of bpf()); an object that needs this map "
+            f"cannot be loaded here")
 
 
 def _map_error(spec: MapSpec, max_entries: int, e: SyscallError) -> SyscallError:
@@ -354,7 +371,7 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
     if lockdown is not None:
         raise lockdown from None
     if _log_is_empty(log):
-        if failure.errno == _errno.EPERM and os.geteuid() == 0:
+        if failure.errno == _errno.EPERM and sc.every_bpf_capability():
             raise NotSupportedError(_refused_by_kernel(prog, where)) from None
         if not log.strip():
             raise failure
