@@ -20,7 +20,7 @@ import time
 import pytest
 
 import pybpf
-from pybpf import links as links_mod
+from pybpf.links import base as links_mod
 from pybpf.kernel import perf
 from pybpf.kernel import syscall as sc
 from pybpf.kernel.constants import Cmd

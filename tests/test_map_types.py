@@ -24,6 +24,7 @@ import pybpf
 from pybpf.kernel import syscall as sc
 from pybpf.kernel.attrs import MapInfo, ProgInfo
 from pybpf.kernel.constants import AttachType, MapType
+from pybpf.links import cgroup2_mount
 from pybpf.loader import map_create_attr, possible_cpus
 
 from conftest import program
@@ -36,7 +37,6 @@ BPF_EXIST = 2
 BPF_F_TEST_RUN_ON_CPU = 1
 SO_COOKIE = 57
 STACK_DEPTH = 127
-CGROUP2 = "/sys/fs/cgroup/unified"
 
 OP_LPM, OP_INNER, OP_INNER_HASH, OP_PUSH, OP_BLOOM, OP_PERCPU = 1, 2, 3, 4, 5, 6
 
@@ -352,7 +352,7 @@ def test_socket_inode_and_cgroup_local_storage_from_user_space(no_fd_leak, tmp_p
         with open(tmp_path / "f", "w") as f:
             obj.maps["inode_store"][f.fileno()] = {"calls": 5}
             assert obj.maps["inode_store"][f.fileno()].calls == 5
-        fd = os.open(CGROUP2, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(cgroup2_mount(), os.O_RDONLY | os.O_DIRECTORY)
         try:
             obj.maps["cgrp_store"][fd] = {"calls": 7, "last_stack_id": 1}
             assert obj.maps["cgrp_store"][fd].last_stack_id == 1
@@ -372,10 +372,10 @@ for _ in range(int(sys.argv[2])):
 
 
 @pytest.mark.kernel
-def test_cgroup_storage_counts_a_cgroups_packets(no_fd_leak):
-    if not os.path.isdir(CGROUP2):
-        pytest.skip(f"not supported by this kernel: no cgroup v2 mount at {CGROUP2}")
-    cg = os.path.join(CGROUP2, f"pybpf-{uuid.uuid4().hex[:8]}")
+def test_cgroup_storage_counts_a_cgroups_packets(no_fd_leak, not_supported_skip):
+    with not_supported_skip:
+        root = cgroup2_mount()
+    cg = os.path.join(root, f"pybpf-{uuid.uuid4().hex[:8]}")
     os.mkdir(cg)
     try:
         with load() as obj:
