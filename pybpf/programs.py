@@ -181,3 +181,46 @@ class Program(Resource):
         directory (a path, or an open fd) with a BPF link."""
         from .links import attach_cgroup
         return self._attached(attach_cgroup, self, cgroup)
+
+    # -- networking (pybpf.links.xdp, .tc, .netkit, .socket, .netns, .sockmap, .netfilter) --------
+
+    def attach_xdp(self, iface, mode: str | None = None):
+        """Attach an XDP program to ``iface`` (a name or an ifindex) with a BPF_XDP link.
+        ``mode``: None (the kernel's choice), ``"generic"`` or ``"native"``."""
+        from .links.xdp import attach_xdp
+        return self._attached(attach_xdp, self, iface, mode)
+
+    def attach_tc(self, iface, direction: str = "ingress", legacy: bool = False):
+        """Attach a tc (SCHED_CLS) program to ``iface`` at ``"ingress"`` or ``"egress"``: a tcx
+        link where the kernel has tcx (6.6+), else (or with ``legacy=True``) a clsact qdisc and
+        a direct-action cls_bpf filter over netlink; close removes what it added."""
+        from .links.tc import attach_tc
+        return self._attached(attach_tc, self, iface, direction, legacy)
+
+    def attach_netkit(self, iface, peer: bool = False):
+        """Attach to a netkit device (primary side, or its peer with ``peer=True``)."""
+        from .links.netkit import attach_netkit
+        return self._attached(attach_netkit, self, iface, peer)
+
+    def attach_socket(self, sock):
+        """Attach a socket filter to ``sock`` (a socket object or fd) with SO_ATTACH_BPF;
+        closing the link detaches it (SO_DETACH_BPF)."""
+        from .links.socket import attach_socket
+        return self._attached(attach_socket, self, sock)
+
+    def attach_netns(self, netns=None):
+        """Attach an sk_lookup or flow_dissector program to a network namespace (a path such
+        as ``/run/netns/NAME`` or an fd; default: this process's)."""
+        from .links.netns import attach_netns
+        return self._attached(attach_netns, self, netns)
+
+    def attach_sockmap(self, map):
+        """Attach an sk_msg or sk_skb (stream parser/verdict) program to a SOCKMAP or SOCKHASH."""
+        from .links.sockmap import attach_sockmap
+        return self._attached(attach_sockmap, self, map)
+
+    def attach_netfilter(self, pf: str = "ipv4", hook: str = "local_in", priority: int = 0):
+        """Attach a netfilter program at ``hook`` of protocol family ``pf`` in this process's
+        network namespace (a BPF_NETFILTER link)."""
+        from .links.netfilter import attach_netfilter
+        return self._attached(attach_netfilter, self, pf, hook, priority)
