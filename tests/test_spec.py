@@ -153,6 +153,13 @@ EXPECTED_PROGRAMS = {
     "arena_test": {n: ("syscall", ProgType.SYSCALL, None, "") for n in ("bump", "alloc_page", "read_page")},
     "core_bitfield": {"read_bits": ("syscall", ProgType.SYSCALL, None, "")},
     "percpu_sizes": {"swap": ("syscall", ProgType.SYSCALL, None, "")},
+    "net_xdp": {n: ("xdp", ProgType.XDP, AttachType.XDP, "") for n in ("xdp_count_drop", "xdp_pass_count")},
+    "net_tc": {
+        "tc_ingress": ("tc/ingress", ProgType.SCHED_CLS, AttachType.TCX_INGRESS, ""),
+        "tc_egress": ("tc/egress", ProgType.SCHED_CLS, AttachType.TCX_EGRESS, ""),
+        "tc_rewrite": ("tc", ProgType.SCHED_CLS, None, ""),
+        "tc_pass": ("tc", ProgType.SCHED_CLS, None, ""),
+    },
     "execsnoop": {
         "enter_execve": ("tracepoint/syscalls/sys_enter_execve", ProgType.TRACEPOINT, None,
                          "syscalls/sys_enter_execve"),

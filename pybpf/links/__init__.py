@@ -18,9 +18,12 @@ from ..errors import Error, NotSupportedError
 from .base import Link, LinkInfo
 from .cgroup import attach_cgroup, cgroup2_mount
 from .iter import Iterator, attach_iter
+from .netkit import attach_netkit
 from .perf_event import attach_kprobe, attach_tracepoint
+from .tc import TcFilterLink, attach_tc
 from .tracing import attach_raw_tracepoint, attach_trace
 from .uprobe import attach_uprobe, parse_uprobe_target, resolve_binary, uprobe_file_offset
+from .xdp import XdpNetlinkLink, attach_xdp
 
 
 def attach_program(program, target: str | None = None) -> Link:
@@ -52,4 +55,5 @@ __all__ = [
     "Link", "LinkInfo", "Iterator", "attach_program", "attach_tracepoint", "attach_raw_tracepoint",
     "attach_kprobe", "attach_trace", "attach_uprobe", "attach_cgroup", "attach_iter",
     "parse_uprobe_target", "resolve_binary", "uprobe_file_offset", "cgroup2_mount",
+    "attach_xdp", "attach_tc", "attach_netkit", "TcFilterLink", "XdpNetlinkLink",
 ]
