@@ -176,11 +176,14 @@ class Program(Resource):
         return self._attached(attach_uprobe, self, target if target is not None else self.spec.attach_target,
                               retprobe, pid)
 
-    def attach_cgroup(self, cgroup):
+    def attach_cgroup(self, cgroup, *, flags=None, **options):
         """Attach a cgroup program (cgroup_skb/ingress, cgroup/connect4...) to a cgroup v2
-        directory (a path, or an open fd) with a BPF link."""
+        directory (a path, or an open fd) with a BPF link; with ``flags`` (``"multi"``,
+        ``"override"``, ``"none"`` or BPF_F_* bits) through BPF_PROG_ATTACH instead.
+        ``options``: ``attach_type``, ``before``, ``after``, ``first``, ``replace``,
+        ``expected_revision`` (see :func:`pybpf.links.cgroup.attach_cgroup`)."""
         from .links import attach_cgroup
-        return self._attached(attach_cgroup, self, cgroup)
+        return self._attached(lambda: attach_cgroup(self, cgroup, flags=flags, **options))
 
     # -- networking (pybpf.links.xdp, .tc, .netkit, .socket, .netns, .sockmap, .netfilter) --------
 

@@ -166,6 +166,27 @@ EXPECTED_PROGRAMS = {
         "exit_execve": ("tracepoint/syscalls/sys_exit_execve", ProgType.TRACEPOINT, None,
                         "syscalls/sys_exit_execve"),
     },
+    "net_cgroup": {
+        "skb_ingress": ("cgroup_skb/ingress", ProgType.CGROUP_SKB, AttachType.CGROUP_INET_INGRESS, ""),
+        "skb_egress": ("cgroup_skb/egress", ProgType.CGROUP_SKB, AttachType.CGROUP_INET_EGRESS, ""),
+        **{n: ("cgroup/sock_create", ProgType.CGROUP_SOCK, AttachType.CGROUP_INET_SOCK_CREATE, "")
+           for n in ("sock_create_deny", "sock_create_count", "order_first", "order_second", "order_third")},
+        "sockops_count": ("sockops", ProgType.SOCK_OPS, AttachType.CGROUP_SOCK_OPS, ""),
+        "connect4": ("cgroup/connect4", ProgType.CGROUP_SOCK_ADDR, AttachType.CGROUP_INET4_CONNECT, ""),
+        "connect6": ("cgroup/connect6", ProgType.CGROUP_SOCK_ADDR, AttachType.CGROUP_INET6_CONNECT, ""),
+        "bind4": ("cgroup/bind4", ProgType.CGROUP_SOCK_ADDR, AttachType.CGROUP_INET4_BIND, ""),
+        "bind6": ("cgroup/bind6", ProgType.CGROUP_SOCK_ADDR, AttachType.CGROUP_INET6_BIND, ""),
+        "sendmsg4": ("cgroup/sendmsg4", ProgType.CGROUP_SOCK_ADDR, AttachType.CGROUP_UDP4_SENDMSG, ""),
+        "sendmsg6": ("cgroup/sendmsg6", ProgType.CGROUP_SOCK_ADDR, AttachType.CGROUP_UDP6_SENDMSG, ""),
+        "recvmsg4": ("cgroup/recvmsg4", ProgType.CGROUP_SOCK_ADDR, AttachType.CGROUP_UDP4_RECVMSG, ""),
+        "recvmsg6": ("cgroup/recvmsg6", ProgType.CGROUP_SOCK_ADDR, AttachType.CGROUP_UDP6_RECVMSG, ""),
+        "getsockopt_override": ("cgroup/getsockopt", ProgType.CGROUP_SOCKOPT, AttachType.CGROUP_GETSOCKOPT, ""),
+        "setsockopt_override": ("cgroup/setsockopt", ProgType.CGROUP_SOCKOPT, AttachType.CGROUP_SETSOCKOPT, ""),
+        "sysctl_deny": ("cgroup/sysctl", ProgType.CGROUP_SYSCTL, AttachType.CGROUP_SYSCTL, ""),
+        "dev_deny": ("cgroup/dev", ProgType.CGROUP_DEVICE, AttachType.CGROUP_DEVICE, ""),
+        "xdp_count": ("xdp", ProgType.XDP, AttachType.XDP, ""),
+        "tc_count": ("tc/ingress", ProgType.SCHED_CLS, AttachType.TCX_INGRESS, ""),
+    },
 }
 
 
