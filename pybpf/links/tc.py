@@ -250,9 +250,10 @@ def _attach_legacy(program, ifindex: int, label: str, direction: str) -> Link:
         counted = False
         try:
             with _qdiscs_lock:
-                created = nl.add_clsact(sock, ifindex, what=f"add a clsact qdisc to {label} for program {program.name!r}")
+                created = nl.add_clsact(sock, ifindex,
+                                        what=f"add a clsact qdisc to {label} for program {program.name!r}")
                 if created or key in _our_qdiscs:
-                    _our_qdiscs[key] = (0 if created else _our_qdiscs[key]) + 1
+                    _our_qdiscs[key] = _our_qdiscs.get(key, 0) + 1
                     counted = True
             made = nl.add_bpf_filter(sock, ifindex, nl.clsact_parent(direction), program.fd, name,
                                      what=f"attach program {program.name!r} to {target} (cls_bpf)")
