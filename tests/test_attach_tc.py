@@ -459,6 +459,8 @@ def test_netkit_is_refused_on_a_kernel_without_it(net, no_fd_leak):
                 text = str(e.value)
                 assert "no netkit device driver" in text and "CONFIG_NETKIT" in text and "6.7" in text
                 assert net.b_if in text
+                with pytest.raises(pybpf.NotSupportedError, match="no netkit device driver"):
+                    prog.attach_netkit("pybpf-nk0", peer)              # no netkit device can exist here
             else:
                 with pytest.raises(pybpf.Error, match="a veth device, not netkit"):
                     prog.attach_netkit(net.b_if, peer)

@@ -18,11 +18,11 @@ _SINCE = "Linux 6.7"
 
 
 def _kernel_has_netkit_driver() -> bool | None:
-    """Whether the netkit driver is in this kernel: its ``struct netkit`` is in the kernel's
-    BTF, or a loaded netkit module has BTF of its own.  None without BTF to ask."""
+    """Whether the netkit driver is in this kernel: built in (its ``struct netkit`` is in
+    the kernel's BTF) or loaded as a module (/sys/module/netkit).  None without BTF to ask."""
     from ..errors import Error as _Error
     from ..kernel.btf import vmlinux_btf
-    if os.path.exists("/sys/kernel/btf/netkit"):
+    if os.path.exists("/sys/module/netkit") or os.path.exists("/sys/kernel/btf/netkit"):
         return True
     try:
         btf = vmlinux_btf()
@@ -48,14 +48,16 @@ def attach_netkit(program, iface, peer: bool = False) -> Link:
     if missing:
         raise NotSupportedError(f"program {program.name!r}: this kernel has no netkit links: its BTF has no "
                                 f"{' and no '.join(missing)} (netkit came with {_SINCE})")
+    if _kernel_has_netkit_driver() is False:
+        # no netkit device can exist here, whatever iface names
+        raise NotSupportedError(f"program {program.name!r}: cannot attach to {iface!r}: this kernel has no "
+                                f"netkit device driver (CONFIG_NETKIT, {_SINCE}: neither built in, with a "
+                                f"struct netkit in its BTF, nor loaded as a module), so there is no netkit "
+                                f"device to attach to; attach_tc() attaches to other devices")
     ifindex, label = nl.resolve_ifindex(iface)
     with nl.RtNetlink() as sock:
         kind = nl.get_link(sock, ifindex).kind
     if kind != "netkit":
-        if _kernel_has_netkit_driver() is False:
-            raise NotSupportedError(f"program {program.name!r}: cannot attach to {label}: this kernel has no "
-                                    f"netkit device driver (CONFIG_NETKIT, {_SINCE}; no struct netkit in its "
-                                    f"BTF), so {label} is not a netkit device and none can be made")
         raise Error(f"program {program.name!r}: {label} is {'a ' + kind if kind else 'not a virtual'} device, "
                     f"not netkit: attach_netkit() needs the primary device of a netkit pair "
                     f"('ip link add NAME type netkit'); use attach_tc() on other devices")
