@@ -294,6 +294,8 @@ def test_legacy_filter_shows_in_tc_and_goes_with_its_qdisc(net, no_fd_leak):
                 f"direct-action") in shown
         assert tc_show(b, net.b_if, "filter", "egress").strip() == ""
         assert "qdisc clsact ffff: parent ffff:fff1" in tc_show(b, net.b_if, "qdisc")
+        with b.entered(), nl.RtNetlink() as sock:
+            assert nl.has_clsact(sock, b.ifindex(net.b_if))
         f = link.filter()
         assert (f.kind, f.prog_id, f.direct_action, f.name, f.protocol) == \
             ("bpf", prog_id(prog), True, f"tc_ingress:[{prog_id(prog)}]", 3)        # ETH_P_ALL
@@ -305,6 +307,8 @@ def test_legacy_filter_shows_in_tc_and_goes_with_its_qdisc(net, no_fd_leak):
         link.close()
         assert link.closed
         assert_nothing_left(b, net.b_if)                        # filter and our qdisc gone
+        with b.entered(), nl.RtNetlink() as sock:
+            assert not nl.has_clsact(sock, b.ifindex(net.b_if))
         link.close()                                            # idempotent
 
 

@@ -288,7 +288,10 @@ class RtNetlink:
                     if len(body) >= 4:
                         err = struct.unpack_from("=i", body)[0]
                         if err < 0:
-                            raise _error(name, -err, what, _ext_ack_text(body, rflags))
+                            # a failed dump: the ext-ack TLVs follow the error code directly
+                            text = attr_to_str(parse_attrs(body[4:]).get(NLMSGERR_ATTR_MSG)) \
+                                if rflags & NLM_F_ACK_TLVS else None
+                            raise _error(name, -err, what, text)
                     return replies
                 replies.append(Message(rtype, rflags, bytes(body)))
                 if len(replies) > MAX_REPLIES:
