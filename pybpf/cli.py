@@ -2,11 +2,15 @@
 
     python -m pybpf load programs/user_ringbuf.o
 
-``load`` loads an object, attaches every program whose section says where,
-and streams the records of its ring buffers (decoded by BTF type when the
-type is known, hex otherwise) until Ctrl-C.  When the object has a user ring
-buffer, it is fed one sample at start and one more after each record, as the
-user ring buffer tutorial does; ``--feed`` chooses what is written.
+``load`` loads an object, attaches every program whose section says where
+(and with ``--iface``/``--cgroup`` its XDP and tc programs to an interface, its
+cgroup programs to a cgroup), and streams the records of its ring buffers
+(decoded by BTF type when the type is known, hex otherwise) until Ctrl-C, which
+detaches and unloads everything.  Programs it cannot attach are named on stderr
+with what they need; when nothing could be attached it stops with an error.
+When the object has a user ring buffer, it is fed one sample at start and one
+more after each record, as the user ring buffer tutorial does; ``--feed``
+chooses what is written.
 """
 
 from __future__ import annotations
@@ -235,17 +239,16 @@ def cmd_load(args) -> int:
         print(PRIVILEGE_MESSAGE, file=sys.stderr)
         return 1
 
+    if args.no_attach and (args.iface is not None or args.cgroup is not None):
+        raise pybpf.Error("--no-attach attaches nothing: leave out --iface/--cgroup, or --no-attach")
+    if args.cgroup is not None and not os.path.isdir(args.cgroup):
+        raise pybpf.Error(f"--cgroup {args.cgroup}: no such directory (give a cgroup v2 directory, e.g. "
+                          f"{_cgroup_mount_hint()}/NAME)")
+    iface = _parse_iface(args.iface)
+
     stop_after = time.monotonic() + args.duration if args.duration else None
     with spec.load() as obj:
-        links = []
-        if not args.no_attach:
-            for prog in obj.programs.values():
-                if not prog.auto_attachable:
-                    continue
-                try:
-                    links.append(prog.attach())
-                except pybpf.NotSupportedError as e:
-                    print(f"pybpf: not attached: {e}", file=sys.stderr)
+        links = [] if args.no_attach else _attach_all(args, obj, iface)
         for name in feeds:
             if name not in obj.maps or obj.maps[name].type != MapType.USER_RINGBUF:
                 raise pybpf.Error(f"--feed: {name!r} is not a user ring buffer of this object")
@@ -330,6 +333,70 @@ def cmd_load(args) -> int:
     return 0
 
 
+def _parse_iface(text):
+    """--iface: an interface name, or an ifindex given as a number."""
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def _cgroup_mount_hint() -> str:
+    try:
+        from pybpf.links.cgroup import cgroup2_mount
+        return cgroup2_mount()
+    except pybpf.Error:
+        return "/sys/fs/cgroup"
+
+
+# what each kind of need asks of the command line
+_CLI_NEEDS = {"iface": "--iface IFACE", "cgroup": "--cgroup PATH"}
+
+
+def _attach_all(args, obj, iface) -> list:
+    """Attach what the sections say, XDP/tc programs to --iface and cgroup programs to
+    --cgroup; say on stderr what was attached where and what the other programs need.
+    Raises pybpf.Error when nothing could be attached although the object has programs to
+    attach: such a session would stream nothing while looking as if it worked."""
+    from pybpf.collection import _attach_with, attach_needs
+    links, runnable = [], []
+    unattached: dict[str, list] = {}       # what is missing -> programs
+    used = {"iface": False, "cgroup": False}
+    for prog in obj.programs.values():
+        kind, how = attach_needs(prog)
+        try:
+            link = prog.attach() if kind == "none" else _attach_with(prog, iface, args.cgroup)
+        except pybpf.NotSupportedError as e:
+            unattached.setdefault(str(e), []).append(prog.name)
+            continue
+        if link is not None:
+            links.append(link)
+            if kind in used:
+                used[kind] = True
+                print(f"pybpf: attached {prog.name} ({prog.section}) to {link.target}", file=sys.stderr)
+        elif kind == "run":
+            runnable.append(prog.name)
+        else:
+            flag = _CLI_NEEDS.get(kind)
+            if flag and not (kind == "cgroup" and prog.spec.expected_attach_type is None):
+                need = f"give {flag}"
+            else:
+                need = f"needs {how}"
+            unattached.setdefault(need, []).append(prog.name)
+    for need, names in unattached.items():
+        print(f"pybpf: not attached: {', '.join(names)}: {need}", file=sys.stderr)
+    for kind, given in (("iface", iface), ("cgroup", args.cgroup)):
+        if given is not None and not used[kind]:
+            what = "XDP or tc" if kind == "iface" else "cgroup"
+            print(f"pybpf: --{kind} {given}: {args.object} has no {what} program to attach there", file=sys.stderr)
+    if runnable:
+        print(f"pybpf: {', '.join(runnable)}: syscall program{'s' if len(runnable) > 1 else ''}, run with "
+              f"BPF_PROG_TEST_RUN, never attached", file=sys.stderr)
+    if not links and unattached:
+        raise pybpf.Error("nothing attached (what each program needs is said above): not starting a session "
+                          "that would show nothing")
+    return links
+
+
 def cmd_inspect(args) -> int:
     from pybpf import inspect as insp
     spec = pybpf.open(args.object)
@@ -406,9 +473,10 @@ def _main(argv: list | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pybpf", description="A pure-Python eBPF loader.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("load", help="load a BPF object, attach its programs, stream its ring buffers",
-                       description="Load OBJECT, attach the programs whose section names a target, and print "
-                                   "ring buffer records until Ctrl-C (or --duration/--count). User ring "
-                                   "buffers get one sample at start and one after each record.")
+                       description="Load OBJECT, attach the programs whose section names a target (XDP and tc "
+                                   "programs to --iface, cgroup programs to --cgroup), and print ring buffer "
+                                   "records until Ctrl-C (or --duration/--count), which detaches everything. "
+                                   "User ring buffers get one sample at start and one after each record.")
     p.add_argument("object", help="the BPF object file (.o) to load")
     p.add_argument("--type", action="append", default=[], metavar="MAP=TYPE",
                    help="decode MAP's records (or encode its samples) as TYPE, e.g. kernel_ringbuf='struct event'")
@@ -421,6 +489,11 @@ def _main(argv: list | None) -> int:
                    help="set MAP's max_entries before loading (maps the object leaves for user space to size; "
                         "a ring buffer's size in bytes)")
     p.add_argument("--no-attach", action="store_true", help="load only; attach nothing")
+    p.add_argument("--iface", metavar="IFACE",
+                   help="attach the XDP and tc programs to this interface (a name or an ifindex); detached on exit")
+    p.add_argument("--cgroup", metavar="PATH",
+                   help="attach the cgroup programs (cgroup_skb/..., cgroup/..., sockops) to this cgroup v2 "
+                        "directory; detached on exit")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     p.add_argument("--count", type=int, metavar="N", help="stop after N records")
     p.add_argument("--log", action="store_true", help="on a verifier rejection, print the whole verifier log")

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 
 from .resource import Resource, deferred_signals
 from .errors import ClosedError, Error
+from .kernel.constants import AttachType, ProgType
 from .maps import Map
 from .programs import Program
 from .spec.object import ObjectSpec, VariableSpec, decode_value, encode_value
@@ -75,6 +76,110 @@ class _ReadOnlyDict(Mapping):
         return f"{{{', '.join(f'{k!r}: {v!r}' for k, v in self._d.items())}}}"
 
 
+# -- what a program needs to be attached ---------------------------------------------------------
+
+_CGROUP_TYPES = frozenset({
+    ProgType.CGROUP_SKB, ProgType.CGROUP_SOCK, ProgType.SOCK_OPS, ProgType.CGROUP_DEVICE,
+    ProgType.CGROUP_SOCK_ADDR, ProgType.CGROUP_SYSCTL, ProgType.CGROUP_SOCKOPT,
+})
+_IFACE_ATTACH_TYPES = {     # SCHED_CLS sections by their expected attach type
+    None: ("tc", "ingress"), AttachType.TCX_INGRESS: ("tc", "ingress"), AttachType.TCX_EGRESS: ("tc", "egress"),
+    AttachType.NETKIT_PRIMARY: ("netkit", False), AttachType.NETKIT_PEER: ("netkit", True),
+}
+_TARGET_EXAMPLES = {
+    "tracepoint": "'category/name'", "raw_tracepoint": "'name'", "kprobe": "'function'", "kretprobe": "'function'",
+    "uprobe": "'PATH:FUNCTION'", "uretprobe": "'PATH:FUNCTION'", "trace": "'function'", "lsm": "'hook'",
+}
+
+
+def attach_needs(program) -> tuple[str, str]:
+    """What ``program`` needs to be attached, as ``(kind, how)``: kind ``"none"`` (its section
+    says where: ``Object.attach()`` attaches it), ``"iface"`` (XDP, tc: an interface),
+    ``"cgroup"``, ``"socket"``, ``"sockmap"``, ``"netns"``, ``"netfilter"``, ``"map"``,
+    ``"target"`` (a tracepoint, function or binary its section leaves out), ``"run"``
+    (syscall programs: run, never attached) or ``"other"``; ``how`` says it in words, with
+    the call that does it."""
+    if program.auto_attachable:
+        return "none", "nothing: its section says where"
+    spec = program.spec
+    ptype, atype, kind = program.type, spec.expected_attach_type, spec.sec_def.attach
+    if ptype == ProgType.XDP:
+        if atype in (AttachType.XDP_DEVMAP, AttachType.XDP_CPUMAP):
+            return "map", "a DEVMAP or CPUMAP entry holding its fd (it runs from the map)"
+        return "iface", "an interface: obj.attach(iface=IFACE), prog.attach_xdp(IFACE), or the CLI's --iface"
+    if ptype == ProgType.SCHED_CLS:
+        how, arg = _IFACE_ATTACH_TYPES.get(atype, ("tc", "ingress"))
+        if how == "netkit":
+            return "iface", "a netkit device: obj.attach(iface=IFACE) or prog.attach_netkit(IFACE)"
+        return "iface", (f"an interface: obj.attach(iface=IFACE), prog.attach_tc(IFACE, {arg!r}), or the CLI's "
+                         f"--iface")
+    if ptype in _CGROUP_TYPES or atype == AttachType.LSM_CGROUP:
+        if atype is None:
+            return "cgroup", ("a cgroup v2 directory and an attach type (its section gives none): "
+                              "prog.attach_cgroup(PATH, attach_type='ingress')")
+        return "cgroup", ("a cgroup v2 directory: obj.attach(cgroup=PATH), prog.attach_cgroup(PATH), or the "
+                          "CLI's --cgroup")
+    if ptype == ProgType.SOCKET_FILTER:
+        return "socket", "a socket: prog.attach_socket(sock)"
+    if ptype == ProgType.SK_REUSEPORT:
+        return "socket", "a SO_REUSEPORT socket group (setsockopt SO_ATTACH_REUSEPORT_EBPF with prog.fd)"
+    if ptype in (ProgType.SK_SKB, ProgType.SK_MSG):
+        return "sockmap", "a SOCKMAP or SOCKHASH: prog.attach_sockmap(map)"
+    if ptype in (ProgType.SK_LOOKUP, ProgType.FLOW_DISSECTOR):
+        return "netns", "a network namespace: prog.attach_netns() (this process's) or prog.attach_netns(PATH)"
+    if ptype == ProgType.NETFILTER:
+        return "netfilter", "a netfilter hook: prog.attach_netfilter(pf, hook, priority)"
+    if ptype == ProgType.SYSCALL:
+        return "run", "nothing: a syscall program runs with prog.test_run() (BPF_PROG_TEST_RUN), it is never attached"
+    if kind == "iter":
+        return "map", "a map: prog.iterate(map=MAP)"
+    if kind in _TARGET_EXAMPLES:
+        return "target", (f"a target its section leaves out: prog.attach({_TARGET_EXAMPLES[kind]}), or set "
+                          f"spec.programs[{program.name!r}].attach_target before loading")
+    return "other", f"something pybpf does not attach by itself ({program.type.name} programs)"
+
+
+def _attach_with(program, iface, cgroup):
+    """The Link of ``program`` attached to ``iface`` or ``cgroup`` when it needs one of them
+    and it is given; None otherwise."""
+    kind, _ = attach_needs(program)
+    atype = program.spec.expected_attach_type
+    if kind == "iface" and iface is not None:
+        if program.type == ProgType.XDP:
+            return program.attach_xdp(iface)
+        how, arg = _IFACE_ATTACH_TYPES.get(atype, ("tc", "ingress"))
+        if how == "netkit":
+            return program.attach_netkit(iface, peer=arg)
+        return program.attach_tc(iface, arg)
+    if kind == "cgroup" and cgroup is not None and atype is not None:
+        return program.attach_cgroup(cgroup)
+    return None
+
+
+class AttachResult(list):
+    """What :meth:`Object.attach` did.  It is the list of the new links (as it always was);
+    ``not_attached`` maps the name of each program left alone to what it needs, in words
+    (``{"xdp_count": "an interface: obj.attach(iface=IFACE), ..."}``)."""
+
+    def __init__(self, links=(), not_attached=None):
+        super().__init__(links)
+        self.not_attached: dict[str, str] = dict(not_attached or {})
+
+    @property
+    def links(self) -> list:
+        """The new links (the list itself, as a plain list)."""
+        return list(self)
+
+    def summary(self) -> str:
+        """One line per program: attached (kind and target) or not, and what it needs."""
+        lines = [f"{link.program.name}: attached ({link.kind} {link.target})" for link in self]
+        lines += [f"{name}: not attached: needs {why}" for name, why in self.not_attached.items()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"AttachResult({list.__repr__(self)}, not_attached={sorted(self.not_attached)})"
+
+
 class Object(Resource):
     """A loaded BPF object: ``maps``, ``programs``, ``variables`` (name → object) and ``links``.
 
@@ -136,21 +241,29 @@ class Object(Resource):
         self._links = [link for link in self._links if not link.closed]
         return list(self._links)
 
-    def attach(self) -> list:
-        """Attach every program whose section says where (tracepoints, raw tracepoints, probes).
+    def attach(self, *, iface=None, cgroup=None) -> AttachResult:
+        """Attach every program whose section says where (tracepoints, raw tracepoints, probes),
+        and with ``iface`` (a name or an ifindex) the XDP and tc programs to that interface, with
+        ``cgroup`` (a cgroup v2 directory) the cgroup programs to that cgroup.
 
-        Returns the new links.  Programs that need a target the section does not
-        give (xdp, socket, syscall...) are left alone.  If one attach fails, the
-        links made by this call are closed and the error propagates.
+        Returns the new links: an :class:`AttachResult`, a list whose ``not_attached`` says,
+        for each program left alone, what it needs (an interface, a cgroup, a socket...; see
+        :func:`attach_needs`).  If one attach fails, the links made by this call are closed
+        and the error propagates.
         """
         if self._closed:
             raise ClosedError(f"object {self.name!r} is closed")
-        made = []
+        made = AttachResult()
         try:
             for p in self._programs.values():
-                if not p.auto_attachable:
+                if p.auto_attachable:
+                    made.append(p.attach())
                     continue
-                made.append(p.attach())
+                link = _attach_with(p, iface, cgroup)
+                if link is not None:
+                    made.append(link)
+                else:
+                    made.not_attached[p.name] = attach_needs(p)[1]
         except BaseException:
             with deferred_signals():   # a second Ctrl-C cannot stop the undoing half-way
                 for link in made:

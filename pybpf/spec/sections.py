@@ -72,6 +72,7 @@ SECTION_DEFS: tuple[SectionDef, ...] = (
     _d("uprobe.session+", "KPROBE", "TRACE_UPROBE_SESSION", 0, "uprobe_multi"),
     _d("uprobe.multi.s+", "KPROBE", "TRACE_UPROBE_MULTI", SLEEPABLE, "uprobe_multi"),
     _d("uretprobe.multi.s+", "KPROBE", "TRACE_UPROBE_MULTI", SLEEPABLE, "uprobe_multi"),
+    _d("uprobe.session.s+", "KPROBE", "TRACE_UPROBE_SESSION", SLEEPABLE, "uprobe_multi"),
     _d("ksyscall+", "KPROBE", None, 0, "ksyscall"),
     _d("kretsyscall+", "KPROBE", None, 0, "ksyscall"),
     _d("usdt+", "KPROBE", None, USDT, "usdt"),
@@ -126,6 +127,9 @@ SECTION_DEFS: tuple[SectionDef, ...] = (
     _d("sk_msg", "SK_MSG", "SK_MSG_VERDICT", ATTACHABLE_OPT),
     _d("lirc_mode2", "LIRC_MODE2", "LIRC_MODE2", ATTACHABLE_OPT),
     _d("flow_dissector", "FLOW_DISSECTOR", "FLOW_DISSECTOR", ATTACHABLE_OPT),
+    # cgroup programs: the section gives the attach type, never the cgroup (attach
+    # with Program.attach_cgroup(PATH) or Object.attach(cgroup=PATH)); checked against
+    # libbpf's table row by row (tests/test_attach_cgroup.py)
     _d("cgroup_skb/ingress", "CGROUP_SKB", "CGROUP_INET_INGRESS", ATTACHABLE_OPT),
     _d("cgroup_skb/egress", "CGROUP_SKB", "CGROUP_INET_EGRESS", ATTACHABLE_OPT),
     _d("cgroup/skb", "CGROUP_SKB"),
@@ -172,6 +176,7 @@ FEATURES = {
                       "attach type BPF_TRACE_KPROBE_SESSION)",
     "uprobe.session": "uprobe sessions (one uprobe.multi program at entry and return, "
                       "attach type BPF_TRACE_UPROBE_SESSION)",
+    "uprobe.session.s": "sleepable uprobe sessions (attach type BPF_TRACE_UPROBE_SESSION)",
     "netkit/primary": "netkit devices (attach type BPF_NETKIT_PRIMARY)",
     "netkit/peer": "netkit devices (attach type BPF_NETKIT_PEER)",
     "netfilter": "netfilter hooks (program type BPF_PROG_TYPE_NETFILTER)",
