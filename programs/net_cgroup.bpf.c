@@ -5,7 +5,9 @@
  * refused or redirected (connect4/6), bind() ports rewritten (bind4/6), UDP
  * destinations rewritten (sendmsg4/6), UDP sources rewritten on receive
  * (recvmsg4/6), IP_TTL overridden (getsockopt/setsockopt), a sysctl read
- * refused (sysctl) and a device node refused (dev), plus three programs that
+ * refused (sysctl), a device node refused (dev), a port refused after bind
+ * (post_bind4), released sockets counted (sock_release), ports rewritten in
+ * getsockname/getpeername answers and AF_UNIX connects refused, plus three programs that
  * log the order they ran in (multi-program attach), and an XDP and a tc counter
  * for the CLI's --iface.
  *
@@ -357,6 +359,61 @@ int dev_deny(struct bpf_cgroup_dev_ctx *ctx)
 	if (dev_deny_on && ctx->major == dev_deny_major && ctx->minor == dev_deny_minor &&
 	    (access & (DEVCG_ACC_READ | DEVCG_ACC_WRITE))) {
 		__sync_fetch_and_add(&dev_denied, 1);
+		return 0;
+	}
+	return 1;
+}
+
+/* -- the other socket hooks: post_bind4, sock_release, getsockname4/getpeername4, connect_unix -- */
+
+__u32 post_bind_deny_port;     /* bind() to this port fails after the fact (EPERM) */
+__u64 post_bind_denied;
+__u64 sock_released;
+__u32 sockname_from_port;      /* getsockname() of a socket bound to this port reports sockname_as_port */
+__u32 sockname_as_port;
+__u32 peername_from_port;      /* getpeername() of a socket connected to this port reports peername_as_port */
+__u32 peername_as_port;
+__u32 unix_deny_on;            /* connect() of AF_UNIX sockets refused */
+__u64 unix_denied;
+
+SEC("cgroup/post_bind4")
+int post_bind4_deny(struct bpf_sock *ctx)
+{
+	if (post_bind_deny_port && ctx->src_port == post_bind_deny_port) {   /* src_port: host order */
+		__sync_fetch_and_add(&post_bind_denied, 1);
+		return 0;
+	}
+	return 1;
+}
+
+SEC("cgroup/sock_release")
+int sock_release_count(struct bpf_sock *ctx)
+{
+	__sync_fetch_and_add(&sock_released, 1);
+	return 1;
+}
+
+SEC("cgroup/getsockname4")
+int getsockname4(struct bpf_sock_addr *ctx)
+{
+	if (sockname_from_port && ctx->user_port == bpf_htons(sockname_from_port))
+		ctx->user_port = bpf_htons(sockname_as_port);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int getpeername4(struct bpf_sock_addr *ctx)
+{
+	if (peername_from_port && ctx->user_port == bpf_htons(peername_from_port))
+		ctx->user_port = bpf_htons(peername_as_port);
+	return 1;
+}
+
+SEC("cgroup/connect_unix")
+int connect_unix(struct bpf_sock_addr *ctx)
+{
+	if (unix_deny_on) {
+		__sync_fetch_and_add(&unix_denied, 1);
 		return 0;
 	}
 	return 1;

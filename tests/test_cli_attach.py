@@ -28,13 +28,14 @@ from pybpf.kernel.constants import AttachType, Cmd
 
 from conftest import ROOT, program
 from netns import Netns
-from test_attach_cgroup import SOCKET_BODY, bound, cgroup, cgroup_progs, in_cgroup, net  # noqa: F401 - fixtures
+from test_attach_cgroup import (SOCKET_BODY, attached_ids, bound, cgroup, cgroup_progs,  # noqa: F401 - fixtures
+                                in_cgroup, net)
 
 pytestmark = pytest.mark.kernel
 
 PYTHON = sys.executable
 OBJ = program("net_cgroup")
-CGROUP_PROGRAMS = 20        # programs/net_cgroup.bpf.c: all but xdp_count and tc_count
+CGROUP_PROGRAMS = 25        # programs/net_cgroup.bpf.c: all but xdp_count and tc_count
 
 
 class CliSession:
@@ -171,14 +172,14 @@ def test_iface_attaches_xdp_and_tc_and_ctrl_c_removes_them(net):
 def test_cgroup_attaches_cgroup_programs_and_ctrl_c_detaches_them(cgroup):
     with CliSession(["load", OBJ, "--cgroup", cgroup, "--set", "deny_sock_type=2"]) as s:
         s.wait_err(lambda line: "Ctrl-C to unload" in line)
-        assert "pybpf: not attached: xdp_count, tc_count: give --iface IFACE" in s.err
+        assert "pybpf: not attached: xdp_count, tc_count: give --iface IFACE" in s.err, s.err
         assert f"pybpf: attached connect4 (cgroup/connect4) to {cgroup}" in s.err
-        assert len(cgroup_progs(cgroup)) == CGROUP_PROGRAMS
+        assert len(attached_ids(cgroup)) == CGROUP_PROGRAMS
         assert in_cgroup(cgroup, SOCKET_BODY) == {"udp": "EPERM"}       # sock_create_deny acts
         code = s.interrupt()
         assert code == 130, s.err
         assert "Traceback" not in s.err
-    assert cgroup_progs(cgroup) == []
+    assert cgroup_progs(cgroup) == [] and attached_ids(cgroup) == []
     assert in_cgroup(cgroup, SOCKET_BODY) == {"udp": "ok"}
 
 
@@ -189,12 +190,12 @@ def test_iface_and_cgroup_together(net, cgroup):
     with CliSession(["load", OBJ, "--iface", iface, "--cgroup", cgroup], netns_path=a.path) as s:
         s.wait_err(lambda line: "Ctrl-C to unload" in line)
         assert "not attached" not in s.err
-        assert len(cgroup_progs(cgroup)) == CGROUP_PROGRAMS
+        assert len(attached_ids(cgroup)) == CGROUP_PROGRAMS
         progs = iface_progs(a, iface)
         assert progs["xdp"] == ["xdp_count"], progs
         assert progs["tcx_ingress"] == ["tc_count"] or "tc_count" in progs["tc_ingress"], progs
         assert s.interrupt() == 130, s.err
-    assert cgroup_progs(cgroup) == []
+    assert cgroup_progs(cgroup) == [] and attached_ids(cgroup) == []
     assert iface_progs(a, iface) == NOTHING
 
 

@@ -223,6 +223,59 @@ def _has_member(btf, t, path: list, depth: int) -> bool:
     return False
 
 
+# the Linux release that brought each cgroup attach type, for the message when the running
+# kernel's BTF has no such BPF_<type> (the check itself reads the BTF, never the version)
+_SINCE = {
+    AttachType.CGROUP_INET_INGRESS: "4.10", AttachType.CGROUP_INET_EGRESS: "4.10",
+    AttachType.CGROUP_INET_SOCK_CREATE: "4.10", AttachType.CGROUP_SOCK_OPS: "4.13",
+    AttachType.CGROUP_DEVICE: "4.15", AttachType.CGROUP_INET4_BIND: "4.17", AttachType.CGROUP_INET6_BIND: "4.17",
+    AttachType.CGROUP_INET4_CONNECT: "4.17", AttachType.CGROUP_INET6_CONNECT: "4.17",
+    AttachType.CGROUP_INET4_POST_BIND: "4.17", AttachType.CGROUP_INET6_POST_BIND: "4.17",
+    AttachType.CGROUP_UDP4_SENDMSG: "4.18", AttachType.CGROUP_UDP6_SENDMSG: "4.18",
+    AttachType.CGROUP_SYSCTL: "5.2", AttachType.CGROUP_UDP4_RECVMSG: "5.2", AttachType.CGROUP_UDP6_RECVMSG: "5.2",
+    AttachType.CGROUP_GETSOCKOPT: "5.3", AttachType.CGROUP_SETSOCKOPT: "5.3",
+    AttachType.CGROUP_INET4_GETPEERNAME: "5.8", AttachType.CGROUP_INET6_GETPEERNAME: "5.8",
+    AttachType.CGROUP_INET4_GETSOCKNAME: "5.8", AttachType.CGROUP_INET6_GETSOCKNAME: "5.8",
+    AttachType.CGROUP_INET_SOCK_RELEASE: "5.9", AttachType.LSM_CGROUP: "6.0",
+    AttachType.CGROUP_UNIX_CONNECT: "6.7", AttachType.CGROUP_UNIX_SENDMSG: "6.7",
+    AttachType.CGROUP_UNIX_RECVMSG: "6.7", AttachType.CGROUP_UNIX_GETPEERNAME: "6.7",
+    AttachType.CGROUP_UNIX_GETSOCKNAME: "6.7",
+}
+
+
+def _kernel_enum(enum: str) -> set | None:
+    """The member names of ``enum`` in the running kernel's BTF (None without BTF to tell)."""
+    from ..kernel.btf import vmlinux_btf
+    from ..spec.btf import Kind
+    try:
+        btf = vmlinux_btf()
+    except Error:
+        return None
+    for t in btf.by_name(enum):
+        if t.kind in (Kind.ENUM, Kind.ENUM64):
+            return {v.name for v in t.values}
+    return None
+
+
+def missing_attach_type(attach_type: int, known: set | None) -> NotSupportedError | None:
+    """The NotSupportedError for a cgroup attach type the kernel does not know (``known``: the
+    names of its enum bpf_attach_type), or None."""
+    name = f"BPF_{_attach_type_name(attach_type)}"
+    if known is None or name in known:
+        return None
+    since = _SINCE.get(attach_type)
+    return NotSupportedError(f"this kernel has no {name} (not in its BTF's enum bpf_attach_type)"
+                             + (f": Linux {since} brought it" if since else ""))
+
+
+def _require_link_type() -> None:
+    known = _kernel_enum("bpf_link_type")
+    if known is not None and "BPF_LINK_TYPE_CGROUP" not in known:
+        raise NotSupportedError("this kernel has no cgroup BPF links (BPF_LINK_TYPE_CGROUP is not in its BTF's "
+                                "enum bpf_link_type; Linux 5.7 brought them): attach with flags='multi' "
+                                "(BPF_PROG_ATTACH) instead")
+
+
 def _require_mprog(what: str) -> None:
     if not _has_cgroup_mprog():
         raise NotSupportedError(
@@ -255,6 +308,9 @@ def attach_cgroup(program, cgroup, *, flags=None, attach_type=None, before=None,
         raise Error(f"program {program.name!r} (section {program.section!r}) is a {program.type.name} program, "
                     f"not a cgroup program: cgroup sections are cgroup_skb/..., cgroup/..., sockops")
     atype = _resolve_attach_type(program, attach_type)
+    missing = missing_attach_type(atype, _kernel_enum("bpf_attach_type"))
+    if missing is not None:
+        raise missing
     if before is not None and after is not None:
         raise Error("give before= or after=, not both")
     if first and (before is not None or after is not None):
@@ -267,6 +323,7 @@ def attach_cgroup(program, cgroup, *, flags=None, attach_type=None, before=None,
         if replace is not None:
             raise Error("replace= is for BPF_PROG_ATTACH (give flags='multi'); a BPF link swaps its program "
                         "with link.update(program)")
+        _require_link_type()
         return _attach_link(program, cgroup, target, atype, before, after, first, expected_revision)
     return _attach_prog(program, cgroup, target, atype, _parse_flags(flags), before, after, first, replace,
                         expected_revision)
