@@ -193,6 +193,15 @@ EXPECTED_PROGRAMS = {
         "xdp_count": ("xdp", ProgType.XDP, AttachType.XDP, ""),
         "tc_count": ("tc/ingress", ProgType.SCHED_CLS, AttachType.TCX_INGRESS, ""),
     },
+    "net_sock": {
+        "drop_ff": ("socket", ProgType.SOCKET_FILTER, None, ""),
+        "steer": ("sk_lookup", ProgType.SK_LOOKUP, AttachType.SK_LOOKUP, ""),
+        "dissect": ("flow_dissector", ProgType.FLOW_DISSECTOR, AttachType.FLOW_DISSECTOR, ""),
+        "add_established": ("sockops", ProgType.SOCK_OPS, AttachType.CGROUP_SOCK_OPS, ""),
+        "redirect_to_peer": ("sk_msg", ProgType.SK_MSG, AttachType.SK_MSG_VERDICT, ""),
+        "skb_verdict": ("sk_skb/stream_verdict", ProgType.SK_SKB, AttachType.SK_SKB_STREAM_VERDICT, ""),
+        "nf_count": ("netfilter", ProgType.NETFILTER, AttachType.NETFILTER, ""),
+    },
 }
 
 

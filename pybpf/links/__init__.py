@@ -18,8 +18,12 @@ from ..errors import Error, NotSupportedError
 from .base import Link, LinkInfo
 from .cgroup import attach_cgroup, cgroup2_mount
 from .iter import Iterator, attach_iter
+from .netfilter import attach_netfilter
 from .netkit import attach_netkit
+from .netns import attach_netns
 from .perf_event import attach_kprobe, attach_tracepoint
+from .socket import SocketFilterLink, attach_socket
+from .sockmap import SockmapProgLink, attach_sockmap
 from .tc import TcFilterLink, attach_tc
 from .tracing import attach_raw_tracepoint, attach_trace
 from .uprobe import attach_uprobe, parse_uprobe_target, resolve_binary, uprobe_file_offset
@@ -56,4 +60,6 @@ __all__ = [
     "attach_kprobe", "attach_trace", "attach_uprobe", "attach_cgroup", "attach_iter",
     "parse_uprobe_target", "resolve_binary", "uprobe_file_offset", "cgroup2_mount",
     "attach_xdp", "attach_tc", "attach_netkit", "TcFilterLink", "XdpNetlinkLink",
+    "attach_socket", "SocketFilterLink", "attach_netns", "attach_sockmap", "SockmapProgLink",
+    "attach_netfilter",
 ]
