@@ -4,6 +4,8 @@
     with pybpf.load("prog.o") as obj:    # maps created, programs loaded
         obj.attach()
         obj.maps["counts"].items()
+    for p in pybpf.programs():           # every program in the kernel now (ProgramInfo)
+        print(p.id, p.name, p.type)
 
 Layers, one way: ``pybpf.spec`` (ELF/BTF, pure) -> ``pybpf.kernel`` (the bpf()
 syscall and UAPI layouts) -> ``pybpf.loader`` (relocate, create, load) ->
@@ -23,12 +25,36 @@ if _sys.argv[:1] == ["-m"] and __name__ == "pybpf":
     import signal as _signal
     _signal.signal(_signal.SIGINT, lambda signum, frame: _os._exit(128 + signum))
 
-from .errors import *  # noqa: F401,F403
-from .errors import __all__ as _errors_all
-from .collection import Object, Variable
-from .maps import Map
-from .programs import Program, TestRunResult
-from .spec.object import MapSpec, ObjectSpec, ProgramSpec, VariableSpec
+import types as _types
+
+
+class _ListingModule(_types.ModuleType):
+    """The modules ``pybpf.maps``, ``pybpf.programs`` and ``pybpf.links`` are also the listings
+    the API promises: ``pybpf.maps()`` is :func:`pybpf.live.maps` (every map in the kernel),
+    and so on, while ``pybpf.maps.Map`` stays the module's."""
+
+    def __call__(self):
+        from . import live
+        return getattr(live, self.__name__.rpartition(".")[2])()
+
+
+class _Package(_types.ModuleType):
+    # the import system sets each submodule as an attribute of its package: these three
+    # become callable there (a function in their place would be replaced by the next import)
+    def __setattr__(self, name, value):
+        if name in ("maps", "programs", "links") and type(value) is _types.ModuleType:
+            value.__class__ = _ListingModule
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+
+from .errors import *  # noqa: F401,F403,E402
+from .errors import __all__ as _errors_all  # noqa: E402
+from .collection import Object, Variable  # noqa: E402
+from .maps import Map  # noqa: E402
+from .programs import Program, TestRunResult  # noqa: E402
+from .spec.object import MapSpec, ObjectSpec, ProgramSpec, VariableSpec  # noqa: E402
 
 
 def open(path) -> ObjectSpec:  # noqa: A001 - the public name the API promises
@@ -60,10 +86,20 @@ def __getattr__(name):
     if name == "PerfBuffer":
         from . import perfbuf
         return perfbuf.PerfBuffer
+    if name in ("btfs", "stats", "ProgramInfo", "MapInfo", "BtfInfo"):
+        from . import live
+        return getattr(live, name)
+    if name == "links":            # the package, callable (see _ListingModule): pybpf.links()
+        import importlib
+        return importlib.import_module(".links", __name__)
+    if name == "LinkInfo":
+        from .links.base import LinkInfo
+        return LinkInfo
     raise AttributeError(f"module 'pybpf' has no attribute {name!r}")
 
 
 __all__ = list(_errors_all) + [
     "open", "load", "Object", "Variable", "Map", "Program", "TestRunResult", "Link",
     "ObjectSpec", "ProgramSpec", "MapSpec", "VariableSpec", "RingBuffer", "UserRingBuffer", "PerfBuffer",
+    "programs", "maps", "links", "btfs", "stats", "ProgramInfo", "MapInfo", "BtfInfo", "LinkInfo",
 ]

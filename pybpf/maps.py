@@ -11,9 +11,10 @@ import weakref
 from collections.abc import Iterator
 
 from .resource import Resource, deferred_signals
-from .errors import ClosedError, Error
+from .errors import ClosedError, Error, NotSupportedError, PermissionError, SyscallError
 from .kernel import syscall as sc
-from .kernel.constants import MapType
+from .kernel.attrs import MapInfo as _MapInfoStruct
+from .kernel.constants import BPF_F_LOCK, Cmd, MapType
 from .spec.object import decode_value, encode_value
 
 _PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH,
@@ -74,6 +75,7 @@ class Map(Resource):
         self.max_entries: int = max_entries if max_entries is not None else spec.max_entries
         self.flags: int = spec.flags
         self._btf = btf
+        self._pin_path: str | None = None          # where pin() (or the loader's pin_root) pinned it
         self._mmap: mmap.mmap | None = None
         self._arena: tuple | None = None          # (address, size, memory, memoryview, munmap finalizer)
         if self.type in _PERCPU_TYPES:
@@ -192,13 +194,40 @@ class Map(Resource):
 
     # -- element access ------------------------------------------------------------------
 
-    def lookup(self, key, default=None):
-        """The value under ``key``, or ``default`` when there is none."""
+    def lookup(self, key, default=None, *, lock: bool = False):
+        """The value under ``key``, or ``default`` when there is none.
+
+        ``lock=True`` (BPF_F_LOCK): for values holding a ``struct bpf_spin_lock``, the value is
+        copied under that lock, so it is never seen half-way through a program's locked update
+        (the lock field itself reads as zero)."""
         self._check_elements()
         buf = self._value_buffer()
-        if not sc.map_lookup_elem(self.fd, self._key(key), buf):
-            return default
-        return self._decode_value(buf)
+        if not lock:
+            if not sc.map_lookup_elem(self.fd, self._key(key), buf):
+                return default
+            return self._decode_value(buf)
+        try:
+            found = sc.map_lookup_elem(self.fd, self._key(key), buf, BPF_F_LOCK)
+        except SyscallError as e:
+            raise self._failure(e, "lookup", lock=True) from None
+        return self._decode_value(buf) if found else default
+
+    def _failure(self, e: SyscallError, what: str, lock: bool = False, done: str = "") -> Exception:
+        """The error for a failed ``what`` (a method name): what the map's state explains
+        (a frozen map, lock=True on a value without a lock), or the kernel's error with the map
+        named; ``done`` tells how far a batch got."""
+        hint = ""
+        if lock and e.errno == _errno.EINVAL:
+            hint = ("lock=True (BPF_F_LOCK) needs a value type with a struct bpf_spin_lock, declared with "
+                    "BTF (__type(value, ...))")
+        elif isinstance(e, PermissionError) and e.errno == _errno.EPERM and what not in _READS and self.frozen:
+            hint = "the map is frozen (BPF_MAP_FREEZE): user space can only read it now"
+        if not hint and not done:
+            return e
+        text = f"map {self.name!r}: {what} failed" + (f" {done}" if done else "") + (f": {hint}" if hint else "")
+        if not hint and isinstance(e, PermissionError) and str(e).count(": ") >= 2:
+            text += "; " + str(e).split(": ", 2)[2]      # keep the permission hint bpf() gave
+        return type(e)(e.command, e.errno, text)
 
     def __getitem__(self, key):
         self._check_elements()
@@ -207,17 +236,27 @@ class Map(Resource):
             raise KeyError(key)
         return self._decode_value(buf)
 
-    def update(self, key, value, flags: int = 0) -> None:
-        """Store ``value`` under ``key`` (``flags``: BPF_ANY, BPF_NOEXIST, BPF_EXIST)."""
+    def update(self, key, value, flags: int = 0, *, lock: bool = False) -> None:
+        """Store ``value`` under ``key`` (``flags``: BPF_ANY, BPF_NOEXIST, BPF_EXIST).
+        ``lock=True`` (BPF_F_LOCK) writes a value holding a ``struct bpf_spin_lock`` under
+        that lock (the lock field of ``value`` is ignored)."""
         self._check_elements()
-        sc.map_update_elem(self.fd, self._key(key), self._encode_value(value), flags)
+        try:
+            sc.map_update_elem(self.fd, self._key(key), self._encode_value(value),
+                               flags | BPF_F_LOCK if lock else flags)
+        except SyscallError as e:
+            raise self._failure(e, "update", lock) from None
 
-    __setitem__ = update
+    def __setitem__(self, key, value) -> None:
+        self.update(key, value)
 
     def delete(self, key) -> bool:
         """Delete ``key``; False if it was not there."""
         self._check_elements()
-        return sc.map_delete_elem(self.fd, self._key(key))
+        try:
+            return sc.map_delete_elem(self.fd, self._key(key))
+        except SyscallError as e:
+            raise self._failure(e, "delete") from None
 
     def __delitem__(self, key) -> None:
         if not self.delete(key):
@@ -381,6 +420,383 @@ class Map(Resource):
         """Bloom filter test: False means ``value`` was never pushed; True means it probably was."""
         self._check_keyless("may_contain()", (MapType.BLOOM_FILTER,))
         return sc.map_lookup_elem(self.fd, None, self._encode_value(value))
+
+    # -- kernel object: id, info, pins, freeze (pybpf.live) ----------------------------------
+
+    @classmethod
+    def _from_fd(cls, fd: int, pin_path: str | None = None) -> "Map":
+        """A Map around map ``fd`` (owned from now on), described by the kernel (its sizes,
+        flags and name) and typed through its kernel BTF when it has one."""
+        try:
+            from .live import MapInfo as _Info, btf_by_id
+            from .spec.object import MapSpec
+            info = _Info.from_fd(fd)
+            spec = MapSpec(name=info.name, type=int(info.type), key_size=info.key_size,
+                           value_size=info.value_size, max_entries=info.max_entries, flags=info.flags,
+                           key_type_id=info.btf_key_type_id, value_type_id=info.btf_value_type_id,
+                           map_extra=info.map_extra)
+            btf = None
+            if info.btf_id and (info.btf_key_type_id or info.btf_value_type_id):
+                try:
+                    btf = btf_by_id(info.btf_id)
+                except Error:
+                    btf = None       # released meanwhile, or unreadable: raw bytes then
+            m = cls(fd, spec, btf=btf)
+        except BaseException:
+            os.close(fd)
+            raise
+        m._pin_path = pin_path
+        return m
+
+    @classmethod
+    def from_pinned(cls, path, *, readonly: bool = False) -> "Map":
+        """Open the map pinned at ``path`` (BPF_OBJ_GET), typed through its BTF when it has
+        one.  ``readonly=True`` opens it read-only (BPF_F_RDONLY).  :meth:`unpin` removes
+        that pin."""
+        from .kernel.constants import BPF_F_RDONLY
+        from .live import open_pinned
+        path = os.fspath(path)
+        with deferred_signals() as section:
+            m = cls._from_fd(open_pinned(path, "map", BPF_F_RDONLY if readonly else 0), path)
+            section.on_interrupt(m)
+        return m
+
+    @classmethod
+    def from_id(cls, map_id: int, *, readonly: bool = False) -> "Map":
+        """Open the map the kernel knows as ``map_id`` (BPF_MAP_GET_FD_BY_ID: needs
+        CAP_SYS_ADMIN), typed through its BTF when it has one."""
+        from .kernel.constants import BPF_F_RDONLY
+        from .live import open_id
+        with deferred_signals() as section:
+            fd = open_id("map", map_id) if not readonly else sc.get_fd_by_id(Cmd.MAP_GET_FD_BY_ID, map_id,
+                                                                            BPF_F_RDONLY)
+            m = cls._from_fd(fd)
+            section.on_interrupt(m)
+        return m
+
+    @property
+    def id(self) -> int:
+        """The map's id in the kernel (what ``bpftool map list`` shows)."""
+        return sc.obj_get_info_by_fd(self.fd, _MapInfoStruct()).id
+
+    def info(self):
+        """What the kernel reports about the map: a :class:`pybpf.MapInfo`."""
+        from .live import MapInfo as _Info
+        return _Info.from_fd(self.fd)
+
+    @property
+    def frozen(self) -> bool:
+        """True once the map is frozen (:meth:`freeze`, or ``.rodata``): user space can only read it."""
+        try:
+            with open(f"/proc/self/fdinfo/{self.fd}") as f:
+                for line in f:
+                    if line.startswith("frozen:"):
+                        return line.split()[1] != "0"
+        except (OSError, IndexError):
+            pass
+        return False
+
+    def freeze(self) -> None:
+        """Make the map read-only for user space, for good (BPF_MAP_FREEZE): later updates and
+        deletes from any process fail; programs still write it (unless it is BPF_F_RDONLY_PROG)."""
+        try:
+            sc.map_freeze(self.fd)
+        except SyscallError as e:
+            hint = ""
+            if e.errno == _errno.EBUSY:
+                hint = (" (it is frozen already, or mapped writable with mmap(): a writable mapping "
+                        "and a freeze exclude each other)")
+            elif e.errno == _errno.EPERM and self.frozen:
+                hint = " (it is frozen already)"
+            elif e.errno in (_errno.EOPNOTSUPP, 524, _errno.EINVAL):
+                hint = f" ({_type_name(self.type)} maps cannot be frozen)"
+            raise type(e)(e.command, e.errno, f"map {self.name!r}: cannot freeze it{hint}") from None
+
+    @property
+    def pin_path(self) -> str | None:
+        """Where :meth:`pin` (or a load with ``pin_root=``, or :meth:`from_pinned`) pinned it; None
+        if it is not pinned from here."""
+        return self._pin_path
+
+    def pin(self, path) -> None:
+        """Pin the map at ``path`` on a bpffs mount (BPF_OBJ_PIN), so that it outlives this
+        process; its directory is made if missing, as libbpf does.  Pinning again at the same
+        path does nothing; a map pinned from here elsewhere must be unpinned first."""
+        from .live import pin_fd
+        path = os.fspath(path)
+        if self._pin_path is not None:
+            if os.path.abspath(path) == os.path.abspath(self._pin_path) and os.path.exists(path):
+                return
+            raise Error(f"map {self.name!r} is pinned at {self._pin_path} already: unpin() it first")
+        self._pin_path = pin_fd(self.fd, path, f"map {self.name!r}")
+
+    def unpin(self, path=None) -> None:
+        """Remove the pin (``path``, default: where it was pinned from here); the map goes once
+        nothing else holds it."""
+        from .live import unpin_path
+        if path is None:
+            path = self._pin_path
+            if path is None:
+                raise Error(f"map {self.name!r} is not pinned from here: give the path to unpin")
+        unpin_path(path, f"map {self.name!r}")
+        if self._pin_path is not None and os.path.abspath(os.fspath(path)) == os.path.abspath(self._pin_path):
+            self._pin_path = None
+
+    # -- lookup and delete -----------------------------------------------------------------
+
+    def lookup_and_delete(self, key, default=None):
+        """Remove ``key`` and return the value it had, in one step (BPF_MAP_LOOKUP_AND_DELETE_ELEM):
+        nobody can change it in between.  ``default`` when the key is not there.  For hash maps
+        (plain, per-CPU, LRU) and, with ``key=None``, queues and stacks (as :meth:`pop`)."""
+        self._check_elements()
+        if self.type in _QUEUE_STACK:
+            return self.pop(default)
+        if self.type not in _HASH_TYPES:
+            raise Error(f"map {self.name!r} is a {_type_name(self.type)}: lookup_and_delete() is for hash maps "
+                        f"(HASH, PERCPU_HASH, LRU_HASH, LRU_PERCPU_HASH) and queues/stacks; use lookup() "
+                        f"then delete()")
+        buf = self._value_buffer()
+        try:
+            found = sc.map_lookup_and_delete_elem(self.fd, self._key(key), buf)
+        except SyscallError as e:
+            if e.errno in (_errno.EOPNOTSUPP, 524):
+                raise NotSupportedError(
+                    f"map {self.name!r}: this kernel cannot look up and delete in one step in "
+                    f"{_type_name(self.type)} maps (BPF_MAP_LOOKUP_AND_DELETE_ELEM failed with errno "
+                    f"{e.errno}; hash maps have it since Linux 5.14): use lookup() then delete()") from None
+            raise self._failure(e, "lookup_and_delete") from None
+        return self._decode_value(buf) if found else default
+
+    # -- batches (BPF_MAP_*_BATCH) ----------------------------------------------------------
+
+    def _value_stride(self) -> int:
+        return ((self.value_size + 7) & ~7) * self._ncpus if self._ncpus else self.value_size
+
+    def _batch_chunk(self, batch_size) -> int:
+        if batch_size is not None:
+            if not isinstance(batch_size, int) or batch_size < 1:
+                raise Error(f"map {self.name!r}: batch_size is a positive number of elements, not {batch_size!r}")
+            return batch_size
+        per = self.key_size + self._value_stride()
+        return max(1, min(self.max_entries or 1, _BATCH_BYTES // max(per, 1)))
+
+    def _batch_failed(self, e: SyscallError, op: str, lock: bool = False, done: str = "") -> Exception:
+        if e.errno in (_errno.EOPNOTSUPP, 524):
+            return NotSupportedError(f"map {self.name!r}: this kernel has no {e.command} for "
+                                     f"{_type_name(self.type)} maps; use {_ONE_AT_A_TIME[op]}")
+        if e.errno == _errno.EINVAL and _kernel_lacks_cmd(e.command):
+            return NotSupportedError(f"this kernel has no {e.command} (its enum bpf_cmd lacks it; batch "
+                                     f"operations came with Linux 5.6): use {_ONE_AT_A_TIME[op]}")
+        return self._failure(e, op, lock, done)
+
+    def lookup_batch(self, count: int | None = None, *, batch_size: int | None = None) -> list[tuple]:
+        """The map's (key, value) pairs, read in batches (BPF_MAP_LOOKUP_BATCH): typed as
+        :meth:`items` gives them (per-CPU values as lists), in the kernel's order.  ``count``:
+        at most that many (None: all).  ``batch_size``: elements per system call (default: as
+        many as fit in 4 MiB); a hash bucket is read whole, so a larger one is used when a bucket
+        does not fit."""
+        pairs = self._read_batches(Cmd.MAP_LOOKUP_BATCH, count, batch_size, "lookup_batch")
+        return pairs if count is None else pairs[:count]
+
+    def lookup_and_delete_batch(self, count: int | None = None, *, batch_size: int | None = None) -> list[tuple]:
+        """Like :meth:`lookup_batch`, deleting what it returns (BPF_MAP_LOOKUP_AND_DELETE_BATCH):
+        drains a hash map.  A hash bucket is read and deleted whole, so this may return a few
+        more than ``count``.  Not for array maps, whose elements cannot be deleted."""
+        self._check_deletable("lookup_and_delete_batch")
+        return self._read_batches(Cmd.MAP_LOOKUP_AND_DELETE_BATCH, count, batch_size, "lookup_and_delete_batch")
+
+    def _check_deletable(self, op: str) -> None:
+        if self.type in _ARRAY_TYPES:
+            raise Error(f"map {self.name!r} is a {_type_name(self.type)}: array elements always exist and cannot be "
+                        f"deleted (the kernel refuses {op}); write zero values with update_batch() instead")
+
+    def _read_batches(self, cmd: Cmd, count, batch_size, op: str) -> list[tuple]:
+        self._check_elements()
+        if count is not None and (not isinstance(count, int) or count < 0):
+            raise Error(f"map {self.name!r}: count is a number of elements (or None for all), not {count!r}")
+        if count == 0:
+            return []
+        key_size, stride = self.key_size, self._value_stride()
+        chunk = self._batch_chunk(batch_size)
+        # the cursor is opaque: a key for maps read by key order (arrays), a u32 bucket index
+        # for hash maps (kernel/bpf/hashtab.c __htab_map_lookup_and_delete_batch)
+        cursor_size = max(key_size, 8)
+        cursor_in, cursor_out = None, bytearray(cursor_size)
+        key_parts, value_parts = [], []
+        total = 0
+        need = 0            # a hash bucket larger than the last request: ask for at least this many
+        fd = self.fd
+        while count is None or total < count:
+            n = chunk if count is None else min(chunk, count - total)
+            n = max(n, need)
+            keys, values = bytearray(n * key_size), bytearray(n * stride)
+            try:
+                done, err = sc.map_batch(cmd, fd, keys, values, n, cursor_in, cursor_out,
+                                         allowed=(_errno.ENOENT, _errno.ENOSPC))
+            except SyscallError as e:
+                raise self._batch_failed(e, op) from None
+            if err == _errno.ENOSPC and not done:
+                # the next hash bucket holds more than n elements (the kernel returns a bucket
+                # whole or not at all): ask again for more
+                need = n * 2
+                continue
+            need = 0
+            if done:
+                key_parts.append(memoryview(keys)[:done * key_size])
+                value_parts.append(memoryview(values)[:done * stride])
+                total += done
+            if err == _errno.ENOENT:
+                break
+            cursor_in, cursor_out = cursor_out, bytearray(cursor_size)
+        raw_keys = b"".join(key_parts)
+        raw_values = b"".join(value_parts)
+        return list(zip(self._decode_keys(raw_keys, total), self._decode_values(raw_values, total)))
+
+    def update_batch(self, items, flags: int = 0, *, lock: bool = False, batch_size: int | None = None) -> int:
+        """Store many (key, value) pairs (a mapping or an iterable of pairs) in a few system
+        calls (BPF_MAP_UPDATE_BATCH); keys and values as :meth:`update` takes them.  ``flags``:
+        BPF_ANY, BPF_NOEXIST, BPF_EXIST; ``lock=True`` adds BPF_F_LOCK.  Returns the number
+        stored; on an error, the exception says how many were stored before it."""
+        self._check_elements()
+        pairs = list(items.items()) if hasattr(items, "items") else list(items)
+        if not pairs:
+            return 0
+        try:
+            keys = self._encode_keys([k for k, _ in pairs])
+            values = self._encode_values([v for _, v in pairs])
+        except ValueError:
+            raise Error(f"map {self.name!r}: update_batch() takes (key, value) pairs or a mapping") from None
+        elem_flags = flags | BPF_F_LOCK if lock else flags
+        return self._write_batches(Cmd.MAP_UPDATE_BATCH, keys, values, len(pairs), elem_flags, batch_size,
+                                   "update_batch")
+
+    def delete_batch(self, keys, *, batch_size: int | None = None) -> int:
+        """Delete many keys in a few system calls (BPF_MAP_DELETE_BATCH); keys that are not in
+        the map are skipped.  Returns the number deleted.  Not for array maps."""
+        self._check_elements()
+        self._check_deletable("delete_batch")
+        keys = list(keys)
+        if not keys:
+            return 0
+        raw = self._encode_keys(keys)
+        key_size = self.key_size
+        deleted = 0
+        start = 0
+        while start < len(keys):
+            # the kernel stops at the first missing key (ENOENT), having deleted those before it
+            done = self._write_batches(Cmd.MAP_DELETE_BATCH, raw[start * key_size:], None, len(keys) - start,
+                                       0, batch_size, "delete_batch", stop_at_missing=True)
+            deleted += done
+            start += done + 1       # skip the missing key
+        return deleted
+
+    def _write_batches(self, cmd: Cmd, keys: bytes, values, n: int, elem_flags: int, batch_size, op: str,
+                       stop_at_missing: bool = False) -> int:
+        key_size, stride = self.key_size, self._value_stride()
+        chunk = self._batch_chunk(batch_size) if batch_size is not None else \
+            max(1, _BATCH_BYTES // max(key_size + (stride if values is not None else 0), 1))
+        fd = self.fd
+        done_total = 0
+        allowed = (_errno.ENOENT,) if stop_at_missing else ()
+        while done_total < n:
+            m = min(chunk, n - done_total)
+            k = bytearray(keys[done_total * key_size:(done_total + m) * key_size])
+            v = bytearray(values[done_total * stride:(done_total + m) * stride]) if values is not None else None
+            try:
+                done, err = sc.map_batch(cmd, fd, k, v, m, elem_flags=elem_flags, allowed=allowed)
+            except SyscallError as e:
+                done_total += getattr(e, "done", 0)
+                raise self._batch_failed(e, op, bool(elem_flags & BPF_F_LOCK),
+                                         f"after {done_total} of {n} elements") from None
+            done_total += done
+            if err:             # ENOENT of a delete: the key at done_total is not in the map
+                return done_total
+        return done_total
+
+    # batch encoding: plain integer keys and values go through one array conversion
+
+    def _int_format(self, type_id: int, size: int) -> str | None:
+        """The memoryview format of an integer type (None for anything else: typed per element)."""
+        if self._btf is None or not type_id:
+            return None
+        from .spec.btf import Kind
+        t = self._btf.resolve(type_id)
+        if t is None or t.kind != Kind.INT or t.size != size or size not in _INT_CODES:
+            return None
+        return _INT_CODES[size][1 if t.signed else 0]
+
+    def _decode_keys(self, raw: bytes, n: int) -> list:
+        fmt = self._int_format(self.spec.key_type_id, self.key_size)
+        if fmt is not None:
+            return memoryview(raw).cast(fmt).tolist()
+        size, tid = self.key_size, self.spec.key_type_id
+        return [self._decode(raw[i * size:(i + 1) * size], tid) for i in range(n)]
+
+    def _decode_values(self, raw: bytes, n: int) -> list:
+        size, tid = self.value_size, self.spec.value_type_id
+        fmt = self._int_format(tid, size)
+        if self._ncpus:
+            ncpus, slot = self._ncpus, (size + 7) & ~7
+            if fmt is not None and slot == size:
+                flat = memoryview(raw).cast(fmt).tolist()
+                return [flat[i * ncpus:(i + 1) * ncpus] for i in range(n)]
+            stride = slot * ncpus
+            return [[self._decode(raw[i * stride + c * slot:i * stride + c * slot + size], tid) for c in range(ncpus)]
+                    for i in range(n)]
+        if fmt is not None:
+            return memoryview(raw).cast(fmt).tolist()
+        return [self._decode(raw[i * size:(i + 1) * size], tid) for i in range(n)]
+
+    def _encode_keys(self, keys: list) -> bytes:
+        fmt = self._int_format(self.spec.key_type_id, self.key_size)
+        if fmt is not None:
+            packed = _pack_ints(fmt, keys)
+            if packed is not None:
+                return packed
+        return b"".join(self._key(k) for k in keys)
+
+    def _encode_values(self, values: list) -> bytes:
+        fmt = self._int_format(self.spec.value_type_id, self.value_size)
+        if fmt is not None and (not self._ncpus or (self.value_size + 7) & ~7 == self.value_size):
+            flat = values
+            if self._ncpus:
+                if all(isinstance(v, (list, tuple)) and len(v) == self._ncpus for v in values):
+                    flat = [x for v in values for x in v]
+                else:
+                    flat = None
+            packed = _pack_ints(fmt, flat) if flat is not None else None
+            if packed is not None:
+                return packed
+        return b"".join(self._encode_value(v) for v in values)
+
+
+# bytes asked for in one batch call (keys and values) when no batch_size is given
+_BATCH_BYTES = 4 << 20
+# integer sizes -> (unsigned, signed) memoryview / array formats
+_INT_CODES = {1: ("B", "b"), 2: ("H", "h"), 4: ("I", "i"), 8: ("Q", "q")}
+_HASH_TYPES = frozenset({MapType.HASH, MapType.PERCPU_HASH, MapType.LRU_HASH, MapType.LRU_PERCPU_HASH})
+_ARRAY_TYPES = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY, MapType.PROG_ARRAY, MapType.PERF_EVENT_ARRAY,
+                          MapType.CGROUP_ARRAY, MapType.ARRAY_OF_MAPS})
+_READS = frozenset({"lookup", "lookup_batch"})
+_ONE_AT_A_TIME = {"lookup_batch": "items()", "lookup_and_delete_batch": "items() and delete()",
+                  "update_batch": "update() per element", "delete_batch": "delete() per key"}
+
+
+def _pack_ints(fmt: str, values: list) -> bytes | None:
+    """``values`` packed as native integers of ``fmt``; None if one is not a plain int in range."""
+    import array
+    try:
+        if any(type(v) is not int for v in values):
+            return None
+        return array.array(fmt, values).tobytes()
+    except (OverflowError, TypeError):
+        return None
+
+
+def _kernel_lacks_cmd(command: str) -> bool:
+    from .loader.refusals import enum_names, running_btf
+    names = enum_names(running_btf(None), "bpf_cmd")
+    return names is not None and command not in names
 
 
 _MISSING = object()

@@ -227,3 +227,97 @@ class Program(Resource):
         network namespace (a BPF_NETFILTER link)."""
         from .links.netfilter import attach_netfilter
         return self._attached(attach_netfilter, self, pf, hook, priority)
+
+    # -- kernel object: pins, id, info, instructions (pybpf.live) -------------------------------
+
+    @classmethod
+    def _from_fd(cls, fd: int, pin_path: str | None = None) -> "Program":
+        """A Program around program ``fd`` (owned from now on), described by the kernel: its
+        name (the 15 characters the kernel keeps), type and translated instructions.  It has
+        no section: attach it with an ``attach_*`` method that names the target."""
+        try:
+            from .live import ProgramInfo, xlated_raw
+            from .spec.object import FunctionSpec, ProgramSpec
+            from .spec.sections import SectionDef
+            info = ProgramInfo.from_fd(fd)
+            insns = xlated_raw(fd)[1] if info.xlated_size else b""
+            type_name = info.type.name if isinstance(info.type, ProgType) else "UNSPEC"
+            spec = ProgramSpec(info.name, "", SectionDef("", type_name, None, 0, None),
+                               FunctionSpec(info.name, "", 0, insns))
+            prog = cls(fd, spec)
+            prog.type = info.type
+        except BaseException:
+            os.close(fd)
+            raise
+        prog._pin_path = pin_path
+        return prog
+
+    @classmethod
+    def from_pinned(cls, path) -> "Program":
+        """Open the program pinned at ``path`` (BPF_OBJ_GET): ``info()``, ``xlated()``,
+        ``jited()``, ``test_run()``, ``pin()`` and the ``attach_*`` methods work on it."""
+        from .live import open_pinned
+        path = os.fspath(path)
+        with deferred_signals() as section:
+            prog = cls._from_fd(open_pinned(path, "program"), path)
+            section.on_interrupt(prog)
+        return prog
+
+    @classmethod
+    def from_id(cls, prog_id: int) -> "Program":
+        """Open the program the kernel knows as ``prog_id`` (BPF_PROG_GET_FD_BY_ID: needs
+        CAP_SYS_ADMIN)."""
+        from .live import open_id
+        with deferred_signals() as section:
+            prog = cls._from_fd(open_id("program", prog_id))
+            section.on_interrupt(prog)
+        return prog
+
+    @property
+    def id(self) -> int:
+        """The program's id in the kernel (what ``bpftool prog list`` shows)."""
+        from .kernel.attrs import ProgInfo
+        return sc.obj_get_info_by_fd(self.fd, ProgInfo()).id
+
+    def info(self):
+        """What the kernel reports about the program: a :class:`pybpf.ProgramInfo` (id, tag,
+        map ids, sizes, ``run_cnt``/``run_time_ns`` while :func:`pybpf.stats` is on...)."""
+        from .live import ProgramInfo
+        return ProgramInfo.from_fd(self.fd)
+
+    def xlated(self, *, linum: bool = False):
+        """The instructions as the kernel runs them (after the verifier's rewrites), disassembled
+        as ``bpftool prog dump xlated`` prints them, with the C source lines and function
+        prototypes when the program was loaded with BTF: a :class:`pybpf.live.Disassembly`, a
+        ``str`` whose ``lines`` list the lines and whose ``bytes()`` are the raw instructions.
+        ``linum=True`` adds ``[file:F line_num:N line_col:C]`` to the source lines."""
+        from .live import xlated
+        return xlated(self.fd, linum=linum, what=f"program {self.name!r}")
+
+    def jited(self):
+        """The program's JITed machine code: a :class:`pybpf.live.JitedCode` (``bytes``, with each
+        function's kernel symbol, address and size in ``functions``)."""
+        from .live import jited
+        return jited(self.fd, what=f"program {self.name!r}")
+
+    @property
+    def pin_path(self) -> str | None:
+        """Where :meth:`pin` pinned it (or :meth:`from_pinned` opened it); None otherwise."""
+        return getattr(self, "_pin_path", None)
+
+    def pin(self, path) -> None:
+        """Pin the program at ``path`` on a bpffs mount (BPF_OBJ_PIN): it stays loaded after this
+        process ends, until the pin is removed; the directory is made if missing (as libbpf)."""
+        from .live import pin_fd
+        self._pin_path = pin_fd(self.fd, path, f"program {self.name!r}")
+
+    def unpin(self, path=None) -> None:
+        """Remove the pin at ``path`` (default: where :meth:`pin` put it)."""
+        from .live import unpin_path
+        if path is None:
+            path = self.pin_path
+            if path is None:
+                raise Error(f"program {self.name!r} is not pinned from here: give the path to unpin")
+        unpin_path(path, f"program {self.name!r}")
+        if self.pin_path is not None and os.path.abspath(os.fspath(path)) == os.path.abspath(self.pin_path):
+            self._pin_path = None

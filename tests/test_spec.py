@@ -153,6 +153,12 @@ EXPECTED_PROGRAMS = {
     "arena_test": {n: ("syscall", ProgType.SYSCALL, None, "") for n in ("bump", "alloc_page", "read_page")},
     "core_bitfield": {"read_bits": ("syscall", ProgType.SYSCALL, None, "")},
     "percpu_sizes": {"swap": ("syscall", ProgType.SYSCALL, None, "")},
+    "pin_test": {
+        "write_shared": ("syscall", ProgType.SYSCALL, None, ""),
+        "bump_locked": ("syscall", ProgType.SYSCALL, None, ""),
+        "count_getppid": ("tracepoint/syscalls/sys_enter_getppid", ProgType.TRACEPOINT, None,
+                          "syscalls/sys_enter_getppid"),
+    },
     "net_xdp": {n: ("xdp", ProgType.XDP, AttachType.XDP, "") for n in ("xdp_count_drop", "xdp_pass_count")},
     "net_tc": {
         "tc_ingress": ("tc/ingress", ProgType.SCHED_CLS, AttachType.TCX_INGRESS, ""),

@@ -19,7 +19,7 @@ import os
 
 from .. import errors
 from ..resource import interrupt_pending
-from .attrs import GetIdAttr, InfoByFdAttr, MapElemAttr, MapFdAttr, ObjPinAttr
+from .attrs import EnableStatsAttr, GetIdAttr, InfoByFdAttr, MapBatchAttr, MapElemAttr, MapFdAttr, ObjPinAttr
 from .constants import Cmd
 
 #: libc, with errno captured after each foreign call (``ctypes.get_errno()``).
@@ -90,7 +90,20 @@ def every_bpf_capability() -> bool:
     return caps is not None and bool(caps >> _CAP_SYS_ADMIN & 1)
 
 
+# commands the kernel allows only with CAP_SYS_ADMIN (kernel/bpf/syscall.c: bpf_obj_get_next_id,
+# bpf_*_get_fd_by_id and bpf_enable_stats check capable(CAP_SYS_ADMIN), CAP_BPF is not enough)
+_SYS_ADMIN_CMDS = {
+    Cmd.PROG_GET_NEXT_ID: "listing BPF programs", Cmd.MAP_GET_NEXT_ID: "listing BPF maps",
+    Cmd.BTF_GET_NEXT_ID: "listing BTF objects", Cmd.LINK_GET_NEXT_ID: "listing BPF links",
+    Cmd.PROG_GET_FD_BY_ID: "opening a BPF program by id", Cmd.MAP_GET_FD_BY_ID: "opening a BPF map by id",
+    Cmd.BTF_GET_FD_BY_ID: "opening a BTF object by id", Cmd.LINK_GET_FD_BY_ID: "opening a BPF link by id",
+    Cmd.ENABLE_STATS: "BPF_ENABLE_STATS (run-time statistics)",
+}
+
+
 def _permission_hint(cmd: int) -> str:
+    if cmd in _SYS_ADMIN_CMDS and not every_bpf_capability():
+        return f"{_SYS_ADMIN_CMDS[cmd]} needs CAP_SYS_ADMIN (run as root with it; CAP_BPF is not enough)"
     if not bpf_capable():
         return "needs root (CAP_BPF, CAP_PERFMON)"
     if cmd in (Cmd.MAP_UPDATE_ELEM, Cmd.MAP_DELETE_ELEM, Cmd.MAP_UPDATE_BATCH,
@@ -254,6 +267,40 @@ def map_freeze(fd: int) -> None:
     bpf(Cmd.MAP_FREEZE, MapFdAttr(map_fd=fd))
 
 
+def map_batch(cmd: Cmd, fd: int, keys, values, count: int, in_batch=None, out_batch=None,
+              elem_flags: int = 0, flags: int = 0, allowed: tuple = ()) -> tuple[int, int]:
+    """One BPF_MAP_LOOKUP_BATCH / LOOKUP_AND_DELETE_BATCH / UPDATE_BATCH / DELETE_BATCH over
+    ``count`` elements: *keys* and *values* are buffers of ``count`` packed keys and values
+    (*values* None for DELETE_BATCH), *in_batch*/*out_batch* the opaque cursor buffers of the
+    lookups (None: start at the beginning / no cursor).
+
+    Returns ``(elements done, errno)``: the kernel reports in ``count`` how many elements it
+    processed, also when it fails; errnos in *allowed* (ENOENT at the end of a lookup, ENOSPC
+    for a hash bucket larger than ``count``, whose size it then reports) are returned, other
+    failures raise, with the number done in the exception's ``done``."""
+    key_address, key_keep = _address(keys)
+    value_address, value_keep = _address(values)
+    in_address, in_keep = _address(in_batch)
+    out_address, out_keep = _address(out_batch)
+    attr = MapBatchAttr(in_batch=in_address, out_batch=out_address, keys=key_address, values=value_address,
+                        count=count, map_fd=fd, elem_flags=elem_flags, flags=flags)
+    _, err = _raw_bpf(cmd, attr, None)
+    del key_keep, value_keep, in_keep, out_keep
+    if err and err not in allowed:
+        failure = _error(cmd, err)
+        # how many the kernel processed before it failed; it writes count back only once it
+        # reached its loop, so an untouched count means a refusal before any element
+        failure.done = attr.count if attr.count != count else 0
+        raise failure
+    return attr.count, err
+
+
+def enable_stats(stats_type: int = 0) -> int:
+    """BPF_ENABLE_STATS: a new fd that keeps run-time statistics (``stats_type``
+    BPF_STATS_RUN_TIME, 0) on for every program until it is closed."""
+    return bpf(Cmd.ENABLE_STATS, EnableStatsAttr(type=stats_type))
+
+
 def obj_pin(fd: int, path: str) -> None:
     """Pins the map, program, link or BTF *fd* at *path* on a bpffs mount."""
     name = ctypes.create_string_buffer(os.fsencode(path))
@@ -290,5 +337,5 @@ __all__ = [
     "bpf", "command_name", "syscall_number", "libc",
     "obj_get_info_by_fd", "map_lookup_elem", "map_lookup_and_delete_elem",
     "map_update_elem", "map_delete_elem", "map_get_next_key", "map_freeze",
-    "obj_pin", "obj_get", "get_next_id", "get_fd_by_id",
+    "obj_pin", "obj_get", "get_next_id", "get_fd_by_id", "map_batch", "enable_stats",
 ]

@@ -12,7 +12,7 @@ import errno as _errno
 import os
 
 from ..resource import Resource, deferred_signals
-from ..errors import ClosedError, NotSupportedError, SyscallError
+from ..errors import ClosedError, Error, NotSupportedError, SyscallError
 from ..kernel import syscall as sc
 from ..kernel.attrs import LinkDetachAttr, LinkUpdateAttr
 from ..kernel.attrs import LinkInfo as _LinkInfoStruct
@@ -106,9 +106,85 @@ class Link(Resource):
                 if e.errno in (_errno.EOPNOTSUPP, 524) else ""
             raise type(e)(e.command, e.errno, f"link {self.kind}:{self.target}: cannot detach{hint}") from None
 
+    # -- pins and ids (BPF_OBJ_PIN, BPF_OBJ_GET, BPF_LINK_GET_FD_BY_ID) -------------------------
+
+    @classmethod
+    def _from_fd(cls, fd: int, pin_path: str | None = None) -> "Link":
+        """A Link around BPF link ``fd`` (owned from now on).  Its ``program`` is None (the
+        kernel gives a program id: ``info().prog_id``); ``kind`` is the link type (``"xdp"``,
+        ``"tracing"``...) and ``target`` what the kernel says it is attached to."""
+        try:
+            info = link_info(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        kind = info.type.name.lower() if isinstance(info.type, LinkType) else f"type {info.type}"
+        link = cls(None, kind, _target_of(info), [fd])
+        link._pin_path = pin_path
+        link._prog_id = info.prog_id
+        return link
+
+    @classmethod
+    def from_pinned(cls, path) -> "Link":
+        """Open the link pinned at ``path`` (BPF_OBJ_GET).  ``close()`` drops this process's
+        reference only: the link stays attached while the pin (or another holder) keeps it;
+        :meth:`unpin` then ``close()`` detaches it, :meth:`detach` does at once."""
+        from ..live import open_pinned
+        path = os.fspath(path)
+        with deferred_signals() as section:
+            link = cls._from_fd(open_pinned(path, "link"), path)
+            section.on_interrupt(link)
+        return link
+
+    @classmethod
+    def from_id(cls, link_id: int) -> "Link":
+        """Open the link the kernel knows as ``link_id`` (BPF_LINK_GET_FD_BY_ID: needs
+        CAP_SYS_ADMIN).  ``close()`` drops this process's reference only."""
+        from ..live import open_id
+        with deferred_signals() as section:
+            link = cls._from_fd(open_id("link", link_id))
+            section.on_interrupt(link)
+        return link
+
+    @property
+    def pin_path(self) -> str | None:
+        """Where :meth:`pin` pinned the link (or :meth:`from_pinned` opened it); None otherwise."""
+        return getattr(self, "_pin_path", None)
+
+    def pin(self, path) -> None:
+        """Pin the link at ``path`` on a bpffs mount (BPF_OBJ_PIN): the program stays attached after
+        ``close()`` and after this process ends, until the pin is removed (:meth:`unpin`)."""
+        from ..live import pin_fd
+        fd = self._link_fd("pin (only BPF links can be pinned)")
+        self._pin_path = pin_fd(fd, path, f"link {self.kind}:{self.target}")
+
+    def unpin(self) -> None:
+        """Remove the link's pin (made by :meth:`pin`, or the one :meth:`from_pinned` opened): once
+        every fd of it is closed, the program is detached."""
+        from ..live import unpin_path
+        path = self.pin_path
+        if path is None:
+            raise Error(f"link {self.kind}:{self.target} is not pinned (pin() it, or open it with "
+                        f"Link.from_pinned())")
+        unpin_path(path, f"link {self.kind}:{self.target}")
+        self._pin_path = None
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fds[0]}"
-        return f"<Link {self.program.name} {self.kind}:{self.target} {state}>"
+        who = self.program.name if self.program is not None else f"prog_id={getattr(self, '_prog_id', '?')}"
+        return f"<Link {who} {self.kind}:{self.target} {state}>"
+
+
+def _target_of(info: "LinkInfo") -> str:
+    """What a link opened by pin or id is attached to, from its info (for ``Link.target``)."""
+    f = info.fields
+    for key, label in (("tp_name", ""), ("ifindex", "ifindex "), ("cgroup_id", "cgroup "), ("netns_ino", "netns "),
+                       ("map_id", "map ")):
+        if f.get(key):
+            return f"{label}{f[key]}"
+    if f.get("target_btf_id"):
+        return f"btf {f.get('target_obj_id', 0)}:{f['target_btf_id']}"
+    return f"link {info.id}"
 
 
 def _fd_link(program, kind: str, target: str, make) -> Link:

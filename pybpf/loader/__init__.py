@@ -16,6 +16,8 @@ import os
 from ..errors import BTFError, Error, NotSupportedError, ObjectError, SyscallError, VerifierError, errno_text
 from ..kernel import syscall as sc
 from ..kernel.attrs import BtfLoadAttr, MapCreateAttr, ProgLoadAttr
+from ..kernel.attrs import MapInfo as _MapInfoStruct
+from ..kernel.constants import BPF_F_RDONLY_PROG as _BPF_F_RDONLY_PROG
 from ..kernel.constants import Cmd, MapType, ProgType
 from ..resource import deferred_signals, interrupt_pending
 from ..spec import sections as S
@@ -388,12 +390,21 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
                         log) from None
 
 
-def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None):
+def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None, pin_root=None):
     """Load everything in ``spec`` into the kernel and return a :class:`pybpf.Object`.
 
     ``target_btf`` (a BTF file path or :class:`~pybpf.spec.btf.BTF`) replaces the
     running kernel's BTF as the CO-RE target; ``facts`` (a
     :class:`~pybpf.loader.facts.KernelFacts`) replaces every kernel fact.
+
+    ``pin_root`` (a directory on bpffs, e.g. ``/sys/fs/bpf``): maps declared with
+    ``__uint(pinning, LIBBPF_PIN_BY_NAME)`` follow libbpf's rules there: the map pinned at
+    ``pin_root/<map name>`` is reused when it is compatible (same type, key and value size,
+    max_entries, flags and map_extra; it is not filled again with the object's initial
+    values), else the load fails naming the field that differs; a map not pinned yet is
+    created and pinned.  If the load fails, the maps it pinned are unpinned again; closing
+    the object leaves the pins (they outlive the process, as with libbpf).  Without
+    ``pin_root`` nothing is pinned (libbpf would use /sys/fs/bpf).
     """
     from ..collection import Object
     from .facts import KernelFacts
@@ -410,6 +421,9 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
     # between a syscall's return and the assignment would leave the fd open with no owner.
     # If anything fails or is interrupted, ``obj.close()`` releases all that was made, and
     # the externs' module BTF fds are released in every case.
+    if pin_root is not None:
+        pin_root = os.fspath(pin_root)
+    pins = _Pins(pin_root)
     obj = None
     try:
         try:
@@ -435,25 +449,122 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
                     raise type(e)(f"{spec.path}: {e}") from None
             _check_map_values(spec)
             obj = Object(spec)
-            _load_into(obj, spec, btf, facts, linked, attach_btf)
+            _load_into(obj, spec, btf, facts, linked, attach_btf, pins)
         finally:
             if spec.externs:
                 with deferred_signals():
                     _externs.release(spec, facts)
     except VerifierError as e:
+        pins.undo()
         if obj is not None:
             obj.close()
         if spec.externs:
             _externs.explain(e, spec)
         raise
     except BaseException:
+        pins.undo()
         if obj is not None:
             obj.close()
         raise
     return obj
 
 
-def _load_into(obj, spec: ObjectSpec, btf: bool, facts, linked: dict, attach_btf: dict) -> None:
+class _Pins:
+    """The maps of one load pinned by name under ``pin_root`` (libbpf's LIBBPF_PIN_BY_NAME rules,
+    bpf_object__reuse_map / map_is_reuse_compat / bpf_map__pin): ``reuse()`` opens a compatible
+    pinned map, ``pin()`` pins a new one, ``undo()`` unpins what this load pinned."""
+
+    def __init__(self, root: str | None):
+        self.root = root
+        self.pinned: list[str] = []
+        self.made_root = False
+
+    def path(self, mspec: MapSpec) -> str | None:
+        if self.root is None or mspec.pinning != "by_name":
+            return None
+        return os.path.join(self.root, mspec.name)       # libbpf: "<pin_root>/<map name>"
+
+    def reuse(self, mspec: MapSpec, path: str) -> int:
+        """The fd of the map pinned at ``path`` (-1 when nothing is), after the compatibility
+        check; call it inside a deferred-signals section (the caller owns the fd)."""
+        from ..live import fd_kind
+        try:
+            fd = sc.obj_get(path)
+        except SyscallError as e:
+            if e.errno == _errno.ENOENT:
+                return -1
+            raise type(e)(e.command, e.errno, f"map {mspec.name!r}: cannot open the map pinned at {path} "
+                                              f"to reuse it") from None
+        try:
+            if fd_kind(fd) != "map":
+                raise Error(f"map {mspec.name!r}: {path} is not a pinned map (it holds a BPF "
+                            f"{fd_kind(fd) or 'object'}): remove it, or load with another pin_root")
+            _check_reuse(mspec, path, sc.obj_get_info_by_fd(fd, _MapInfoStruct()))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def pin(self, mspec: MapSpec, fd: int, path: str) -> None:
+        """Pin a map this load created (in the section that made it, so that undo() knows it)."""
+        from ..live import make_pin_dir, pin_fd
+        if not self.pinned and not self.made_root:
+            self.made_root = make_pin_dir(path)
+        pin_fd(fd, path, f"map {mspec.name!r}")
+        self.pinned.append(path)
+
+    def undo(self) -> None:
+        """Unpin every map this load pinned (and remove pin_root if this load made it)."""
+        with deferred_signals():
+            while self.pinned:
+                try:
+                    os.unlink(self.pinned.pop())
+                except OSError:
+                    pass
+            if self.made_root:
+                self.made_root = False
+                try:
+                    os.rmdir(self.root)
+                except OSError:
+                    pass
+
+
+# (spec field, bpf_map_info field) that must be equal for a pinned map to be reused
+_REUSE_FIELDS = (("type", "type"), ("key_size", "key_size"), ("value_size", "value_size"),
+                 ("max_entries", "max_entries"), ("map_flags", "map_flags"), ("map_extra", "map_extra"))
+
+
+def _check_reuse(mspec: MapSpec, path: str, info) -> None:
+    """libbpf's map_is_reuse_compat: the pinned map and the object's must agree on type, key and
+    value size, max_entries, flags and map_extra (as the object would create it: ring buffer
+    sizes rounded, perf event arrays sized to the CPUs); an Error names the first that differs."""
+    want = map_create_attr(mspec)
+    for name, info_name in _REUSE_FIELDS:
+        ours = getattr(want, "map_type" if name == "type" else name)
+        theirs = getattr(info, info_name)
+        if name == "map_flags" and mspec.type in (MapType.DEVMAP, MapType.DEVMAP_HASH):
+            # the kernel reports devmaps with BPF_F_RDONLY_PROG, which cannot be asked for (libbpf)
+            ours |= _BPF_F_RDONLY_PROG
+        if ours != theirs:
+            if name == "type":
+                shown = f"{_map_type_name(theirs)} there, {_map_type_name(ours)} in the object"
+            elif name in ("map_flags", "map_extra"):
+                shown = f"0x{theirs:x} there, 0x{ours:x} in the object"
+            else:
+                shown = f"{theirs} there, {ours} in the object"
+            raise Error(f"map {mspec.name!r}: the map pinned at {path} is incompatible: its {name} differs "
+                        f"({shown}); remove the pin (unlink {path}) to have a new map made, or load "
+                        f"with another pin_root")
+
+
+def _map_type_name(t: int) -> str:
+    try:
+        return MapType(t).name
+    except ValueError:
+        return str(t)
+
+
+def _load_into(obj, spec: ObjectSpec, btf: bool, facts, linked: dict, attach_btf: dict, pins=None) -> None:
     from ..spec.object import ZeroImage, zero_image
     if spec.externs:
         from . import externs as _externs
@@ -463,8 +574,18 @@ def _load_into(obj, spec: ObjectSpec, btf: bool, facts, linked: dict, attach_btf
         if raw is not None:          # None: a kernel without BTF
             with deferred_signals():
                 obj._btf_fd = load_btf(raw)
+    pins = pins if pins is not None else _Pins(None)
+    reused = set()
     for name, mspec in spec.maps.items():
+        pin_path = pins.path(mspec)
         with deferred_signals():
+            fd = pins.reuse(mspec, pin_path) if pin_path else -1
+            if fd >= 0:
+                # a compatible pinned map: its fd is used as it is, never filled again
+                m = obj._add_map(mspec, fd)
+                m._pin_path = pin_path
+                reused.add(name)
+                continue
             inner_fd = -1
             try:
                 if mspec.inner is not None:
@@ -474,6 +595,9 @@ def _load_into(obj, spec: ObjectSpec, btf: bool, facts, linked: dict, attach_btf
                 if inner_fd >= 0:
                     os.close(inner_fd)
             m = obj._add_map(mspec, fd)
+            if pin_path:
+                pins.pin(mspec, fd, pin_path)
+                m._pin_path = pin_path
         if mspec.type == MapType.ARENA:
             # mapped before any program loads (libbpf bpf_object__create_maps): the kernel fixes
             # the arena's user address at the first mmap and resolves __arena globals against it
@@ -502,7 +626,7 @@ def _load_into(obj, spec: ObjectSpec, btf: bool, facts, linked: dict, attach_btf
     fd_array = _externs.resolution_for(spec, facts).fd_array() if spec.externs else None
     # map-in-map slots once every map exists (libbpf init_map_in_map_slots)
     for name, mspec in spec.maps.items():
-        if mspec.inner is not None:
+        if mspec.inner is not None and name not in reused:
             _fill_slots(mspec, obj.maps[name].fd, fds, "map")
     for name, lp in linked.items():
         pspec = spec.programs[name]

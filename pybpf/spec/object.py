@@ -255,6 +255,22 @@ def zero_image(data) -> bool:
     return isinstance(data, ZeroImage) and data.is_zero()
 
 
+#: libbpf's enum libbpf_pin_type (libbpf.h): the values of ``__uint(pinning, ...)``
+PINNING = {0: "none", 1: "by_name"}
+
+
+def pinning_name(value, map_name: str = "?") -> str:
+    """``"none"``/``"by_name"`` for a map definition's pinning value (LIBBPF_PIN_NONE 0,
+    LIBBPF_PIN_BY_NAME 1; the names themselves pass through); ObjectError for others, as
+    libbpf refuses them ("invalid pinning value")."""
+    if isinstance(value, str) and value in PINNING.values():
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value in PINNING:
+        return PINNING[value]
+    raise ObjectError(f"map {map_name!r}: pinning {value!r} is not LIBBPF_PIN_NONE (0) or LIBBPF_PIN_BY_NAME (1) "
+                      f"(\"none\" or \"by_name\")")
+
+
 class MapSpec(Record):
     """A map to create: from a BTF-defined ``.maps`` entry or an internal data section.
 
@@ -272,7 +288,7 @@ class MapSpec(Record):
                "record_type_id", "values")
 
     def __init__(self, name: str, type: int, key_size: int = 0, value_size: int = 0, max_entries: int = 0,
-                 flags: int = 0, key_type_id: int = 0, value_type_id: int = 0, pinning: int = 0,
+                 flags: int = 0, key_type_id: int = 0, value_type_id: int = 0, pinning: str = "none",
                  map_extra: int = 0, numa_node: int = 0, section: str = ".maps",
                  data: bytearray | ZeroImage | None = None, btf_var_id: int = 0, inner: MapSpec | None = None,
                  record_type_id: int = 0, values: dict | None = None):
@@ -284,7 +300,9 @@ class MapSpec(Record):
         self.flags = flags
         self.key_type_id = key_type_id
         self.value_type_id = value_type_id
-        self.pinning = pinning
+        #: ``"none"`` or ``"by_name"`` (``__uint(pinning, LIBBPF_PIN_BY_NAME)``): loaded with
+        #: ``pin_root=``, the map is pinned at ``pin_root/<name>``, or reused from there
+        self.pinning = pinning_name(pinning, name)
         self.map_extra = map_extra
         self.numa_node = numa_node
         self.section = section
@@ -982,6 +1000,10 @@ class ObjectSpec:
                 if attr in ("key_size", "value_size") and getattr(spec, attr) and getattr(spec, attr) != value:
                     raise ObjectError(f"map {name!r}: {attr} {value} conflicts with its __type size "
                                       f"{getattr(spec, attr)}")
+                if attr == "pinning":
+                    value = pinning_name(value, name)
+                    if inner and value != "none":      # libbpf: "inner def can't be pinned"
+                        raise ObjectError(f"map {name!r}: an inner map definition cannot be pinned")
                 setattr(spec, attr, value)
         if not spec.type:
             raise ObjectError(f"map {name!r} has no type: add __uint(type, BPF_MAP_TYPE_...)")
