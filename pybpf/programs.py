@@ -138,13 +138,17 @@ class Program(Resource):
             retval -= 1 << 32
         return TestRunResult(retval, attr.duration, out_data, out_ctx)
 
-    def attach(self, target: str | None = None):
+    def attach(self, target: str | None = None, *, cookie: int | None = None):
         """Attach by the program's section (tracepoint, raw_tp, ...) and return a :class:`~pybpf.Link`.
 
-        ``target`` overrides what the section names (e.g. ``"syscalls/sys_enter_getpid"``).
+        ``target`` overrides what the section names (e.g. ``"syscalls/sys_enter_getpid"``);
+        ``cookie``: the value ``bpf_get_attach_cookie()`` returns in the program, where the
+        attach kind supports cookies.
         """
         from .links import attach_program
-        return self._attached(attach_program, self, target)
+        if cookie is None:
+            return self._attached(attach_program, self, target)
+        return self._attached(lambda: attach_program(self, target, cookie=cookie))
 
     def _attached(self, attach, *args):
         """``attach(*args)`` and the link registered with the object, as one step: the link
@@ -167,14 +171,54 @@ class Program(Resource):
         from .iter import attach_iter
         return self._attached(lambda: attach_iter(self, **options))
 
-    def attach_uprobe(self, target: str | None = None, *, pid: int = -1, retprobe: bool | None = None):
+    def attach_uprobe(self, target: str | None = None, *, pid: int = -1, retprobe: bool | None = None,
+                      cookie: int | None = None):
         """Attach a uprobe/uretprobe program to ``"PATH:FUNC[+OFFSET]"`` (default: its section's
-        target), in process ``pid`` only (-1: every process)."""
+        target), in process ``pid`` only (-1: every process); ``cookie`` for
+        ``bpf_get_attach_cookie()``."""
         from .links import attach_uprobe
         if retprobe is None:
             retprobe = self.spec.sec_def.attach == "uretprobe"
-        return self._attached(attach_uprobe, self, target if target is not None else self.spec.attach_target,
-                              retprobe, pid)
+        target = target if target is not None else self.spec.attach_target
+        if cookie is None:
+            return self._attached(attach_uprobe, self, target, retprobe, pid)
+        return self._attached(lambda: attach_uprobe(self, target, retprobe, pid, cookie=cookie))
+
+    # -- tracing kinds (pybpf.links.perf_event, .uprobe_multi, .kprobe_multi, .usdt) ---------------
+
+    def attach_perf_event(self, pfd: int, *, cookie: int | None = None):
+        """Attach to a perf event fd the caller opened (a BPF_PERF_EVENT link, or
+        PERF_EVENT_IOC_SET_BPF on old kernels); the link does not take ``pfd`` over."""
+        from .links.perf_event import attach_perf_event
+        return self._attached(lambda: attach_perf_event(self, pfd, cookie=cookie))
+
+    def attach_sampling(self, frequency: int | None = 99, cpus=None, event: str = "cpu-clock",
+                        period: int | None = None):
+        """A sampling perf event per online CPU (or per CPU of ``cpus``) running this perf_event
+        program: ``frequency`` samples/s, or one per ``period`` events; ``event``: "cpu-clock",
+        "task-clock", "cycles" or "instructions" (NotSupportedError without a hardware PMU)."""
+        from .links.perf_event import attach_sampling
+        return self._attached(attach_sampling, self, frequency, cpus, event, period)
+
+    def attach_uprobe_multi(self, binary: str, pattern: str, pid: int = -1, retprobe: bool = False,
+                            cookies=None):
+        """BPF_TRACE_UPROBE_MULTI: every function of ``binary`` whose symbol matches the glob
+        ``pattern``, with one cookie per match (a list, or a dict symbol -> cookie)."""
+        from .links.uprobe_multi import attach_uprobe_multi
+        return self._attached(attach_uprobe_multi, self, binary, pattern, pid, retprobe, cookies)
+
+    def attach_kprobe_multi(self, pattern: str, retprobe: bool = False, cookies=None):
+        """BPF_TRACE_KPROBE_MULTI over the kernel functions matching ``pattern``
+        (NotSupportedError on a kernel without kprobes/fprobe)."""
+        from .links.kprobe_multi import attach_kprobe_multi
+        return self._attached(attach_kprobe_multi, self, pattern, retprobe, cookies)
+
+    def attach_usdt(self, binary: str, provider: str, name: str, pid: int = -1, cookie: int = 0):
+        """Attach to the USDT probe ``provider:name`` of ``binary`` (sys/sdt.h notes): the
+        argument specs libbpf's usdt.bpf.h reads are filled in, semaphores counted up while
+        attached."""
+        from .links.usdt import attach_usdt
+        return self._attached(attach_usdt, self, binary, provider, name, pid, cookie)
 
     def attach_cgroup(self, cgroup, *, flags=None, **options):
         """Attach a cgroup program (cgroup_skb/ingress, cgroup/connect4...) to a cgroup v2
@@ -217,16 +261,18 @@ class Program(Resource):
         from .links.netns import attach_netns
         return self._attached(attach_netns, self, netns)
 
-    def attach_sockmap(self, map):
-        """Attach an sk_msg or sk_skb (stream parser/verdict) program to a SOCKMAP or SOCKHASH."""
+    def attach_sockmap(self, map, *, legacy: bool = False):
+        """Attach an sk_msg or sk_skb (stream parser/verdict) program to a SOCKMAP or SOCKHASH:
+        a sockmap link where the kernel has one (6.10+), else (or ``legacy=True``) BPF_PROG_ATTACH."""
         from .links.sockmap import attach_sockmap
-        return self._attached(attach_sockmap, self, map)
+        return self._attached(lambda: attach_sockmap(self, map, legacy=legacy))
 
-    def attach_netfilter(self, pf: str = "ipv4", hook: str = "local_in", priority: int = 0):
+    def attach_netfilter(self, pf: str = "ipv4", hook: str = "local_in", priority: int = 0, *,
+                         defrag: bool = False):
         """Attach a netfilter program at ``hook`` of protocol family ``pf`` in this process's
-        network namespace (a BPF_NETFILTER link)."""
+        network namespace (a BPF_NETFILTER link); ``defrag``: see reassembled packets (6.6+)."""
         from .links.netfilter import attach_netfilter
-        return self._attached(attach_netfilter, self, pf, hook, priority)
+        return self._attached(lambda: attach_netfilter(self, pf, hook, priority, defrag=defrag))
 
     # -- kernel object: pins, id, info, instructions (pybpf.live) -------------------------------
 

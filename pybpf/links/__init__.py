@@ -30,8 +30,12 @@ from .uprobe import attach_uprobe, parse_uprobe_target, resolve_binary, uprobe_f
 from .xdp import XdpNetlinkLink, attach_xdp
 
 
-def attach_program(program, target: str | None = None) -> Link:
-    """Attach ``program`` the way its section says; ``target`` overrides the section's target."""
+def attach_program(program, target: str | None = None, cookie: int | None = None) -> Link:
+    """Attach ``program`` the way its section says; ``target`` overrides the section's target;
+    ``cookie`` is what ``bpf_get_attach_cookie()`` returns, for the kinds that take one."""
+    if cookie is not None:
+        raise NotSupportedError(f"program {program.name!r}: pybpf does not pass BPF cookies for "
+                                f"{program.spec.sec_def.attach} attachments yet")
     spec = program.spec
     kind = spec.sec_def.attach
     target = target if target is not None else spec.attach_target
