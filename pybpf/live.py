@@ -57,8 +57,9 @@ def _type_name(value) -> str:
 
 # the anon inode names the kernel gives BPF fds (kernel/bpf/syscall.c bpf_map_new_fd,
 # bpf_prog_new_fd, bpf_link_settle; kernel/bpf/btf.c btf_new_fd)
+# bpf_link_new_fd (BPF_OBJ_GET, BPF_LINK_GET_FD_BY_ID) names a link "bpf-link", bpf_link_settle "bpf_link"
 _FD_KINDS = {"anon_inode:bpf-map": "map", "anon_inode:bpf-prog": "program", "anon_inode:bpf_link": "link",
-             "anon_inode:btf": "btf"}
+             "anon_inode:bpf-link": "link", "anon_inode:btf": "btf"}
 _OPEN_WITH = {"map": "pybpf.Map.from_pinned", "program": "pybpf.Program.from_pinned",
               "link": "pybpf.Link.from_pinned", "btf": "a BTF reader"}
 

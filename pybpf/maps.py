@@ -652,21 +652,22 @@ class Map(Resource):
         raw_values = b"".join(value_parts)
         return list(zip(self._decode_keys(raw_keys, total), self._decode_values(raw_values, total)))
 
-    def update_batch(self, items, flags: int = 0, *, lock: bool = False, batch_size: int | None = None) -> int:
+    def update_batch(self, items, *, lock: bool = False, batch_size: int | None = None) -> int:
         """Store many (key, value) pairs (a mapping or an iterable of pairs) in a few system
-        calls (BPF_MAP_UPDATE_BATCH); keys and values as :meth:`update` takes them.  ``flags``:
-        BPF_ANY, BPF_NOEXIST, BPF_EXIST; ``lock=True`` adds BPF_F_LOCK.  Returns the number
-        stored; on an error, the exception says how many were stored before it."""
+        calls (BPF_MAP_UPDATE_BATCH), as :meth:`update` with BPF_ANY would one by one (the
+        kernel's batch takes no BPF_NOEXIST/BPF_EXIST); ``lock=True`` adds BPF_F_LOCK.  Returns
+        the number stored; on an error (a full map: E2BIG), the exception says how many were
+        stored before it, in the order given."""
         self._check_elements()
         pairs = list(items.items()) if hasattr(items, "items") else list(items)
         if not pairs:
             return 0
-        try:
-            keys = self._encode_keys([k for k, _ in pairs])
-            values = self._encode_values([v for _, v in pairs])
-        except ValueError:
-            raise Error(f"map {self.name!r}: update_batch() takes (key, value) pairs or a mapping") from None
-        elem_flags = flags | BPF_F_LOCK if lock else flags
+        if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pairs):
+            raise Error(f"map {self.name!r}: update_batch() takes (key, value) pairs or a mapping")
+        keys = self._encode_keys([k for k, _ in pairs])
+        values = self._encode_values([v for _, v in pairs])
+        # kernel/bpf/syscall.c generic_map_update_batch: elem_flags may only be BPF_F_LOCK
+        elem_flags = BPF_F_LOCK if lock else 0
         return self._write_batches(Cmd.MAP_UPDATE_BATCH, keys, values, len(pairs), elem_flags, batch_size,
                                    "update_batch")
 
