@@ -8,6 +8,9 @@ cgroup programs to a cgroup), and streams the records of its ring buffers
 (decoded by BTF type when the type is known, hex otherwise) until Ctrl-C, which
 detaches and unloads everything.  Programs it cannot attach are named on stderr
 with what they need; when nothing could be attached it stops with an error.
+``--cgroup`` also follows libbpf-tools' ``-c`` convention: an object with a
+``filter_cg`` global and a ``cgroup_map`` cgroup array counts only the tasks of
+that cgroup (the flag is set before load, the cgroup stored in the map after).
 When the object has a user ring buffer, it is fed one sample at start and one
 more after each record, as the user ring buffer tutorial does; ``--feed``
 chooses what is written.
@@ -246,9 +249,13 @@ def cmd_load(args) -> int:
                           f"{_cgroup_mount_hint()}/NAME)")
     iface = _parse_iface(args.iface)
 
+    cg_filter = _cgroup_filter_before_load(spec, args) if args.cgroup is not None else None
+
     stop_after = time.monotonic() + args.duration if args.duration else None
     with spec.load() as obj:
-        links = [] if args.no_attach else _attach_all(args, obj, iface)
+        if cg_filter is not None:
+            _cgroup_filter_after_load(obj, args.cgroup, cg_filter)
+        links = [] if args.no_attach else _attach_all(args, obj, iface, filtering=cg_filter is not None)
         for name in feeds:
             if name not in obj.maps or obj.maps[name].type != MapType.USER_RINGBUF:
                 raise pybpf.Error(f"--feed: {name!r} is not a user ring buffer of this object")
@@ -348,19 +355,69 @@ def _cgroup_mount_hint() -> str:
         return "/sys/fs/cgroup"
 
 
+# libbpf-tools' -c/--cgroup convention: a one-slot cgroup array holding the cgroup's fd,
+# and a read-only flag that turns on bpf_current_task_under_cgroup() checks
+CGROUP_FILTER_MAP = "cgroup_map"
+CGROUP_FILTER_VAR = "filter_cg"
+
+
+def _cgroup_filter_before_load(spec, args) -> dict | None:
+    """libbpf-tools' cgroup filter, before load: when the object has their ``filter_cg``
+    global, set it to true (unless ``--set filter_cg=...`` chose a value).  Returns what
+    the object uses of the convention (``{"var": bool, "map": bool}``), or None when it
+    has neither the variable nor a CGROUP_ARRAY named ``cgroup_map``."""
+    var = spec.variables.get(CGROUP_FILTER_VAR)
+    m = spec.maps.get(CGROUP_FILTER_MAP)
+    has_map = m is not None and m.type == MapType.CGROUP_ARRAY
+    if var is None and not has_map:
+        return None
+    explicit = any(item.partition("=")[0] == CGROUP_FILTER_VAR for item in args.set)
+    if var is not None and not explicit:
+        var.set(1)
+    return {"var": var is not None, "set": var is not None and not explicit, "map": has_map}
+
+
+def _cgroup_filter_after_load(obj, path: str, used: dict) -> None:
+    """libbpf-tools' cgroup filter, after load: the cgroup's fd at key 0 of ``cgroup_map``.
+    It runs before anything is attached: with the slot still empty
+    bpf_current_task_under_cgroup() returns -EAGAIN, which their ``!...`` test lets
+    through, so every task would be counted until the slot is filled."""
+    if used["map"]:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise pybpf.Error(f"--cgroup {path}: cannot open it: {e.strerror}") from None
+        try:
+            # the kernel takes its own reference to the cgroup (cgroup_get_from_fd): the fd can go
+            obj.maps[CGROUP_FILTER_MAP].update(0, fd)
+        except pybpf.Error as e:
+            raise pybpf.Error(f"--cgroup {path}: cannot store it in {CGROUP_FILTER_MAP}[0] ({e}); "
+                              f"give a cgroup v2 directory, e.g. {_cgroup_mount_hint()}/NAME") from None
+        finally:
+            os.close(fd)
+    done = []
+    if used["var"]:
+        done.append(f"{CGROUP_FILTER_VAR}=true" if used["set"] else f"{CGROUP_FILTER_VAR} as --set gives it")
+    if used["map"]:
+        done.append(f"{CGROUP_FILTER_MAP}[0]={path}")
+    print(f"pybpf: --cgroup {path}: cgroup filter (libbpf-tools' -c convention): {', '.join(done)}: only tasks "
+          f"in that cgroup are counted", file=sys.stderr, flush=True)
+
+
 # what each kind of need asks of the command line
 _CLI_NEEDS = {"iface": "--iface IFACE", "cgroup": "--cgroup PATH"}
 
 
-def _attach_all(args, obj, iface) -> list:
+def _attach_all(args, obj, iface, filtering: bool = False) -> list:
     """Attach what the sections say, XDP/tc programs to --iface and cgroup programs to
-    --cgroup; say on stderr what was attached where and what the other programs need.
+    --cgroup; say on stderr what was attached where and what the other programs need
+    (``filtering``: --cgroup already served as the object's cgroup filter).
     Raises pybpf.Error when nothing could be attached although the object has programs to
     attach: such a session would stream nothing while looking as if it worked."""
     from pybpf.collection import _attach_with, attach_needs
     links, runnable = [], []
     unattached: dict[str, list] = {}       # what is missing -> programs
-    used = {"iface": False, "cgroup": False}
+    used = {"iface": False, "cgroup": filtering}
     for prog in obj.programs.values():
         kind, how = attach_needs(prog)
         try:
@@ -493,7 +550,10 @@ def _main(argv: list | None) -> int:
                    help="attach the XDP and tc programs to this interface (a name or an ifindex); detached on exit")
     p.add_argument("--cgroup", metavar="PATH",
                    help="attach the cgroup programs (cgroup_skb/..., cgroup/..., sockops) to this cgroup v2 "
-                        "directory; detached on exit")
+                        "directory; detached on exit.  For an object following libbpf-tools' -c convention it "
+                        "is also the filter: a 'filter_cg' global is set to true before load and the "
+                        "directory's fd is stored at key 0 of a CGROUP_ARRAY map 'cgroup_map' after load, "
+                        "so its programs count only tasks in that cgroup")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     p.add_argument("--count", type=int, metavar="N", help="stop after N records")
     p.add_argument("--log", action="store_true", help="on a verifier rejection, print the whole verifier log")

@@ -166,6 +166,10 @@ EXPECTED_PROGRAMS = {
         "tc_rewrite": ("tc", ProgType.SCHED_CLS, None, ""),
         "tc_pass": ("tc", ProgType.SCHED_CLS, None, ""),
     },
+    "cg_filter": {
+        "count_getpid": ("tracepoint/syscalls/sys_enter_getpid", ProgType.TRACEPOINT, None,
+                         "syscalls/sys_enter_getpid"),
+    },
     "execsnoop": {
         "enter_execve": ("tracepoint/syscalls/sys_enter_execve", ProgType.TRACEPOINT, None,
                          "syscalls/sys_enter_execve"),
