@@ -13,12 +13,13 @@ from ..kernel.constants import Cmd
 from .base import Link, _fd_link
 
 
-def attach_raw_tracepoint(program, target: str) -> Link:
-    """Attach to raw tracepoint ``target`` (e.g. ``sys_enter``)."""
+def attach_raw_tracepoint(program, target: str, cookie: int | None = None) -> Link:
+    """Attach to raw tracepoint ``target`` (e.g. ``sys_enter``); ``cookie``: what
+    bpf_get_attach_cookie() returns (raw_tracepoint.cookie, Linux 6.10)."""
     if not target:
         raise Error(f"program {program.name!r}: raw tracepoint needs a name (SEC(\"raw_tp/<name>\"))")
     name = ctypes.create_string_buffer(target.encode())
-    attr = RawTracepointOpenAttr(name=ctypes.addressof(name), prog_fd=program.fd)
+    attr = RawTracepointOpenAttr(name=ctypes.addressof(name), prog_fd=program.fd, cookie=cookie or 0)
 
     def make() -> int:
         try:
@@ -30,10 +31,11 @@ def attach_raw_tracepoint(program, target: str) -> Link:
     return _fd_link(program, "raw_tracepoint", target, make)
 
 
-def attach_trace(program, target: str | None = None) -> Link:
+def attach_trace(program, target: str | None = None, cookie: int | None = None) -> Link:
     """Attach a tp_btf, fentry, fexit, fmod_ret or lsm program to what it was loaded for
     (its attach_btf_id): BPF_LINK_CREATE with its expected attach type, or
-    BPF_RAW_TRACEPOINT_OPEN without a name on kernels before BPF links for tracing (5.8)."""
+    BPF_RAW_TRACEPOINT_OPEN without a name on kernels before BPF links for tracing (5.8).
+    ``cookie``: link_create.tracing.cookie (the caller checks the kernel takes one)."""
     spec = program.spec
     if target and target != spec.attach_target:
         raise Error(f"program {program.name!r} was loaded for {spec.attach_target!r} (its attach_btf_id is "
@@ -43,10 +45,11 @@ def attach_trace(program, target: str | None = None) -> Link:
 
     def make() -> int:
         try:
-            return sc.bpf(Cmd.LINK_CREATE, LinkCreateAttr(prog_fd=program.fd, target_fd=0,
-                                                          attach_type=attach_type))
+            attr = LinkCreateAttr(prog_fd=program.fd, target_fd=0, attach_type=attach_type)
+            attr.tracing.cookie = cookie or 0
+            return sc.bpf(Cmd.LINK_CREATE, attr)
         except SyscallError as e:
-            if e.errno != _errno.EINVAL:
+            if e.errno != _errno.EINVAL or cookie:
                 raise type(e)(e.command, e.errno, f"program {program.name!r}: cannot attach to "
                                                   f"{spec.attach_target!r}") from None
             attr = RawTracepointOpenAttr(name=0, prog_fd=program.fd)

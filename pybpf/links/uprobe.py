@@ -101,9 +101,10 @@ def parse_uprobe_target(target: str) -> tuple[str, str, int]:
     return path, func, offset
 
 
-def attach_uprobe(program, target: str, retprobe: bool, pid: int = -1) -> Link:
+def attach_uprobe(program, target: str, retprobe: bool, pid: int = -1, cookie: int | None = None) -> Link:
     """Attach to ``PATH:FUNC[+OFFSET]`` in user space through the uprobe PMU
-    (config1 = path, config2 = file offset).  ``pid`` -1 probes every process."""
+    (config1 = path, config2 = file offset).  ``pid`` -1 probes every process.
+    ``cookie``: what bpf_get_attach_cookie() returns (link_create.perf_event.bpf_cookie)."""
     if not target:
         raise Error(f"program {program.name!r} (section {program.section!r}) names no function to probe: "
                     f"attach it with target=\"/path/to/binary:function\"")
@@ -120,6 +121,7 @@ def attach_uprobe(program, target: str, retprobe: bool, pid: int = -1) -> Link:
     attr = perf.PerfEventAttr(type=pmu, uprobe_path=ctypes.addressof(name), probe_offset=file_offset + offset)
     if retprobe:
         attr.config |= 1 << tracefs.pmu_retprobe_bit("uprobe")
-    return _perf_link(program, attr, pid, 0 if pid == -1 else -1, "uretprobe" if retprobe else "uprobe", target)
+    return _perf_link(program, attr, pid, 0 if pid == -1 else -1, "uretprobe" if retprobe else "uprobe", target,
+                      cookie)
 
 
