@@ -260,3 +260,76 @@ def test_profile_stacks_name_the_busy_function(busy, no_fd_leak):
         # the child spent its 0.6 s in busy_spin, called from main: both on its stacks
         assert names.get("busy_spin", 0) >= FREQ * 0.6 / 4, names
         assert "main" in names, names
+
+
+# -- ksyscall and kprobe.multi: kprobes (this test kernel has none: CONFIG_KPROBES unset) ------------
+
+HAS_KPROBES = os.path.exists("/sys/bus/event_source/devices/kprobe")
+
+
+class _Facts:
+    """Kernel facts as a kernel without syscall wrappers would give them."""
+    kconfig = {"CONFIG_ARCH_HAS_SYSCALL_WRAPPER": "n"}
+
+
+def kallsyms_text() -> set:
+    with open("/proc/kallsyms") as f:
+        return {parts[2] for parts in map(str.split, f) if len(parts) >= 3 and parts[1] in "tT"}
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 syscall wrapper names")
+def test_ksyscall_symbol_is_the_x64_wrapper():
+    from pybpf.links import syscall_symbol
+    assert syscall_symbol("getpid") == "__x64_sys_getpid"
+    assert syscall_symbol("openat") == "__x64_sys_openat"
+    text = kallsyms_text()
+    assert {"__x64_sys_getpid", "__x64_sys_openat"} <= text          # the functions the probes would go on
+    assert syscall_symbol("getpid", _Facts()) == "__se_sys_getpid"    # libbpf's name without wrappers
+    with pytest.raises(pybpf.Error, match="not a system call name"):
+        syscall_symbol("get/pid")
+
+
+def load_with(*names):
+    spec = pybpf.open(program("trace_kinds"))
+    for name in names:
+        spec.programs[name].autoload = True
+    return spec.load()
+
+
+@pytest.mark.kernel
+def test_ksyscall_needs_kprobes(no_fd_leak):
+    with load_with("on_getpid_sys", "on_getpid_sys_ret") as obj:
+        for name, kind in (("on_getpid_sys", "ksyscall"), ("on_getpid_sys_ret", "kretsyscall")):
+            prog = obj.programs[name]
+            if not HAS_KPROBES:
+                with pytest.raises(pybpf.NotSupportedError, match=f"{kind}/getpid is a kprobe on "
+                                                                  f"__x64_sys_getpid.*kprobes"):
+                    prog.attach()
+            else:
+                link = prog.attach()
+                assert (link.kind, link.target) == (kind, "getpid")
+        if HAS_KPROBES:
+            for _ in range(10):
+                os.getpid()
+            assert obj.variables["ksyscall_calls"].get() >= 20
+        assert all(link.closed for link in obj.links)
+
+
+@pytest.mark.kernel
+def test_kprobe_multi_needs_kprobes(no_fd_leak):
+    from pybpf.links.kprobe_multi import kprobe_multi_symbols
+    assert "do_nanosleep" in kprobe_multi_symbols("do_nanosleep*")
+    with load_with("nanosleep_multi") as obj:
+        prog = obj.programs["nanosleep_multi"]
+        if not HAS_KPROBES:
+            with pytest.raises(pybpf.NotSupportedError, match="kprobe.multi.*kprobes"):
+                prog.attach()
+            with pytest.raises(pybpf.NotSupportedError, match="kprobes"):
+                prog.attach_kprobe_multi("do_nanosleep", retprobe=True, cookies=[1])
+        else:
+            with prog.attach_kprobe_multi("do_nanosleep", cookies={"do_nanosleep": 1}):
+                time.sleep(0.01)
+            assert obj.variables["kprobe_multi_calls"].get() >= 1
+        with pytest.raises(pybpf.Error, match="no traceable kernel function"):
+            prog.attach_kprobe_multi("no_such_function_pybpf*")
+        assert all(link.closed for link in obj.links)
