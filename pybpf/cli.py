@@ -408,6 +408,22 @@ def _cgroup_filter_after_load(obj, path: str, used: dict) -> None:
 _CLI_NEEDS = {"iface": "--iface IFACE", "cgroup": "--cgroup PATH"}
 
 
+def _attach_usdt_pid(prog, pid: int):
+    """--pid: a usdt/[PATH:]PROVIDER:NAME program on process ``pid`` only; a section without a
+    path probes the process's executable (/proc/PID/exe)."""
+    from pybpf.links.usdt import parse_usdt_target
+    path, provider, name = parse_usdt_target(prog.spec.attach_target)
+    if path is None:
+        try:
+            path = os.readlink(f"/proc/{pid}/exe")
+        except OSError as e:
+            raise pybpf.Error(f"--pid {pid}: cannot read /proc/{pid}/exe: {e.strerror}") from None
+    link = prog.attach_usdt(path, provider, name, pid=pid)
+    print(f"pybpf: attached {prog.name} ({prog.section}) to {link.target} in process {pid} "
+          f"({len(link.sites)} site{'s' if len(link.sites) != 1 else ''})", file=sys.stderr)
+    return link
+
+
 def _attach_all(args, obj, iface, filtering: bool = False) -> list:
     """Attach what the sections say, XDP/tc programs to --iface and cgroup programs to
     --cgroup; say on stderr what was attached where and what the other programs need
@@ -421,7 +437,11 @@ def _attach_all(args, obj, iface, filtering: bool = False) -> list:
     for prog in obj.programs.values():
         kind, how = attach_needs(prog)
         try:
-            link = prog.attach() if kind == "none" else _attach_with(prog, iface, args.cgroup)
+            if getattr(args, "pid", None) is not None and prog.spec.sec_def.attach == "usdt" \
+                    and prog.spec.attach_target:
+                link = _attach_usdt_pid(prog, args.pid)
+            else:
+                link = prog.attach() if kind == "none" else _attach_with(prog, iface, args.cgroup)
         except pybpf.NotSupportedError as e:
             unattached.setdefault(str(e), []).append(prog.name)
             continue
@@ -554,6 +574,9 @@ def _main(argv: list | None) -> int:
                         "is also the filter: a 'filter_cg' global is set to true before load and the "
                         "directory's fd is stored at key 0 of a CGROUP_ARRAY map 'cgroup_map' after load, "
                         "so its programs count only tasks in that cgroup")
+    p.add_argument("--pid", type=int, metavar="PID",
+                   help="attach the usdt programs to this process only (a usdt/PROVIDER:NAME section without a "
+                        "binary probes its executable)")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     p.add_argument("--count", type=int, metavar="N", help="stop after N records")
     p.add_argument("--log", action="store_true", help="on a verifier rejection, print the whole verifier log")

@@ -144,6 +144,10 @@ EXPECTED_PROGRAMS = {
         "nanosleep_multi": ("?kprobe.multi/do_nanosleep*", ProgType.KPROBE, AttachType.TRACE_KPROBE_MULTI,
                             "do_nanosleep*"),
     },
+    "usdt_test": {
+        "on_probe": ("usdt", ProgType.KPROBE, None, ""),
+        "on_tick": ("usdt/pybpf_cli:tick", ProgType.KPROBE, None, "pybpf_cli:tick"),
+    },
     "uprobe_tool": {
         "func_entry": ("uprobe", ProgType.KPROBE, None, ""),
         "func_exit": ("uretprobe", ProgType.KPROBE, None, ""),

@@ -41,6 +41,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if [ "$test" = 1 ]; then
     tools/install-test-deps.sh
+    [ -n "$(find /usr/include -path '*/sys/sdt.h' -print -quit)" ] || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends systemtap-sdt-dev; }   # sys/sdt.h: the USDT tests' probes
     .venv/bin/python -m pip install -q '.[test]'
 else
     .venv/bin/python -m pip install -q .

@@ -32,6 +32,7 @@ from .sockmap import SockmapProgLink, attach_sockmap
 from .tc import TcFilterLink, attach_tc
 from .tracing import attach_raw_tracepoint, attach_trace
 from .uprobe import attach_uprobe, parse_uprobe_target, resolve_binary, uprobe_file_offset
+from .usdt import UsdtLink, attach_usdt
 from .uprobe_multi import UprobeMultiLink, attach_uprobe_multi, attach_uprobe_multi_target, uprobe_multi_offsets
 from .xdp import XdpNetlinkLink, attach_xdp
 
@@ -111,6 +112,9 @@ def attach_program(program, target: str | None = None, cookie: int | None = None
             raise Error(f"program {program.name!r} (section {spec.section!r}) names no function pattern: use "
                         f"SEC(\"kprobe.multi/<pattern>\") or attach_kprobe_multi(pattern)")
         return attach_kprobe_multi(program, target, spec.sec_def.stem.startswith("kret"), cookie)
+    if kind == "usdt":
+        from .usdt import attach_usdt_section
+        return attach_usdt_section(program, target, cookie=cookie or 0)
     if kind in ("trace", "lsm"):
         return attach_trace(program, target, cookie)
     if kind == "iter":

@@ -856,6 +856,14 @@ class ObjectSpec:
 
     # -- functions and programs ---------------------------------------------------------------
 
+    def _mark_func_static(self, name: str) -> None:
+        """Give BTF FUNC ``name`` static linkage (if the object has BTF describing it)."""
+        if self.btf is None:
+            return
+        for t in self.btf.by_name(name, Kind.FUNC):
+            if t.linkage == LINKAGE_GLOBAL:
+                self.btf.set_linkage(t, LINKAGE_STATIC)
+
     def _collect_functions(self) -> None:
         for idx, (name, sh, body) in enumerate(self._sections):
             if sh["sh_type"] != "SHT_PROGBITS" or not (sh["sh_flags"] & SHF_EXECINSTR) or not body:
@@ -887,6 +895,10 @@ class ObjectSpec:
                                       f"function before it (which ends at {end})")
                 end = s.value + s.size
                 linkage = LINKAGE_STATIC if s.bind == STB_LOCAL else LINKAGE_GLOBAL
+                if linkage == LINKAGE_GLOBAL and s.visibility in (STV_HIDDEN, STV_INTERNAL):
+                    # libbpf's mark_btf_static: a __hidden global function (usdt.bpf.h's
+                    # bpf_usdt_arg) is verified as static, in its caller's context
+                    self._mark_func_static(s.name)
                 fn = FunctionSpec(s.name, name, s.value // I.INSN_SIZE, body[s.value:s.value + s.size],
                                   linkage=linkage)
                 self._funcs_by_pos[(name, fn.sec_insn_off)] = fn
