@@ -93,7 +93,6 @@ def test_layout_from_the_objects_btf():
     m = spec.maps["__bpf_usdt_specs"]
     got = SpecLayout.from_btf(spec.btf, m.value_type_id)
     want = SpecLayout.default()
-    assert vars(got) if hasattr(got, "__dict__") else None == vars(want) if hasattr(want, "__dict__") else None
     assert (got.size, got.arg_size, got.usdt_cookie, got.arg_cnt, got.arg_fields, got.has_sib) == \
         (want.size, want.arg_size, want.usdt_cookie, want.arg_cnt, want.arg_fields, want.has_sib)
     assert m.max_entries == 256
@@ -359,8 +358,7 @@ def test_shared_library(built, no_fd_leak):
     t = Traced(built["pie"])
     try:
         with load() as obj:
-            with obj.programs["on_probe"].attach_usdt("libpybpfprobe.so" if False else built["lib"], "pybpf_lib",
-                                                      "fire", cookie=99) as link:
+            with obj.programs["on_probe"].attach_usdt(built["lib"], "pybpf_lib", "fire", cookie=99) as link:
                 assert link.target == f"{built['lib']}:pybpf_lib:fire"
                 ev = events(obj, t, fires=2)
         assert [(e["pid"], e["cnt"], e["args"], e["cookie"]) for e in ev] == [(t.pid, 2, (11, 33), 99)] * 2
