@@ -23,12 +23,13 @@ import json
 import os
 import selectors
 import signal
+import socket
 import sys
 import threading
 import time
 
 import pybpf
-from pybpf.kernel.constants import MapType
+from pybpf.kernel.constants import MapType, ProgType
 from pybpf.spec.btf import BTF, Kind
 from pybpf.spec.typed import factory_for
 from pybpf.kernel.syscall import bpf_capable
@@ -81,10 +82,16 @@ def guess_record_type(spec: pybpf.ObjectSpec, map_name: str, user_ring: bool):
     return preferred[0] if len(preferred) == 1 else None
 
 
+# links whose target is a place, not an event: their records are labelled by the kind
+_PLACE_KINDS = {"xdp", "tcx", "tc", "netkit", "socket", "cgroup", "sockmap", "netns", "netfilter"}
+
+
 def _event_label(links: list, fallback: str) -> str:
     targets = [l.target for l in links]
     if len(targets) != 1:
         return fallback[:5].upper()
+    if links[0].kind in _PLACE_KINDS:
+        return links[0].kind[:5].upper()
     name = targets[0].rsplit("/", 1)[-1]
     for prefix in ("sys_enter_", "sys_exit_"):
         if name.startswith(prefix):
@@ -294,6 +301,8 @@ def cmd_load(args) -> int:
                 printers[m.name] = printer
 
                 def on_record(record, printer=printer):
+                    if args.count is not None and counter["records"] >= args.count:
+                        return -1       # --count reached: stop consume(), print nothing more
                     print(printer.line(record), flush=True)
                     counter["records"] += 1
                     if users:
@@ -404,6 +413,34 @@ def _cgroup_filter_after_load(obj, path: str, used: dict) -> None:
           f"in that cgroup are counted", file=sys.stderr, flush=True)
 
 
+# AF_PACKET sockets (linux/if_ether.h): every protocol
+ETH_P_ALL = 0x0003
+
+
+def _attach_packet_socket(prog, iface):
+    """A socket filter with --iface, as the packet-watching socket filter lessons do: an
+    AF_PACKET raw socket for every protocol bound to the interface, with the program on it
+    (SO_ATTACH_BPF).  The link holds its own duplicate of the socket, so closing the link
+    detaches the program and closes the socket."""
+    try:
+        name = socket.if_indextoname(iface) if isinstance(iface, int) else iface
+        socket.if_nametoindex(name)
+    except OSError:
+        raise pybpf.Error(f"--iface {iface}: no such interface here (ip link lists them)") from None
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                             socket.htons(ETH_P_ALL))
+    except OSError as e:
+        raise pybpf.Error(f"--iface {iface}: cannot open a packet socket for {prog.name}: {e.strerror}") from None
+    try:
+        sock.bind((name, ETH_P_ALL))
+        return prog.attach_socket(sock)
+    except OSError as e:
+        raise pybpf.Error(f"--iface {iface}: cannot bind a packet socket to it: {e.strerror}") from None
+    finally:
+        sock.close()
+
+
 # what each kind of need asks of the command line
 _CLI_NEEDS = {"iface": "--iface IFACE", "cgroup": "--cgroup PATH"}
 
@@ -424,9 +461,12 @@ def _attach_usdt_pid(prog, pid: int):
     return link
 
 
+_DEFAULT_SAMPLE_FREQ = 99      # Hz, as bcc's and the eunomia tutorial's profilers: off the timer tick
+
+
 def _attach_all(args, obj, iface, filtering: bool = False) -> list:
-    """Attach what the sections say, XDP/tc programs to --iface and cgroup programs to
-    --cgroup; say on stderr what was attached where and what the other programs need
+    """Attach what the sections say, XDP/tc programs to --iface (socket filters to a packet
+    socket bound to it) and cgroup programs to --cgroup; say on stderr what was attached where and what the other programs need
     (``filtering``: --cgroup already served as the object's cgroup filter).
     Raises pybpf.Error when nothing could be attached although the object has programs to
     attach: such a session would stream nothing while looking as if it worked."""
@@ -436,10 +476,22 @@ def _attach_all(args, obj, iface, filtering: bool = False) -> list:
     used = {"iface": False, "cgroup": filtering}
     for prog in obj.programs.values():
         kind, how = attach_needs(prog)
+        packet_socket = kind == "socket" and prog.type == ProgType.SOCKET_FILTER
         try:
             if getattr(args, "pid", None) is not None and prog.spec.sec_def.attach == "usdt" \
                     and prog.spec.attach_target:
                 link = _attach_usdt_pid(prog, args.pid)
+            elif packet_socket and iface is not None:
+                link = _attach_packet_socket(prog, iface)
+            elif prog.spec.sec_def.prog_type == "PERF_EVENT":
+                # libbpf attaches no perf_event program by itself: a profile, sampled on every
+                # online CPU, is what a session wants of one
+                freq = args.sample_freq or _DEFAULT_SAMPLE_FREQ
+                link = prog.attach_sampling(frequency=freq)
+                print(f"pybpf: attached {prog.name} ({prog.section}) to a {freq} Hz cpu-clock sampling event on "
+                      f"CPUs {','.join(map(str, link.cpus))}", file=sys.stderr)
+                links.append(link)
+                continue
             else:
                 link = prog.attach() if kind == "none" else _attach_with(prog, iface, args.cgroup)
         except pybpf.NotSupportedError as e:
@@ -447,14 +499,20 @@ def _attach_all(args, obj, iface, filtering: bool = False) -> list:
             continue
         if link is not None:
             links.append(link)
-            if kind in used:
+            if packet_socket:
+                used["iface"] = True
+                print(f"pybpf: attached {prog.name} ({prog.section}) to {iface} (an AF_PACKET socket bound to it)",
+                      file=sys.stderr)
+            elif kind in used:
                 used[kind] = True
                 print(f"pybpf: attached {prog.name} ({prog.section}) to {link.target}", file=sys.stderr)
         elif kind == "run":
             runnable.append(prog.name)
         else:
             flag = _CLI_NEEDS.get(kind)
-            if flag and not (kind == "cgroup" and prog.spec.expected_attach_type is None):
+            if packet_socket:
+                need = "give --iface IFACE (a packet socket on it), or attach it to a socket: prog.attach_socket(sock)"
+            elif flag and not (kind == "cgroup" and prog.spec.expected_attach_type is None):
                 need = f"give {flag}"
             else:
                 need = f"needs {how}"
@@ -463,8 +521,8 @@ def _attach_all(args, obj, iface, filtering: bool = False) -> list:
         print(f"pybpf: not attached: {', '.join(names)}: {need}", file=sys.stderr)
     for kind, given in (("iface", iface), ("cgroup", args.cgroup)):
         if given is not None and not used[kind]:
-            what = "XDP or tc" if kind == "iface" else "cgroup"
-            print(f"pybpf: --{kind} {given}: {args.object} has no {what} program to attach there", file=sys.stderr)
+            what = "XDP or tc program (nor socket filter)" if kind == "iface" else "cgroup program"
+            print(f"pybpf: --{kind} {given}: {args.object} has no {what} to attach there", file=sys.stderr)
     if runnable:
         print(f"pybpf: {', '.join(runnable)}: syscall program{'s' if len(runnable) > 1 else ''}, run with "
               f"BPF_PROG_TEST_RUN, never attached", file=sys.stderr)
@@ -567,7 +625,8 @@ def _main(argv: list | None) -> int:
                         "a ring buffer's size in bytes)")
     p.add_argument("--no-attach", action="store_true", help="load only; attach nothing")
     p.add_argument("--iface", metavar="IFACE",
-                   help="attach the XDP and tc programs to this interface (a name or an ifindex); detached on exit")
+                   help="attach the XDP and tc programs to this interface (a name or an ifindex), and the socket "
+                        "filters to an AF_PACKET socket bound to it; detached on exit")
     p.add_argument("--cgroup", metavar="PATH",
                    help="attach the cgroup programs (cgroup_skb/..., cgroup/..., sockops) to this cgroup v2 "
                         "directory; detached on exit.  For an object following libbpf-tools' -c convention it "
@@ -577,6 +636,9 @@ def _main(argv: list | None) -> int:
     p.add_argument("--pid", type=int, metavar="PID",
                    help="attach the usdt programs to this process only (a usdt/PROVIDER:NAME section without a "
                         "binary probes its executable)")
+    p.add_argument("--sample-freq", type=int, metavar="HZ",
+                   help=f"run the perf_event programs from a sampling cpu-clock event on every online CPU at "
+                        f"HZ samples/s (default {_DEFAULT_SAMPLE_FREQ})")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     p.add_argument("--count", type=int, metavar="N", help="stop after N records")
     p.add_argument("--log", action="store_true", help="on a verifier rejection, print the whole verifier log")

@@ -120,6 +120,7 @@ EXPECTED_PROGRAMS = {
                            "no_such_tracepoint"),
     },
     "map_arena": {"nothing": ("syscall", ProgType.SYSCALL, None, "")},
+    "profile_rb": {"on_sample": ("perf_event", ProgType.PERF_EVENT, None, "")},
     "map_types": {
         "run": ("raw_tp", ProgType.RAW_TRACEPOINT, None, ""),
         "tail_caller": ("raw_tp", ProgType.RAW_TRACEPOINT, None, ""),
