@@ -135,4 +135,5 @@ __all__ = [
     "attach_socket", "SocketFilterLink", "attach_netns", "attach_sockmap", "SockmapProgLink",
     "attach_netfilter", "attach_perf_event", "attach_sampling", "PerfEventLink", "attach_uprobe_multi",
     "uprobe_multi_offsets", "UprobeMultiLink", "attach_kprobe_multi", "attach_ksyscall", "syscall_symbol",
+    "attach_usdt", "UsdtLink",
 ]
