@@ -175,13 +175,13 @@ _BY_ID = {"program": Cmd.PROG_GET_FD_BY_ID, "map": Cmd.MAP_GET_FD_BY_ID, "link":
           "btf": Cmd.BTF_GET_FD_BY_ID}
 
 
-def open_id(kind: str, object_id: int) -> int:
+def open_id(kind: str, object_id: int, flags: int = 0) -> int:
     """A new fd for the ``kind`` with id ``object_id`` (BPF_*_GET_FD_BY_ID; needs CAP_SYS_ADMIN).
-    The caller owns the fd."""
+    ``flags``: BPF_F_RDONLY / BPF_F_WRONLY for maps.  The caller owns the fd."""
     if not isinstance(object_id, int) or isinstance(object_id, bool) or not 0 < object_id < 1 << 32:
         raise Error(f"a BPF {kind} id is a positive 32-bit integer, not {object_id!r}")
     try:
-        return sc.get_fd_by_id(_BY_ID[kind], object_id)
+        return sc.get_fd_by_id(_BY_ID[kind], object_id, flags)
     except SyscallError as e:
         if e.errno == _errno.ENOENT:
             raise Error(f"there is no BPF {kind} with id {object_id} (it was released, or never existed)") from None
@@ -711,7 +711,8 @@ class Disassembly(str):
         eq = self.__eq__(other)
         return eq if eq is NotImplemented else not eq
 
-    __hash__ = str.__hash__
+    def __hash__(self):
+        return hash(str.rstrip(self, "\n"))
 
 
 class JitedCode(bytes):

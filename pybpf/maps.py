@@ -464,13 +464,12 @@ class Map(Resource):
     @classmethod
     def from_id(cls, map_id: int, *, readonly: bool = False) -> "Map":
         """Open the map the kernel knows as ``map_id`` (BPF_MAP_GET_FD_BY_ID: needs
-        CAP_SYS_ADMIN), typed through its BTF when it has one."""
+        CAP_SYS_ADMIN), typed through its BTF when it has one.  ``readonly=True``: read-only
+        (BPF_F_RDONLY)."""
         from .kernel.constants import BPF_F_RDONLY
         from .live import open_id
         with deferred_signals() as section:
-            fd = open_id("map", map_id) if not readonly else sc.get_fd_by_id(Cmd.MAP_GET_FD_BY_ID, map_id,
-                                                                            BPF_F_RDONLY)
-            m = cls._from_fd(fd)
+            m = cls._from_fd(open_id("map", map_id, BPF_F_RDONLY if readonly else 0))
             section.on_interrupt(m)
         return m
 
