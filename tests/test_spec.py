@@ -187,6 +187,9 @@ EXPECTED_PROGRAMS = {
         "tc_rewrite": ("tc", ProgType.SCHED_CLS, None, ""),
         "tc_pass": ("tc", ProgType.SCHED_CLS, None, ""),
     },
+    "sock_iface": {
+        "watch_frames": ("socket", ProgType.SOCKET_FILTER, None, ""),
+    },
     "cg_filter": {
         "count_getpid": ("tracepoint/syscalls/sys_enter_getpid", ProgType.TRACEPOINT, None,
                          "syscalls/sys_enter_getpid"),
