@@ -25,7 +25,6 @@ from pybpf.kernel.constants import MapType, ProgType
 pytestmark = pytest.mark.kernel
 
 BPFFS = "/sys/fs/bpf"
-PIN_NAMES = ("write_shared", "bump_locked", "count_getppid")
 BPFTOOL = shutil.which("bpftool") or "/usr/sbin/bpftool"
 
 
@@ -57,10 +56,32 @@ def pin_dir():
         assert not os.path.exists(path)
 
 
-def our_ids(kind: str, names) -> set[int]:
-    """Ids of the live programs or maps with one of these names."""
-    records = pybpf.programs() if kind == "program" else pybpf.maps()
-    return {r.id for r in records if r.name in names}
+@pytest.fixture
+def made(monkeypatch):
+    """The ids of the maps and programs pybpf's loader makes from now on (its create_map and
+    load_program, watched: the kernel still does the work), to check that a failed load left
+    none of them (other processes may load the same object meanwhile)."""
+    import pybpf.loader as loader
+    from pybpf.kernel import syscall as sc
+    from pybpf.kernel.attrs import MapInfo, ProgInfo
+    ids = {"map": [], "program": []}
+
+    def watch(real, kind, info):
+        def call(*args, **kwargs):
+            fd = real(*args, **kwargs)
+            ids[kind].append(sc.obj_get_info_by_fd(fd, info()).id)
+            return fd
+        return call
+
+    monkeypatch.setattr(loader, "create_map", watch(loader.create_map, "map", MapInfo))
+    monkeypatch.setattr(loader, "load_program", watch(loader.load_program, "program", ProgInfo))
+    return ids
+
+
+def still_live(ids: dict) -> set:
+    """Which of ``ids`` (from the ``made`` fixture) are still in the kernel."""
+    live = {("map", m.id) for m in pybpf.maps()} | {("program", p.id) for p in pybpf.programs()}
+    return {(kind, i) for kind, found in ids.items() for i in found} & live
 
 
 def wait_for(predicate, what: str, timeout: float = 5.0) -> None:
@@ -151,7 +172,7 @@ INCOMPATIBLE = [
 
 
 @pytest.mark.parametrize("field,change", INCOMPATIBLE, ids=[f for f, _ in INCOMPATIBLE])
-def test_incompatible_pin_names_the_field_and_leaves_nothing(pin_dir, no_fd_leak, field, change):
+def test_incompatible_pin_names_the_field_and_leaves_nothing(pin_dir, no_fd_leak, made, field, change):
     spec = pybpf.open(program("pin_test"))
     pinned = [name for name, m in spec.maps.items() if m.pinning == "by_name"]
     assert len(pinned) == 2
@@ -167,38 +188,43 @@ def test_incompatible_pin_names_the_field_and_leaves_nothing(pin_dir, no_fd_leak
         obj.maps[second][1] = mark
     assert os.listdir(pin_dir) == [second]
 
-    programs_before = our_ids("program", PIN_NAMES)
-    maps_before = our_ids("map", set(spec.maps))
+    made["map"].clear()
     with pytest.raises(pybpf.Error) as err:
         spec.load(pin_root=pin_dir)
     message = str(err.value)
     assert f"map {second!r}" in message and os.path.join(pin_dir, second) in message
     assert f"its {field} differs" in message
     assert not isinstance(err.value, pybpf.SyscallError)
-    # `first` was created and pinned by this load before `second` failed: unpinned again
+    # `first` was created and pinned by this load before `second` failed: unpinned again,
+    # and gone from the kernel with every other map the load made; no program was loaded
     assert os.listdir(pin_dir) == [second]
-    wait_for(lambda: our_ids("program", PIN_NAMES) == programs_before and
-             our_ids("map", set(spec.maps)) == maps_before, "the failed load's programs and maps to go")
+    assert made["map"] and not made["program"]
+    wait_for(lambda: not still_live(made), "the failed load's maps to go")
     # the pinned map is untouched
     with pybpf.Map.from_pinned(os.path.join(pin_dir, second)) as kept:
         value = kept[1]
         assert value == 7 if isinstance(value, int) else value == mark
 
 
-def test_without_pin_root_nothing_is_pinned(pin_dir, no_fd_leak):
-    before = set(os.listdir(BPFFS))
+def test_without_pin_root_nothing_is_pinned(no_fd_leak, monkeypatch):
+    from pybpf.kernel import syscall as sc
+    pins = []
+    real = sc.obj_pin
+    monkeypatch.setattr(sc, "obj_pin", lambda fd, path: (pins.append(path), real(fd, path)))
     with pybpf.load(program("pin_test")) as obj:
-        assert obj.maps["shared"].pin_path is None
-        assert set(os.listdir(BPFFS)) == before
+        assert obj.maps["shared"].pin_path is None and obj.maps["shared_seen"].pin_path is None
+        # libbpf would pin at /sys/fs/bpf/<name>; pybpf pins only under a pin_root it is given
+        assert not pins
+        assert not os.path.exists(os.path.join(BPFFS, "shared"))
 
 
-def test_pin_root_off_bpffs_is_refused_and_leaves_nothing(tmp_path, no_fd_leak):
+def test_pin_root_off_bpffs_is_refused_and_leaves_nothing(tmp_path, no_fd_leak, made):
     root = tmp_path / "pins"
-    before = our_ids("program", PIN_NAMES)
     with pytest.raises(pybpf.Error, match=r"is not on a BPF filesystem.*mount -t bpf"):
         pybpf.load(program("pin_test"), pin_root=root)
     assert not root.exists()
-    wait_for(lambda: our_ids("program", PIN_NAMES) == before, "the failed load's programs to go")
+    assert made["map"] and not made["program"]
+    wait_for(lambda: not still_live(made), "the failed load's maps to go")
 
 
 # -- Map / Program / Link pins ---------------------------------------------------------------------
