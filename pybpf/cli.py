@@ -433,10 +433,11 @@ def _attach_packet_socket(prog, iface):
     except OSError as e:
         raise pybpf.Error(f"--iface {iface}: cannot open a packet socket for {prog.name}: {e.strerror}") from None
     try:
-        sock.bind((name, ETH_P_ALL))
+        try:
+            sock.bind((name, ETH_P_ALL))
+        except OSError as e:
+            raise pybpf.Error(f"--iface {iface}: cannot bind a packet socket to it: {e.strerror}") from None
         return prog.attach_socket(sock)
-    except OSError as e:
-        raise pybpf.Error(f"--iface {iface}: cannot bind a packet socket to it: {e.strerror}") from None
     finally:
         sock.close()
 
