@@ -769,6 +769,13 @@ class Map(Resource):
                 return packed
         return b"".join(self._encode_value(v) for v in values)
 
+    def attach_struct_ops(self):
+        """Register this struct_ops map (a ``.struct_ops`` or ``.struct_ops.link`` variable,
+        e.g. a tcp_congestion_ops); ``close()`` on the result unregisters it.  See
+        :func:`pybpf.links.struct_ops.attach_struct_ops`."""
+        from .links.struct_ops import attach_struct_ops
+        return attach_struct_ops(self)
+
 
 # bytes asked for in one batch call (keys and values) when no batch_size is given
 _BATCH_BYTES = 4 << 20

@@ -239,7 +239,7 @@ class ProgLoadRequest:
     """
 
     def __init__(self, prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf_fd: int = -1,
-                 attach_btf_id: int = 0, attach_btf_obj_fd: int = 0):
+                 attach_btf_id: int = 0, attach_btf_obj_fd: int = 0, expected_attach_type: int | None = None):
         sec = prog.sec_def
         self._insns = insns
         self._insn_buf = (ctypes.c_char * len(insns)).from_buffer(insns)
@@ -257,7 +257,9 @@ class ProgLoadRequest:
                          insns=ctypes.addressof(self._insn_buf), license=ctypes.addressof(self._license),
                          kern_version=prog.kern_version, prog_flags=flags, prog_name=_kernel_name(prog.name),
                          attach_btf_id=attach_btf_id)
-        if prog.expected_attach_type is not None:
+        if expected_attach_type is not None:      # struct_ops: the member index
+            a.expected_attach_type = expected_attach_type
+        elif prog.expected_attach_type is not None:
             a.expected_attach_type = prog.expected_attach_type
         if attach_btf_obj_fd:
             a.attach_btf_obj_fd = attach_btf_obj_fd
@@ -286,11 +288,17 @@ def program_load_request(spec: ObjectSpec, name: str, facts=None) -> ProgLoadReq
     pspec = spec.programs[name]
     linked = link_program(spec, pspec, facts)
     attach_btf_id = 0
+    expected = None
     if pspec.sec_def.flags & S.ATTACH_BTF:
         from .attach_btf import resolve_attach_btf
         attach_btf_id = resolve_attach_btf(pspec, facts).btf_id
+    elif pspec.prog_type == ProgType.STRUCT_OPS:
+        from .refusals import running_btf
+        from .struct_ops import plan
+        _, st_progs = plan(spec, running_btf(facts))
+        attach_btf_id, expected = st_progs.get(name, (0, None))
     insns = linked.with_map_fds({ref.map_name: 0 for ref in linked.map_refs})
-    return ProgLoadRequest(pspec, linked, insns, -1, attach_btf_id)
+    return ProgLoadRequest(pspec, linked, insns, -1, attach_btf_id, expected_attach_type=expected)
 
 
 # attach types whose programs need a BPF trampoline in the kernel
@@ -323,11 +331,14 @@ def _refused_by_kernel(prog: ProgramSpec, where: str) -> str:
 
 
 def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf_fd: int,
-                 attach_btf_id: int = 0, attach_btf_obj_fd: int = 0, btf=None, fd_array=None) -> int:
+                 attach_btf_id: int = 0, attach_btf_obj_fd: int = 0, btf=None, fd_array=None,
+                 expected_attach_type: int | None = None) -> int:
     """BPF_PROG_LOAD; on rejection reload with a verifier log and raise VerifierError.
-    ``fd_array``: BTF fds that kfunc calls into module BTF index (insn.off), slot 0 unused."""
+    ``fd_array``: BTF fds that kfunc calls into module BTF index (insn.off), slot 0 unused.
+    ``expected_attach_type`` replaces the section's (struct_ops: the member index)."""
     fd_buf = (ctypes.c_int32 * len(fd_array))(*fd_array) if fd_array else None
-    request = ProgLoadRequest(prog, linked, insns, btf_fd, attach_btf_id, attach_btf_obj_fd)
+    request = ProgLoadRequest(prog, linked, insns, btf_fd, attach_btf_id, attach_btf_obj_fd,
+                              expected_attach_type=expected_attach_type)
     if fd_buf is not None:
         request.attr.fd_array = ctypes.addressof(fd_buf)
 
@@ -415,6 +426,15 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
         facts = KernelFacts.running(btf=target_btf)
     from .refusals import check_object
     check_object(spec, facts)       # struct_ops, kinds this kernel lacks, max_entries 0: before the kernel
+    struct_ops = None
+    if any(m.struct_ops is not None for m in spec.maps.values()):
+        # the kernel values, laid out by the kernel's BTF, and each program's member
+        from .refusals import running_btf
+        from .struct_ops import plan
+        try:
+            struct_ops = plan(spec, running_btf(facts))
+        except Error as e:
+            raise type(e)(f"{spec.path}: {e}") from None
     if spec.externs:
         from . import externs as _externs
     # Every fd is made and handed to its owner inside a deferred_signals() section: a Ctrl-C
@@ -440,6 +460,8 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
             for name, pspec in spec.programs.items():
                 if not pspec.autoload:
                     continue
+                if pspec.prog_type == ProgType.STRUCT_OPS and (struct_ops is None or name not in struct_ops[1]):
+                    continue        # no struct_ops map points at it: not loaded (as in libbpf)
                 if pspec.sec_def.flags & S.ATTACH_BTF:
                     from .attach_btf import resolve_attach_btf
                     attach_btf[name] = resolve_attach_btf(pspec, facts)
@@ -449,7 +471,7 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
                     raise type(e)(f"{spec.path}: {e}") from None
             _check_map_values(spec)
             obj = Object(spec)
-            _load_into(obj, spec, btf, facts, linked, attach_btf, pins)
+            _load_into(obj, spec, btf, facts, linked, attach_btf, pins, struct_ops)
         finally:
             if spec.externs:
                 with deferred_signals():
@@ -564,7 +586,8 @@ def _map_type_name(t: int) -> str:
         return str(t)
 
 
-def _load_into(obj, spec: ObjectSpec, btf: bool, facts, linked: dict, attach_btf: dict, pins=None) -> None:
+def _load_into(obj, spec: ObjectSpec, btf: bool, facts, linked: dict, attach_btf: dict, pins=None,
+               struct_ops=None) -> None:
     from ..spec.object import ZeroImage, zero_image
     if spec.externs:
         from . import externs as _externs
@@ -585,6 +608,13 @@ def _load_into(obj, spec: ObjectSpec, btf: bool, facts, linked: dict, attach_btf
                 m = obj._add_map(mspec, fd)
                 m._pin_path = pin_path
                 reused.add(name)
+                continue
+            if mspec.struct_ops is not None:
+                from .struct_ops import create_map as create_struct_ops_map
+                lay = struct_ops[0][name]
+                m = obj._add_map(mspec, create_struct_ops_map(mspec, lay, obj._btf_fd))
+                m._struct_ops = lay
+                m._owner = obj
                 continue
             inner_fd = -1
             try:
@@ -640,9 +670,11 @@ def _load_into(obj, spec: ObjectSpec, btf: bool, facts, linked: dict, attach_btf
                 if target is not None and target.in_module:
                     from .attach_btf import module_btf_fd
                     obj_fd = module_fd = module_btf_fd(target.module)
+                st = struct_ops[1].get(name) if struct_ops is not None else None
                 fd = load_program(pspec, lp, insns, obj._btf_fd,
-                                  attach_btf_id=target.btf_id if target else 0, attach_btf_obj_fd=obj_fd,
-                                  btf=spec.btf, fd_array=fd_array)
+                                  attach_btf_id=st[0] if st else target.btf_id if target else 0,
+                                  attach_btf_obj_fd=obj_fd, btf=spec.btf, fd_array=fd_array,
+                                  expected_attach_type=st[1] if st else None)
             finally:
                 if module_fd:
                     os.close(module_fd)

@@ -124,31 +124,26 @@ def check_program_kinds(spec, facts) -> None:
 # -- struct_ops ----------------------------------------------------------------------------------
 
 def check_struct_ops(spec, facts) -> None:
-    """struct_ops is not loaded by pybpf yet: say so, with the struct types the object
-    implements and the ones this kernel does not offer (no ``bpf_struct_ops_<name>`` in its
-    BTF), instead of dropping .struct_ops and failing later with ENOTSUPP."""
+    """struct_ops maps whose struct this kernel does not offer to BPF (no
+    ``bpf_struct_ops_<name>`` in its BTF, or no BTF at all): refused by name before anything
+    is created, instead of failing later with ENOTSUPP."""
     st_maps = getattr(spec, "struct_ops", {})
-    progs = [n for n, p in spec.programs.items() if p.sec_def.prog_type == "STRUCT_OPS"]
-    loaded = [n for n in progs if spec.programs[n].autoload]
-    if not loaded and not (st_maps and not progs):
-        return     # no struct_ops, or the user left every struct_ops program out
-    parts = [f"struct {tname} {var!r} (section {section})" for var, (section, tname) in st_maps.items()]
-    if loaded:
-        parts.append(f"program{'s' if len(loaded) > 1 else ''} {', '.join(loaded)} (struct_ops/ sections)")
-    text = f"{spec.path}: struct_ops is not supported by pybpf yet: {' and '.join(parts)} cannot be loaded"
+    if not st_maps:
+        return
     types = sorted({tname for _, tname in st_maps.values()})
-    btf = running_btf(facts) if types else None
-    if btf is not None:
-        absent = [t for t in types if not btf.by_name(f"bpf_struct_ops_{t}", Kind.STRUCT)]
-        present = [t for t in types if t not in absent]
-        if present:
-            text += f" (this kernel offers {', '.join('struct ' + t for t in present)})"
-        if absent:
-            text += (f"; this kernel does not offer {', '.join('struct ' + t for t in absent)} to BPF either "
-                     f"(its BTF has no {', '.join('bpf_struct_ops_' + t for t in absent)})")
-    if loaded:
-        text += ". Leave the struct_ops programs out with spec.programs[NAME].autoload = False to load the rest"
-    raise NotSupportedError(text)
+    btf = running_btf(facts)
+    parts = ", ".join(f"struct {tname} {var!r} (section {section})" for var, (section, tname) in st_maps.items())
+    if btf is None:
+        raise NotSupportedError(f"{spec.path}: struct_ops {parts} cannot be registered: this kernel has no BTF "
+                                f"(/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF), which describes the "
+                                f"struct_ops types")
+    absent = [t for t in types if not btf.by_name(f"bpf_struct_ops_{t}", Kind.STRUCT)]
+    if absent:
+        raise NotSupportedError(
+            f"{spec.path}: struct_ops {parts} cannot be loaded: this kernel does not offer "
+            f"{', '.join('struct ' + t for t in absent)} to BPF (its BTF has no "
+            f"{', '.join('bpf_struct_ops_' + t for t in absent)}; it came with the kernel code that "
+            f"registers that struct_ops type). Leave the map out of the object to load the rest")
 
 
 def check_object(spec, facts) -> None:

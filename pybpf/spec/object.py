@@ -63,6 +63,8 @@ _VALUES_MAP_TYPES = (MAP_TYPE_PROG_ARRAY, MAP_TYPE_ARRAY_OF_MAPS, MAP_TYPE_HASH_
 MAP_TYPE_RINGBUF = 27
 MAP_TYPE_USER_RINGBUF = 31
 MAP_TYPE_ARENA = 33
+MAP_TYPE_STRUCT_OPS = 26
+BPF_F_LINK = 1 << 13
 BPF_F_RDONLY_PROG = 1 << 7
 BPF_F_MMAPABLE = 1 << 10
 #: the section clang puts ``__arena`` globals in (``__attribute__((address_space(1)))``)
@@ -271,6 +273,20 @@ def pinning_name(value, map_name: str = "?") -> str:
                       f"(\"none\" or \"by_name\")")
 
 
+class StructOpsSpec(Record):
+    """What a ``.struct_ops``/``.struct_ops.link`` variable declares: the struct's name
+    (``tcp_congestion_ops``) and type id in the object's BTF, the variable's bytes, and
+    function pointer member name -> program name."""
+
+    _fields = ("type_name", "type_id", "data", "funcs")
+
+    def __init__(self, type_name: str, type_id: int, data: bytes, funcs: dict):
+        self.type_name = type_name
+        self.type_id = type_id
+        self.data = data
+        self.funcs = funcs
+
+
 class MapSpec(Record):
     """A map to create: from a BTF-defined ``.maps`` entry or an internal data section.
 
@@ -282,6 +298,9 @@ class MapSpec(Record):
     (:meth:`arena_data_offset`).  ``max_entries`` and ``value_size`` may be
     changed before loading.
     """
+
+    #: a struct_ops map's :class:`StructOpsSpec` (None for every other map)
+    struct_ops: StructOpsSpec | None = None
 
     _fields = ("name", "type", "key_size", "value_size", "max_entries", "flags", "key_type_id",
                "value_type_id", "pinning", "map_extra", "numa_node", "section", "data", "btf_var_id", "inner",
@@ -317,7 +336,7 @@ class MapSpec(Record):
     @property
     def internal(self) -> bool:
         """True for maps made from ``.data``/``.rodata``/``.bss`` sections."""
-        return self.section != ".maps"
+        return self.section != ".maps" and self.struct_ops is None
 
     @property
     def readonly(self) -> bool:
@@ -1055,18 +1074,67 @@ class ObjectSpec:
                                                             var.size_or_type, self.btf)
 
     def _collect_struct_ops(self) -> None:
-        """The struct_ops variables (libbpf's .struct_ops and .struct_ops.link sections): not
-        loaded yet, but recorded so that loading says so (pybpf.loader.refusals)."""
-        for name, _, _ in self._sections:
+        """The struct_ops maps (libbpf bpf_object__init_struct_ops / collect_st_ops_relos):
+        every variable of ``.struct_ops`` and ``.struct_ops.link`` becomes a STRUCT_OPS map
+        named after the variable (``.struct_ops.link``: BPF_F_LINK), whose ``struct_ops``
+        (:class:`StructOpsSpec`) holds the struct's type, its bytes and which program each
+        function pointer member points at (from the section's relocations).  The kernel value
+        (``bpf_struct_ops_<struct>``) is laid out at load, from the kernel's BTF."""
+        for name, _, body in self._sections:
             if name != ".struct_ops" and not name.startswith(".struct_ops."):
                 continue
             datasec = self.btf.by_name(name, Kind.DATASEC) if self.btf else []
-            for si in datasec[0].secinfos if datasec else ():
+            if not datasec:
+                raise ObjectError(f"section {name} has no BTF DATASEC: struct_ops maps are described by "
+                                  f"the object's BTF (build with clang -g)")
+            relocs = self._struct_ops_relocations(name)
+            for si in datasec[0].secinfos:
                 var = self.btf[si.type_id]
                 st = self.btf.resolve(var.size_or_type) if var.kind == Kind.VAR else None
-                self.struct_ops[var.name] = (name, st.name if st is not None else "?")
-            if not datasec:
-                self.struct_ops[name] = (name, "?")
+                if st is None or st.kind != Kind.STRUCT:
+                    raise ObjectError(f"{name}: variable {var.name!r} is not a struct (a struct_ops map is one "
+                                      f"struct variable, e.g. struct tcp_congestion_ops)")
+                self.struct_ops[var.name] = (name, st.name)
+                funcs = {}
+                for off, sym in relocs.items():
+                    if not si.offset <= off < si.offset + si.size:
+                        continue
+                    moff = off - si.offset
+                    member = next((m for m in st.members if m.bit_offset == moff * 8), None)
+                    target = self.btf.resolve(member.type_id) if member is not None else None
+                    proto = self.btf.resolve(target.size_or_type) if target is not None and target.kind == Kind.PTR \
+                        else None
+                    if proto is None or proto.kind != Kind.FUNC_PROTO:
+                        raise ObjectError(f"{name}: struct {st.name} {var.name!r}: the relocation at offset {moff} "
+                                          f"is not on a function pointer member")
+                    prog = self.programs.get(sym.name)
+                    if prog is None or prog.sec_def.prog_type != "STRUCT_OPS":
+                        raise ObjectError(f"{name}: {var.name}.{member.name} points at {sym.name!r}, which is "
+                                          f"not a program in a struct_ops/ section")
+                    funcs[member.name] = sym.name
+                data = bytes(body[si.offset:si.offset + si.size]) if len(body) >= si.offset + si.size \
+                    else bytes(si.size)
+                m = MapSpec(name=var.name, type=MAP_TYPE_STRUCT_OPS, key_size=4, value_size=st.size,
+                            max_entries=1, flags=BPF_F_LINK if name == ".struct_ops.link" else 0,
+                            section=name, btf_var_id=var.id)
+                m.struct_ops = StructOpsSpec(st.name, st.id, data, funcs)
+                self.maps[m.name] = m
+
+    def _struct_ops_relocations(self, section: str) -> dict:
+        """offset in ``section`` -> symbol, from its ``.rel`` section (R_BPF_64_ABS64 to programs)."""
+        idx = self._sec_index[section]
+        out = {}
+        for name, sh, body in self._sections:
+            if sh["sh_type"] != "SHT_REL" or sh["sh_info"] != idx:
+                continue
+            for off in range(0, len(body) - 15, 16):
+                r_offset, r_info = struct.unpack_from("<QQ", body, off)
+                sym_idx = r_info >> 32
+                if sym_idx >= len(self._symbols):
+                    raise ObjectError(f"relocation at {section}+{r_offset} refers to symbol #{sym_idx}, "
+                                      f"which does not exist")
+                out[r_offset] = self._symbols[sym_idx]
+        return out
 
     def _collect_arena(self) -> None:
         """The ARENA map and the ``__arena`` globals (libbpf >= 1.4, bpf_object__init_user_btf_maps):
@@ -1204,7 +1272,7 @@ class ObjectSpec:
         """Skip data sections no instruction refers to and no variable lives in (e.g. an
         unused .rodata.str1.1), as loader.md allows: they would be maps nobody can reach."""
         used_by_vars = {v.map.name for v in self.variables.values()}
-        for name in [n for n, m in self.maps.items() if m.internal]:
+        for name in [n for n, m in self.maps.items() if m.internal and m.struct_ops is None]:
             m = self.maps[name]
             if m.section not in self._referenced_sections and name not in used_by_vars:
                 del self.maps[name]
