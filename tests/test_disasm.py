@@ -149,7 +149,7 @@ def _bpftool(prog_id: int, *extra: str) -> list[str]:
 
 
 # objects made to be refused (test_errors.py, test_refusals.py) are not loadable
-REFUSED = {"verifier_fail", "max_entries_unset", "struct_ops_test", "long_log"}
+REFUSED = {"verifier_fail", "max_entries_unset", "long_log"}
 LOADABLE = sorted(os.path.basename(p)[:-2] for p in glob.glob(str(PROGRAMS / "*.o"))
                   if os.path.basename(p)[:-2] not in REFUSED)
 

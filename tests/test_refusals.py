@@ -160,7 +160,10 @@ def test_struct_ops_sections_are_recorded():
     assert spec.struct_ops == {"pybpf_ca": (".struct_ops.link", "tcp_congestion_ops")}
     assert {n: p.prog_type for n, p in spec.programs.items()} == \
         {n: ProgType.STRUCT_OPS for n in STRUCT_OPS_PROGRAMS}
-    assert not any(m.name.endswith("struct_ops.link") for m in spec.maps.values())
+    m = spec.maps["pybpf_ca"]        # a STRUCT_OPS map named after the variable, as in libbpf
+    assert (m.type, m.key_size, m.max_entries, m.flags) == (MapType.STRUCT_OPS, 4, 1, 1 << 13)
+    assert m.struct_ops.funcs == {"ssthresh": "pybpf_ssthresh", "cong_avoid": "pybpf_cong_avoid",
+                                  "undo_cwnd": "pybpf_undo_cwnd"}
 
 
 def test_struct_ops_names_the_struct_type_a_kernel_lacks():
@@ -169,26 +172,28 @@ def test_struct_ops_names_the_struct_type_a_kernel_lacks():
     with pytest.raises(pybpf.NotSupportedError) as exc:
         refusals.check_struct_ops(spec, KernelFacts(btf=spec.btf))
     text = str(exc.value)
-    assert "struct_ops is not supported by pybpf yet" in text
-    assert "this kernel does not offer struct tcp_congestion_ops to BPF either" in text
-    assert "(its BTF has no bpf_struct_ops_tcp_congestion_ops)" in text
+    assert "struct tcp_congestion_ops 'pybpf_ca' (section .struct_ops.link) cannot be loaded" in text
+    assert "this kernel does not offer struct tcp_congestion_ops to BPF" in text
+    assert "(its BTF has no bpf_struct_ops_tcp_congestion_ops;" in text
 
 
 @pytest.mark.kernel
-def test_struct_ops_refused_as_not_supported(no_fd_leak):
+def test_struct_ops_kernel_lacking_the_type_is_refused_before_the_kernel(no_fd_leak):
     spec = pybpf.open(program("struct_ops_test"))
     with pytest.raises(pybpf.NotSupportedError) as exc:
-        spec.load()
+        spec.load(facts=KernelFacts(btf=spec.btf))
     text = str(exc.value)
     assert "\n" not in text
-    assert "struct_ops is not supported by pybpf yet" in text
-    assert "struct tcp_congestion_ops 'pybpf_ca' (section .struct_ops.link)" in text
-    assert "programs pybpf_ssthresh, pybpf_cong_avoid, pybpf_undo_cwnd (struct_ops/ sections)" in text
+    assert "its BTF has no bpf_struct_ops_tcp_congestion_ops" in text
     assert "524" not in text and "ENOTSUPP" not in text
-    if vmlinux_btf().by_name("bpf_struct_ops_tcp_congestion_ops", Kind.STRUCT):
-        assert "(this kernel offers struct tcp_congestion_ops)" in text
-    else:
-        assert "its BTF has no bpf_struct_ops_tcp_congestion_ops" in text
+
+
+@pytest.mark.kernel
+def test_struct_ops_object_loads(no_fd_leak):
+    assert vmlinux_btf().by_name("bpf_struct_ops_tcp_congestion_ops", Kind.STRUCT)
+    with pybpf.open(program("struct_ops_test")).load() as obj:
+        assert obj.maps["pybpf_ca"].info().type == MapType.STRUCT_OPS
+        assert set(obj.programs) == set(STRUCT_OPS_PROGRAMS)
 
 
 @pytest.mark.kernel

@@ -171,6 +171,9 @@ EXPECTED_PROGRAMS = {
                                      "do_getpgid")},
     "struct_ops_test": {n: (f"struct_ops/{n}", ProgType.STRUCT_OPS, None, n)
                         for n in ("pybpf_ssthresh", "pybpf_cong_avoid", "pybpf_undo_cwnd")},
+    "tcp_cc": {n: (f"struct_ops/{n}", ProgType.STRUCT_OPS, None, n)
+               for n in ("pybpf_init", "pybpf_ssthresh", "pybpf_cong_avoid", "pybpf_cong_avoid_v2",
+                         "pybpf_undo_cwnd")},
     "arena_test": {n: ("syscall", ProgType.SYSCALL, None, "") for n in ("bump", "alloc_page", "read_page")},
     "core_bitfield": {"read_bits": ("syscall", ProgType.SYSCALL, None, "")},
     "percpu_sizes": {"swap": ("syscall", ProgType.SYSCALL, None, "")},
