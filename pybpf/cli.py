@@ -477,6 +477,8 @@ def _attach_all(args, obj, iface, filtering: bool = False) -> list:
     used = {"iface": False, "cgroup": filtering}
     for prog in obj.programs.values():
         kind, how = attach_needs(prog)
+        if kind == "struct_ops":
+            continue                        # runs through its struct_ops map, registered below
         packet_socket = kind == "socket" and prog.type == ProgType.SOCKET_FILTER
         try:
             if getattr(args, "pid", None) is not None and prog.spec.sec_def.attach == "usdt" \
@@ -518,6 +520,15 @@ def _attach_all(args, obj, iface, filtering: bool = False) -> list:
             else:
                 need = f"needs {how}"
             unattached.setdefault(need, []).append(prog.name)
+    for m in obj.maps.values():
+        if getattr(m.spec, "struct_ops", None) is not None:
+            try:
+                links.append(m.attach_struct_ops())
+            except pybpf.SyscallError as e:
+                unattached.setdefault(f"not registered: {e}", []).append(m.name)
+                continue
+            print(f"pybpf: registered struct_ops map {m.name} (struct {m.spec.struct_ops.type_name})",
+                  file=sys.stderr)
     for need, names in unattached.items():
         print(f"pybpf: not attached: {', '.join(names)}: {need}", file=sys.stderr)
     for kind, given in (("iface", iface), ("cgroup", args.cgroup)):

@@ -129,6 +129,9 @@ def attach_needs(program) -> tuple[str, str]:
         return "netns", "a network namespace: prog.attach_netns() (this process's) or prog.attach_netns(PATH)"
     if ptype == ProgType.NETFILTER:
         return "netfilter", "a netfilter hook: prog.attach_netfilter(pf, hook, priority)"
+    if ptype == ProgType.STRUCT_OPS:
+        return "struct_ops", ("its struct_ops map, registered by obj.attach() or "
+                              "obj.maps[NAME].attach_struct_ops()")
     if ptype == ProgType.SYSCALL:
         return "run", "nothing: a syscall program runs with prog.test_run() (BPF_PROG_TEST_RUN), it is never attached"
     if kind == "iter":
@@ -259,11 +262,18 @@ class Object(Resource):
                 if p.auto_attachable:
                     made.append(p.attach())
                     continue
+                if p.type == ProgType.STRUCT_OPS:
+                    continue           # runs through its struct_ops map, registered below
                 link = _attach_with(p, iface, cgroup)
                 if link is not None:
                     made.append(link)
                 else:
                     made.not_attached[p.name] = attach_needs(p)[1]
+            # struct_ops maps register their programs with the kernel, as libbpf's skeleton
+            # attach does (bpf_map__attach_struct_ops for every struct_ops map)
+            for m in self._maps.values():
+                if getattr(m.spec, "struct_ops", None) is not None:
+                    made.append(m.attach_struct_ops())
         except BaseException:
             with deferred_signals():   # a second Ctrl-C cannot stop the undoing half-way
                 for link in made:

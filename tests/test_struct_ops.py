@@ -22,6 +22,7 @@ from pybpf.loader.struct_ops import create_attr, layout, plan
 from pybpf.spec.btf import Kind
 
 from netns import Netns, leftovers
+from conftest import ROOT, program
 
 OBJ = Path(__file__).resolve().parent.parent / "programs" / "tcp_cc.o"
 AVAILABLE = "/proc/sys/net/ipv4/tcp_available_congestion_control"
@@ -223,3 +224,40 @@ def test_object_close_unregisters(no_fd_leak):
         assert {"pybpf_cc", "pybpf_cc_link"} <= set(available())
     assert reg.closed and link.closed
     assert not {"pybpf_cc", "pybpf_cc_link"} & set(available())
+
+
+def _available() -> list[str]:
+    with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+        return f.read().split()
+
+
+def test_obj_attach_registers_the_struct_ops_maps(no_fd_leak):
+    """Object.attach() registers struct_ops maps as libbpf's skeleton attach does; their
+    programs are not listed as left unattached."""
+    with pybpf.load(program("struct_ops_test")) as obj:
+        assert "pybpf_ca" not in _available()
+        made = obj.attach()
+        assert "pybpf_ca" in _available()
+        assert not made.not_attached, made.not_attached
+        assert [type(link).__name__ for link in made] == ["StructOpsLink"]
+    assert "pybpf_ca" not in _available()
+
+
+def test_cli_load_registers_struct_ops_and_unregisters_on_ctrl_c():
+    import signal
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "pybpf", "load", program("struct_ops_test")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert line.startswith("pybpf: registered struct_ops map pybpf_ca (struct tcp_congestion_ops)"), line
+        assert "pybpf_ca" in _available()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "pybpf_ca" not in _available()
