@@ -671,6 +671,8 @@ def _main(argv: list | None) -> int:
     p.add_argument("--kernel", action="store_true", help="dump /sys/kernel/btf/vmlinux")
     p.add_argument("--base", metavar="FILE", help="base BTF for a split BTF file (module BTF)")
     p.add_argument("--format", choices=("raw", "c"), default="raw")
+    from pybpf import cli_live
+    cli_live.add_parsers(sub)       # prog, map, link, pin: live objects (pybpf/cli_live.py)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -680,6 +682,8 @@ def _main(argv: list | None) -> int:
             return cmd_inspect(args)
         if args.command == "btf":
             return cmd_btf_dump(args)
+        if args.command in ("prog", "map", "link", "pin"):
+            return cli_live.run(args)
         return cmd_load(args)
     except pybpf.VerifierError as e:
         print(f"pybpf: error: {e}", file=sys.stderr)
