@@ -99,6 +99,7 @@ EXPECTED_PROGRAMS = {
                                    "syscalls/sys_exit_kill")},
     "ringbuf_test": {"produce": ("syscall", ProgType.SYSCALL, None, ""),
                      "drain": ("syscall", ProgType.SYSCALL, None, "")},
+    "ring_commands": {"apply": ("syscall", ProgType.SYSCALL, None, "")},
     "link_test": {"link_main": ("syscall", ProgType.SYSCALL, None, ""),
                   "not_autoloaded": ("?syscall", ProgType.SYSCALL, None, "")},
     "bench_ringbuf": {"produce": ("syscall", ProgType.SYSCALL, None, ""),
