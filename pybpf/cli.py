@@ -5,7 +5,8 @@
 ``load`` loads an object, attaches every program whose section says where
 (and with ``--iface``/``--cgroup`` its XDP and tc programs to an interface, its
 cgroup programs to a cgroup), and streams the records of its ring buffers
-(decoded by BTF type when the type is known, hex otherwise) until Ctrl-C, which
+and perf buffers (PERF_EVENT_ARRAY maps, bpf_perf_event_output; lost samples
+counted on stderr), decoded by BTF type when the type is known, hex otherwise, until Ctrl-C, which
 detaches and unloads everything.  Programs it cannot attach are named on stderr
 with what they need; when nothing could be attached it stops with an error.
 ``--cgroup`` also follows libbpf-tools' ``-c`` convention: an object with a
@@ -310,13 +311,16 @@ def cmd_load(args) -> int:
 
                 # raw records: the printer decodes them, and shows short or unknown ones in hex
                 rings.append(pybpf.RingBuffer(m, on_record, type=memoryview))
+            for m in obj.maps.values():
+                if m.type == MapType.PERF_EVENT_ARRAY and not m.spec.internal:
+                    rings.append(_stream_perf_buffer(spec, m, types, links, printers, counter, args))
             if users:
                 feed()
             headers = {p.header() for p in printers.values()}
             if len(headers) == 1 and None not in headers:
                 print(headers.pop(), flush=True)
             if not rings:
-                print(f"pybpf: {args.object} loaded; it has no ring buffer to stream. Ctrl-C to unload.",
+                print(f"pybpf: {args.object} loaded; it has no ring or perf buffer to stream. Ctrl-C to unload.",
                       file=sys.stderr, flush=True)
             sel = selectors.DefaultSelector()
             for r in rings:
@@ -344,9 +348,36 @@ def cmd_load(args) -> int:
         finally:
             for r in rings:
                 r.close()
+            for r in rings:
+                if isinstance(r, pybpf.PerfBuffer) and r.lost:
+                    print(f"pybpf: perf buffer {r.name}: {r.lost} sample{'s' if r.lost != 1 else ''} lost in all "
+                          f"(the CPUs' rings were full)", file=sys.stderr, flush=True)
             for u, _, _ in users:
                 u.close()
     return 0
+
+
+def _stream_perf_buffer(spec, m, types: dict, links: list, printers: dict, counter: dict, args):
+    """A PerfBuffer on PERF_EVENT_ARRAY map ``m`` (bpf_perf_event_output's records, as bcc's
+    and libbpf-tools' perf_buffer__poll loops read them), printed as ring records are:
+    decoded by --type, the map's pybpf:record= tag or the guessed struct, hex otherwise;
+    samples the kernel dropped (ring full) are counted on stderr as libbpf-tools report them."""
+    rtype = types.get(m.name) or m.record_type or guess_record_type(spec, m.name, False)
+    printer = RecordPrinter(spec.btf, rtype, m.name, _event_label(links, m.name or "EVENT"))
+    printers[m.name] = printer
+
+    def on_sample(cpu, record):
+        if args.count is not None and counter["records"] >= args.count:
+            return -1           # --count reached: stop consume(), print nothing more
+        # the kernel pads a sample to 8 bytes (size + 4): the printer decodes the struct's size
+        print(printer.line(record), flush=True)
+        counter["records"] += 1
+
+    def on_lost(cpu, lost):
+        print(f"pybpf: perf buffer {m.name}: {lost} sample{'s' if lost != 1 else ''} lost on CPU {cpu} "
+              f"(its ring was full)", file=sys.stderr, flush=True)
+
+    return pybpf.PerfBuffer(m, on_sample, on_lost, type=memoryview)
 
 
 def _parse_iface(text):
@@ -621,7 +652,7 @@ def _main(argv: list | None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("load", help="load a BPF object, attach its programs, stream its ring buffers",
                        description="Load OBJECT, attach the programs whose section names a target (XDP and tc "
-                                   "programs to --iface, cgroup programs to --cgroup), and print ring buffer "
+                                   "programs to --iface, cgroup programs to --cgroup), and print ring and perf buffer "
                                    "records until Ctrl-C (or --duration/--count), which detaches everything. "
                                    "User ring buffers get one sample at start and one after each record.")
     p.add_argument("object", help="the BPF object file (.o) to load")

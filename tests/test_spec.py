@@ -122,6 +122,10 @@ EXPECTED_PROGRAMS = {
     },
     "map_arena": {"nothing": ("syscall", ProgType.SYSCALL, None, "")},
     "profile_rb": {"on_sample": ("perf_event", ProgType.PERF_EVENT, None, "")},
+    "perf_events_cli": {
+        "on_getpid": ("tracepoint/syscalls/sys_enter_getpid", ProgType.TRACEPOINT, None, "syscalls/sys_enter_getpid"),
+        "on_kill": ("tracepoint/syscalls/sys_enter_kill", ProgType.TRACEPOINT, None, "syscalls/sys_enter_kill"),
+    },
     "map_types": {
         "run": ("raw_tp", ProgType.RAW_TRACEPOINT, None, ""),
         "tail_caller": ("raw_tp", ProgType.RAW_TRACEPOINT, None, ""),
