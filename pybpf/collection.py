@@ -337,3 +337,12 @@ class Object(Resource):
     def __repr__(self) -> str:
         return (f"<Object {self.name}: {len(self._programs)} programs, {len(self._maps)} maps, "
                 f"{len(self._links)} links{' (closed)' if self._closed else ''}>")
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: programs with their ids, maps with their first entries (pybpf.display)."""
+        from .display import object_html
+        return object_html(self)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        from .display import object_text
+        p.text(object_text(self))

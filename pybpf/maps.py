@@ -776,6 +776,22 @@ class Map(Resource):
         from .links.struct_ops import attach_struct_ops
         return attach_struct_ops(self)
 
+    # -- notebooks (pybpf.display) -----------------------------------------------------
+
+    def histogram(self, key=None, unit: str = "value"):
+        """The log2 histogram under ``key`` (all entries added up without one) of a map of
+        libbpf-tools-style ``struct hist { __u32 slots[N]; }`` values: :class:`pybpf.display.Histogram`."""
+        from .display import map_histogram
+        return map_histogram(self, key, unit)
+
+    def _repr_html_(self) -> str:
+        from .display import map_html
+        return map_html(self)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        from .display import map_text
+        p.text(map_text(self))
+
 
 # bytes asked for in one batch call (keys and values) when no batch_size is given
 _BATCH_BYTES = 4 << 20

@@ -85,6 +85,7 @@ EXPECTED_PROGRAMS = {
                        "percpu_read": ("?syscall", ProgType.SYSCALL, None, ""),
                        "unguarded_kfunc": ("?syscall", ProgType.SYSCALL, None, "")},
     "maps_test": {"fill": ("syscall", ProgType.SYSCALL, None, "")},
+    "layout_demo": {"fill": ("syscall", ProgType.SYSCALL, None, "")},
     "verifier_fail": {"oob": ("syscall", ProgType.SYSCALL, None, "")},
     "long_log": {"long_log": ("socket", ProgType.SOCKET_FILTER, None, "")},
     "tracepoint_test": {

@@ -1295,3 +1295,20 @@ class ObjectSpec:
     def __repr__(self) -> str:
         return (f"<ObjectSpec {self.path}: {len(self.programs)} programs, {len(self.maps)} maps, "
                 f"{len(self.variables)} variables>")
+
+    def layout(self, type_spec):
+        """The layout of a struct or union of this object's BTF (``"struct event"``): a
+        :class:`pybpf.display.Layout`, drawn in a notebook, pahole-like text as ``str()``."""
+        from ..display import layout
+        if self.btf is None:
+            raise Error(f"{self.path} has no BTF: rebuild it with clang -g to see its types")
+        return layout(self.btf, type_spec)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: programs, maps and variables as tables (pybpf.display)."""
+        from ..display import spec_html
+        return spec_html(self)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        from ..display import spec_text
+        p.text(spec_text(self))

@@ -67,6 +67,15 @@ class _Typed:
 
     __hash__ = None  # mutable
 
+    def _repr_pretty_(self, p, cycle) -> None:
+        """IPython's pretty printer: the repr."""
+        p.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: a struct as a table of its fields (pybpf.display.value_html)."""
+        from ..display import value_html
+        return value_html(self)
+
 
 class TypedStruct(_Typed):
     """Base of generated struct and union types: ``_fields_info_`` lists (name, kind) to show."""
