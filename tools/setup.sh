@@ -4,7 +4,8 @@
 #   tools/setup.sh          python3, venv, a C compiler and Python's headers (for the
 #                           C helper) from apt if missing, then `pip install .` into .venv
 #   tools/setup.sh --test   the same, plus the test dependencies: tools/install-test-deps.sh
-#                           (clang-19, llvm-19, libbpf-dev, bpftool) and `pip install '.[test]'`
+#                           (clang-19, llvm-19, libbpf-dev, bpftool, chromium), `pip install '.[test]'`
+#                           and what runs examples/lab.ipynb in the tests (nbclient, nbformat, ipykernel)
 #
 # Then `. .venv/bin/activate` (or call .venv/bin/python). Debian's own Python is
 # "externally managed" (PEP 668): pip refuses to install into it, hence the virtualenv.
@@ -43,6 +44,7 @@ if [ "$test" = 1 ]; then
     tools/install-test-deps.sh
     [ -n "$(find /usr/include -path '*/sys/sdt.h' -print -quit)" ] || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends systemtap-sdt-dev; }   # sys/sdt.h: the USDT tests' probes
     .venv/bin/python -m pip install -q '.[test]'
+    .venv/bin/python -m pip install -q nbclient nbformat ipykernel   # tests/test_notebook.py only
 else
     .venv/bin/python -m pip install -q .
 fi
