@@ -4,17 +4,23 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import inspect
 import mmap
 import os
 import queue
 import select
 import struct
+import sys
 import time
+import weakref
 
 from .. import atomics
 from ..resource import Resource
 from ..errors import ClosedError, Error, RingBufferFullError, TimeoutError
 from ..kernel.constants import MapType
+from ..spec.typed import _INT_TYPES, _check_int, factory_for, record_type_id
 from ._mapping import (
     _ALIGN, _BUSY, _DISCARD, _HDR, _HDR_SHIFT, _ROUND, _UNPACK_RUN, _claim, _inside, _Mapping, _check_map,
     _release_quietly, _run_all, _unclaim, _Waiter,
@@ -193,10 +199,19 @@ class UserRingBuffer(Resource):
     :meth:`reserve_blocking` (or a blocking :meth:`write`/:meth:`write_batch`)
     waiting for room, which raises :class:`pybpf.ClosedError`.  Use as a
     context manager or call :meth:`close`.
+
+    Typed samples: ``type`` is the sample's C type, by default the one the
+    program declares for the map (``btf_decl_tag("pybpf:record=struct x")``,
+    the map's ``record_type``), or a spelling such as ``"struct x"`` found in
+    the object's BTF, or a ctypes type.  With it, ``reserve()`` (no size)
+    returns the sample as a typed view into the ring (``entry.i = 1;
+    entry.comm = "hello"; urb.submit(entry)``), and :meth:`write` /
+    :meth:`write_batch` take dicts, tuples and typed values besides bytes.
     """
 
-    def __init__(self, map):
+    def __init__(self, map, type=None):  # noqa: A002 - the name RingBuffer uses
         fd, self.name, size = _check_map(map, MapType.USER_RINGBUF)
+        self._resolve_type(map, type)
         lib = atomics.library()  # fails clearly if the C helper is not built
         atomics.module()  # and an old build without SampleBuffer
         self._load_u64 = lib.pybpf_load_acquire_u64
@@ -210,6 +225,7 @@ class UserRingBuffer(Resource):
         self._lock = _Mutex()
         self._take, self._give = self._lock.take, self._lock.give
         self._pending: set[Sample] = set()  # reserved, not yet submitted or discarded
+        self._leases: dict[Sample, _Lease] = {}  # pending samples reserved as typed views
         self._closed = True  # until fully set up
         self._waiter = None
         self._views = ()
@@ -296,6 +312,7 @@ class UserRingBuffer(Resource):
     def _teardown(self) -> None:
         """(mutex held, or never shared) every step idempotent: see close()."""
         steps = [(lambda s=s: self._discard_by_force(s)) for s in list(self._pending)]
+        steps += [(lambda s=s: self._leases.pop(s).retire()) for s in list(self._leases)]
         steps.append(self._unmap)
         if self._waiter is not None:
             steps.append(self._waiter.close)  # the fds go now, or when the last waiter leaves
@@ -384,11 +401,21 @@ class UserRingBuffer(Resource):
         return RingBufferFullError(f"user ring buffer '{self.name}' is full: a {n}-byte sample needs "
                                    f"{total} bytes (with header and padding), {free} of {self.size} free")
 
-    def reserve(self, n: int) -> Sample:
+    def reserve(self, n: int | None = None):
         """Reserves an ``n``-byte sample: a writable buffer of exactly ``n`` bytes
         over the ring's memory (a :class:`Sample`).  Fill it (``struct.pack_into``,
         slice assignment, ``ctypes.T.from_buffer``...), then :meth:`submit` or
         :meth:`discard` it; drop views of it first (see :class:`Sample`).
+
+        With no size, reserves one sample of the sample type (see the class) and
+        returns it as a typed view into the ring, zeroed: set its fields
+        (``entry.i = os.getpid(); entry.comm = "hello"``: ints are range-checked,
+        char arrays take str or bytes, unknown fields are refused), then
+        ``submit(entry)`` or ``discard(entry)`` (or ``with urb.reserve() as
+        entry:``, which submits at the end of the block, or discards if it
+        raises).  Once submitted the view and anything taken from it refuse
+        reads and writes (:class:`SampleClosedError`), and submit refuses while
+        a raw export of it (``memoryview(entry)``...) is alive.
 
         Raises :class:`RingBufferFullError` if the ring has no room now, and
         :class:`SampleSizeError` (a :class:`pybpf.Error` and ``ValueError``) if
@@ -398,6 +425,8 @@ class UserRingBuffer(Resource):
         # rate (tools/bench_ringbuf.py), so the usual case is spelled out
         # here and everything else goes to _reserve/_commit.
         if n.__class__ is not int or n < 0 or n > self.max_sample:
+            if n is None:
+                return self._typed_view(self.reserve(self._typed_size("reserve")))
             self._check_size(n)  # raises, or accepts an int subclass
         total = (n + _ROUND) & _ALIGN
         self._take()
@@ -445,14 +474,17 @@ class UserRingBuffer(Resource):
                 backoff = min(backoff * 2, _FULL_BACKOFF_MAX)
         return backoff
 
-    def reserve_blocking(self, n: int, timeout_ms: int | float | None = -1) -> Sample:
-        """Like :meth:`reserve` (the same writable buffer), but waits up to
-        ``timeout_ms`` (-1 or None: forever) for room.
+    def reserve_blocking(self, n: int | None = None, timeout_ms: int | float | None = -1):
+        """Like :meth:`reserve` (the same writable buffer, or with no size the
+        same typed view), but waits up to ``timeout_ms`` (-1 or None: forever)
+        for room.
 
         Raises :class:`pybpf.TimeoutError` when the time is up, and
         :class:`pybpf.ClosedError` when :meth:`close` is called meanwhile (from
         another thread: it wakes the wait at once).
         """
+        if n is None:
+            return self._typed_view(self.reserve_blocking(self._typed_size("reserve_blocking"), timeout_ms))
         total = self._check_size(n)
         forever = timeout_ms is None or timeout_ms < 0
         deadline = None if forever else time.monotonic() + timeout_ms / 1000
@@ -494,8 +526,11 @@ class UserRingBuffer(Resource):
         """Commits ``sample``: the kernel's drain will hand it to the BPF program.
 
         Raises :class:`SampleExportedError` (the sample stays reserved) while a
-        buffer export of it is alive; see :class:`Sample`.
+        buffer export of it is alive; see :class:`Sample`.  Takes the typed
+        view :meth:`reserve` returns with no size as well.
         """
+        if sample.__class__ is not Sample and not isinstance(sample, Sample):
+            return self._commit_view(sample, 0, "submit")
         self._take()
         try:
             if sample in self._pending:
@@ -517,6 +552,8 @@ class UserRingBuffer(Resource):
 
         Refuses as :meth:`submit` does while a buffer export is alive.
         """
+        if sample.__class__ is not Sample and not isinstance(sample, Sample):
+            return self._commit_view(sample, _DISCARD, "discard")
         self._take()
         try:
             self._commit(sample, _DISCARD, "discard")
@@ -524,7 +561,11 @@ class UserRingBuffer(Resource):
             self._give(None)
 
     def write(self, data, timeout_ms: int | float | None = 0) -> None:
-        """Copies ``data`` (any bytes-like object) into the ring as one sample.
+        """Copies ``data`` into the ring as one sample: any bytes-like object as
+        it is, or, with a sample type (see the class), a dict or tuple of its
+        fields or a typed value, encoded by the type (unknown fields, values
+        out of range and wrong sizes raise :class:`pybpf.Error` naming the
+        field).
 
         ``timeout_ms=0`` (the default) raises :class:`RingBufferFullError` at
         once when there is no room; otherwise waits as :meth:`reserve_blocking`.
@@ -532,8 +573,8 @@ class UserRingBuffer(Resource):
         if data.__class__ is bytes or data.__class__ is bytearray:
             payload, n = data, len(data)
         else:
-            payload = memoryview(data).cast("B")
-            n = payload.nbytes
+            payload = self._payload_of(data)
+            n = len(payload) if payload.__class__ is bytes else payload.nbytes
         total = self._check_size(n) if n > self.max_sample else (n + _ROUND) & _ALIGN
         if timeout_ms != 0:
             sample = self.reserve_blocking(n, timeout_ms)
@@ -566,6 +607,8 @@ class UserRingBuffer(Resource):
     def write_batch(self, samples, timeout_ms: int | float | None = 0) -> int:
         """Copies every bytes-like object of ``samples`` into the ring, in order, as
         one sample each, and publishes them with one release of producer_pos.
+        With a sample type, items may also be dicts, tuples or typed values (as
+        :meth:`write` takes them); they are all encoded before anything is written.
 
         Returns how many were written: all of them, or fewer when the ring
         fills up (``timeout_ms=0``, the default) or stays full for
@@ -613,7 +656,7 @@ class UserRingBuffer(Resource):
 
     def _sample_views(self, items) -> tuple[list, list]:
         """Every sample as bytes-like 'B' data and its size; raises SampleSizeError first."""
-        views = [x if x.__class__ is bytes or x.__class__ is bytearray else memoryview(x).cast("B")
+        views = [x if x.__class__ is bytes or x.__class__ is bytearray else self._payload_of(x)
                  for x in items]
         sizes = [len(v) if v.__class__ is not memoryview else v.nbytes for v in views]
         biggest = max(sizes)
@@ -691,6 +734,452 @@ class UserRingBuffer(Resource):
                 raise ClosedError(f"user ring buffer '{self.name}' is closed")
             self._cons = self._load_u64(self._cons_addr)
             return self.size - (self._prod - self._cons)
+
+    # -- typed samples --
+
+    def _resolve_type(self, map, type) -> None:  # noqa: A002
+        """Sets sample_type (what to encode by) from ``type`` or the map's declaration."""
+        if type is None:
+            type = getattr(map, "record_type", None)  # the pybpf:record= tag, if the program has one
+        if type is memoryview or type is bytes:
+            type = None
+        self._btf = getattr(map, "btf", None)
+        self._type_id = 0
+        self._ctype = None
+        if type is not None:
+            what = f"user ring buffer '{self.name}'"
+            if isinstance(type, type_) and issubclass(type, _CDATA):
+                self._ctype = type  # a ctypes type, as is
+            else:  # a BTF type (the declared one), a spelling ("struct x") or an id
+                self._type_id = record_type_id(self._btf, type, what)
+                self._ctype = factory_for(self._btf).ctype(self._type_id)
+        self.sample_type = self._ctype
+        """The ctypes type of a sample (None without a declared or given type)."""
+
+    def _no_type(self, what: str) -> Error:
+        return Error(f"user ring buffer '{self.name}' has no sample type for {what}: declare it in the program "
+                     f"(btf_decl_tag(\"pybpf:record=struct x\") on the map), pass "
+                     f"UserRingBuffer(map, type=\"struct x\"), or use bytes / reserve(n)")
+
+    def _typed_size(self, what: str) -> int:
+        if self._ctype is None:
+            raise self._no_type(f"{what}() without a size")
+        return ctypes.sizeof(self._ctype)
+
+    def _typed_view(self, sample: Sample):
+        """The reserved ``sample`` as a zeroed typed view (discarded if that fails)."""
+        try:
+            view = _view_class(self._ctype).from_buffer(sample)
+            ctypes.memset(ctypes.addressof(view), 0, len(sample))
+            lease = _Lease(sample, self)
+            view.__dict__["_lease_"] = lease
+            lease.root = weakref.ref(view)
+            with self._lock:
+                self._leases[sample] = lease
+        except BaseException:
+            view = None
+            self.discard(sample)
+            raise
+        return view
+
+    def _commit_view(self, view, flag: int, what: str) -> None:
+        """submit/discard of a typed view."""
+        lease = getattr(view, "__dict__", {}).get("_lease_") if isinstance(view, _CDATA) else None
+        if lease is None:
+            raise Error(f"{what}() takes a Sample from reserve(n) or a typed sample from reserve(), "
+                        f"not {type(view).__name__}")
+        if lease.ring is not self:
+            raise Error(f"{what}(): the sample belongs to another ring buffer")
+        if lease.root is None or lease.root() is not view:
+            if lease.sample.committed:
+                raise Error(f"{what}(): the sample was already submitted or discarded")
+            raise Error(f"{what}() takes the sample reserve() returned, not a member of it")
+        sample = lease.sample
+        exports = _raw_exports(view)
+        if exports and not sample.committed:
+            raise SampleExportedError(
+                f"{what}() refused: {exports} raw export(s) of the typed sample (memoryview, from_buffer, "
+                f"a ctypes object made from it) still alive could write into the ring after the commit; drop "
+                f"them and {what} again (the sample stays reserved)")
+        with self._lock:
+            if self._closed:
+                raise ClosedError(f"user ring buffer '{self.name}' is closed")
+            if sample not in self._pending:
+                raise Error(f"{what}(): the sample was already submitted or discarded")
+            # the view's own export of the Sample goes first: the commit refuses while any is alive
+            _release_exports_of(view)
+            self._commit(sample, flag, what)
+            self._leases.pop(sample, None)
+        lease.retire()
+
+    def _payload_of(self, value):
+        """A sample's bytes: bytes-like objects as they are, the rest encoded by the sample type."""
+        if isinstance(value, (dict, list, tuple)) or (self._ctype is not None and isinstance(value, _CDATA)):
+            return self._encode(value)
+        try:
+            return memoryview(value).cast("B")
+        except TypeError:
+            return self._encode(value)
+
+    def _encode(self, value) -> bytes:
+        what = f"user ring buffer '{self.name}'"
+        if self._ctype is None:
+            raise self._no_type(f"a {type(value).__name__} sample")
+        if self._type_id:
+            return factory_for(self._btf).convert(self._type_id, value)
+        ct = self._ctype   # a ctypes type given as is
+        size = ctypes.sizeof(ct)
+        if isinstance(value, _CDATA):
+            if ctypes.sizeof(value) != size:
+                raise Error(f"{what}: a sample is {size} bytes ({ct.__name__}), got a {type(value).__name__} "
+                            f"of {ctypes.sizeof(value)}")
+            return bytes(memoryview(value).cast("B"))
+        buf = bytearray(size)
+        _fill(_detached_view(ct, buf), value, ct.__name__)
+        return bytes(buf)
+
+
+# --- typed samples -----------------------------------------------------------
+#
+# reserve() with no size returns the sample as a typed view: an instance of a
+# guarded subclass of the sample's ctypes type (pybpf.spec.typed), made with
+# from_buffer over the Sample, so it is one export of the Sample as any ctypes
+# view is.  submit(view)/discard(view) take it back: they refuse while a raw
+# export of the view itself (memoryview(view), T.from_buffer(view), a ctypes
+# object based on it) is alive, release the view's export, commit, and then
+# point the view (and the nested views handed out from it) at a private buffer,
+# so that nothing reachable from them writes into the ring any more; their
+# fields refuse reads and writes from then on (SampleClosedError).
+
+def _b_ptr_offset() -> int | None:
+    """Where CPython keeps a ctypes object's data pointer (CDataObject.b_ptr,
+    right after PyObject_HEAD), checked on a probe; None if not found there."""
+    off = 2 * ctypes.sizeof(ctypes.c_ssize_t)
+    probe = (ctypes.c_char * 8)()
+    try:
+        found = ctypes.c_void_p.from_address(id(probe) + off).value
+    except (ValueError, OSError):
+        return None
+    return off if found == ctypes.addressof(probe) else None
+
+
+_B_PTR = _b_ptr_offset()
+_CDATA = ctypes.Structure.__mro__[1]  # _ctypes._CData: every ctypes instance
+_COMPOUND = (ctypes.Structure, ctypes.Union, ctypes.Array)
+
+
+def _repoint(view, addr: int) -> None:
+    """Makes the ctypes object ``view`` use the memory at ``addr`` from now on."""
+    if _B_PTR is not None:
+        ctypes.c_void_p.from_address(id(view) + _B_PTR).value = addr
+
+
+class _Lease:
+    """What a typed view and the nested views made from it share: the Sample
+    they are over, and what submit/discard needs to retire them."""
+
+    __slots__ = ("sample", "ring", "root", "children", "spare")
+
+    def __init__(self, sample, ring):
+        self.sample = sample
+        self.ring = ring
+        self.root = None        # the view reserve() returned (weak: nothing else keeps it alive)
+        self.children = []      # weak references to the nested views handed out
+        self.spare = None       # the private memory the views use once retired
+
+    def check(self) -> None:
+        if self.sample.committed:
+            raise SampleClosedError("this typed sample was submitted or discarded (or its ring buffer closed): "
+                                    "the kernel owns that memory now; reserve() a new one")
+
+    def adopt(self, value):
+        """A guarded view of ``value``, a struct/union/array inside the sample."""
+        cls = _view_class(type(value))
+        child = cls.from_address(ctypes.addressof(value))
+        child.__dict__["_lease_"] = self
+        children = self.children
+        if len(children) > 64:
+            children[:] = [r for r in children if r() is not None]
+        children.append(weakref.ref(child))
+        return child
+
+    def retire(self) -> None:
+        """After the commit: the root view's export of the Sample released, and
+        every view still alive pointed at private memory.  Idempotent."""
+        root = self.root() if self.root is not None else None
+        if root is None and not self.children:
+            return
+        size = len(self.sample)
+        if self.spare is None:
+            self.spare = ctypes.create_string_buffer(max(size, 1))
+        base = ctypes.addressof(self.spare)
+        if root is not None:
+            start = ctypes.addressof(root)
+            for ref in self.children:
+                child = ref()
+                if child is not None:
+                    _repoint(child, base + (ctypes.addressof(child) - start))
+            _repoint(root, base)
+            _release_exports_of(root)
+        self.children = []
+        self.root = None
+
+
+def _release_exports_of(view) -> None:
+    """Releases the memoryview from_buffer keeps in ``view`` (its export of the Sample)."""
+    objects = view._objects
+    values = objects.values() if isinstance(objects, dict) else (objects,)
+    for v in list(values):
+        if isinstance(v, memoryview):
+            v.release()
+
+
+def _raw_exports(view) -> int:
+    """How many raw exports of ``view`` are alive: buffers exported from it
+    (memoryview, from_buffer) and ctypes objects based on it.  Cheap when
+    nothing but a name or two refers to it; a scan of the referrers otherwise."""
+    # the caller's reference(s), our frames' arguments and getrefcount's own
+    if sys.getrefcount(view) <= _PLAIN_REFS:
+        return 0
+    found = 0
+    for r in gc.get_referrers(view):
+        if type(r).__name__ == "managedbuffer" or isinstance(r, _CDATA):
+            found += 1
+        elif isinstance(r, dict) and any(isinstance(o, _CDATA) for o in gc.get_referrers(r)):
+            found += 1   # a ctypes object's _objects (ctypes.pointer(view), byref...)
+    return found
+
+
+# references to a typed view that submit(view) finds when the caller has it in
+# one variable: the variable, submit's and _commit_view's arguments, getrefcount's
+_PLAIN_REFS = 5
+
+
+def _field_error(label: str, name: str, value, e: Exception) -> Error:
+    if isinstance(e, Error):
+        return Error(f"{label}.{name}: {e}")
+    return Error(f"{label}.{name}: cannot set {value!r} ({e})")
+
+
+def _struct_members(ct) -> tuple:
+    members = getattr(ct, "_members_", None)
+    if members is None:
+        members = tuple(f[0] for f in ct._fields_)
+    return members
+
+
+def _guarded_member(ct, label: str, name: str) -> property:
+    desc = inspect.getattr_static(ct, name)
+    probe = desc.__get__(ct(), ct)
+    nested = isinstance(probe, _COMPOUND)
+    bits = getattr(ct, "_int_bits_", {}).get(name)
+    if bits is None:  # a plain ctypes structure: its integer fields (not bitfields)
+        for field in getattr(ct, "_fields_", ()):
+            if field[0] == name and len(field) == 2 and field[1] in _INT_TYPES:
+                bits = 8 * ctypes.sizeof(field[1])
+
+    def get(self):
+        lease = self._lease_
+        lease.check()
+        value = desc.__get__(self, None)
+        return lease.adopt(value) if nested else value
+
+    def set(self, value):
+        lease = self._lease_
+        lease.check()
+        if nested:
+            _fill(lease.adopt(desc.__get__(self, None)), value, f"{label}.{name}")
+            return
+        try:
+            if bits:  # ctypes would silently truncate
+                value = _check_int(value, bits, f"{label}.{name}")
+                desc.__set__(self, value)
+            else:
+                desc.__set__(self, value)
+        except Exception as e:
+            if isinstance(e, Error) and str(e).startswith(f"{label}.{name}"):
+                raise
+            raise _field_error(label, name, value, e) from None
+
+    return property(get, set, doc=f"field {name} of the sample (refused once it is submitted)")
+
+
+def _fill(view, value, what: str) -> None:
+    """Assigns a whole nested value: a dict/tuple/list of fields, bytes, or a ctypes value."""
+    size = ctypes.sizeof(view)
+    if isinstance(value, (bytes, bytearray, memoryview)) or isinstance(value, _CDATA):
+        raw = bytes(value)
+        if isinstance(view, ctypes.Array) and view._type_ is ctypes.c_char and isinstance(value, (bytes, bytearray)):
+            raw = raw + bytes(size - len(raw)) if len(raw) <= size else raw
+        if len(raw) != size:
+            raise Error(f"{what} is {size} bytes, got {len(raw)}")
+        ctypes.memmove(ctypes.addressof(view), raw, size)
+        return
+    if isinstance(view, ctypes.Array):
+        if not isinstance(value, (list, tuple)):
+            raise Error(f"{what} takes a list, not {type(value).__name__} {value!r}")
+        if len(value) > len(view):
+            raise Error(f"{what}: {len(value)} elements do not fit in {len(view)}")
+        for i, v in enumerate(value):
+            view[i] = v
+        return
+    members = _struct_members(type(view).__mro__[1])
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        if len(value) > len(members):
+            raise Error(f"{what} has {len(members)} fields, got {len(value)} values")
+        items = zip(members, value)
+    else:
+        raise Error(f"{what} takes a dict or tuple of fields, not {type(value).__name__}")
+    for name, v in items:
+        setattr(view, name, v)
+
+
+def _make_struct_view(ct):
+    label = getattr(ct, "_btf_name_", None) or ct.__name__
+    if label == "?":
+        label = ct.__name__
+    members = _struct_members(ct)
+    ns = {name: _guarded_member(ct, label, name) for name in members}
+    fields = ", ".join(members)
+    fields_of_ct = {f[0] for f in getattr(ct, "_fields_", ())}
+
+    def __setattr__(self, name, value):
+        if " " in name and name in fields_of_ct:  # pybpf's raw fields ("raw op"), set by the properties
+            self._lease_.check()
+            object.__setattr__(self, name, value)
+            return
+        if name not in ns:
+            raise Error(f"{label} has no field {name!r} (fields: {fields})")
+        ns[name].__set__(self, value)
+
+    def __bytes__(self):
+        self._lease_.check()
+        return ctypes.string_at(ctypes.addressof(self), ctypes.sizeof(self))
+
+    def __repr__(self):
+        if self._lease_.sample.committed:
+            return f"<{label} sample, submitted or discarded>"
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in members)
+        return f"{label}({inner})"
+
+    def to_python(self):
+        """The sample's fields as plain Python values (dict)."""
+        self._lease_.check()
+        return {n: (getattr(self, n).to_python() if hasattr(getattr(self, n), "to_python") else getattr(self, n))
+                for n in members}
+
+    def __eq__(self, other):
+        return bytes(self) == bytes(other) if isinstance(other, (bytes, bytearray, _CDATA)) else \
+            self.to_python() == other
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        lease = self._lease_
+        if lease.root is None or lease.root() is not self:
+            raise Error("only the sample reserve() returned can be used as a context manager, not a member of it")
+        if lease.sample.committed:
+            return  # submitted or discarded inside the block
+        if exc_type is None:
+            lease.ring.submit(self)
+        else:
+            lease.ring.discard(self)
+
+    ns.update(__setattr__=__setattr__, __bytes__=__bytes__, __repr__=__repr__, to_python=to_python,
+              __eq__=__eq__, __hash__=None, __enter__=__enter__, __exit__=__exit__,
+              __doc__=f"A {label} reserved in a user ring buffer: set its fields, then submit it.",
+              _pybpf_sample_view_=True)
+    return type(ct.__name__, (ct,), ns)
+
+
+def _make_array_view(ct):
+    elem = ct._type_
+    label = getattr(ct, "_btf_name_", None) or ct.__name__
+    nested = issubclass(elem, _COMPOUND)
+    bits = 8 * ctypes.sizeof(elem) if issubclass(elem, ctypes._SimpleCData) and elem not in (
+        ctypes.c_char, ctypes.c_bool, ctypes.c_float, ctypes.c_double) else 0
+    base_get, base_set = ct.__getitem__, ct.__setitem__
+
+    def __getitem__(self, i):
+        lease = self._lease_
+        lease.check()
+        v = base_get(self, i)
+        return lease.adopt(v) if nested and not isinstance(i, slice) else v
+
+    def __setitem__(self, i, value):
+        lease = self._lease_
+        lease.check()
+        if nested and not isinstance(i, slice):
+            _fill(lease.adopt(base_get(self, i)), value, f"{label}[{i}]")
+            return
+        if bits and not isinstance(i, slice):
+            value = _check_int(value, bits, f"{label}[{i}]")
+        try:
+            base_set(self, i, value)
+        except (TypeError, ValueError) as e:
+            raise Error(f"{label}[{i}]: cannot set {value!r} ({e})") from None
+
+    def __bytes__(self):
+        self._lease_.check()
+        return ctypes.string_at(ctypes.addressof(self), ctypes.sizeof(self))
+
+    def __repr__(self):
+        if self._lease_.sample.committed:
+            return f"<{label} in a sample, submitted or discarded>"
+        return repr(list(self[i] for i in range(len(self))))
+
+    return type(ct.__name__, (ct,), {"__getitem__": __getitem__, "__setitem__": __setitem__,
+                                     "__bytes__": __bytes__, "__repr__": __repr__, "__hash__": None})
+
+
+_view_classes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+type_ = type
+
+
+class _Detached:
+    """A lease for a view over a private buffer (encoding a plain ctypes type's dict)."""
+
+    __slots__ = ("sample",)
+
+    class _Open:
+        committed = False
+
+        def __len__(self):
+            return 0
+
+    def __init__(self):
+        self.sample = self._Open()
+
+    def check(self) -> None:
+        pass
+
+    def adopt(self, value):
+        child = _view_class(type(value)).from_address(ctypes.addressof(value))
+        child.__dict__["_lease_"] = self
+        return child
+
+
+def _detached_view(ct, buf: bytearray):
+    view = _view_class(ct).from_buffer(buf)
+    view.__dict__["_lease_"] = _Detached()
+    return view
+
+
+def _view_class(ct):
+    """The guarded subclass of ctypes type ``ct`` typed samples are made of."""
+    cls = _view_classes.get(ct)
+    if cls is None:
+        if issubclass(ct, ctypes.Array):
+            cls = _make_array_view(ct)
+        elif issubclass(ct, (ctypes.Structure, ctypes.Union)):
+            cls = _make_struct_view(ct)
+        else:
+            raise Error(f"a typed sample must be a struct, union or array, not {ct.__name__}: use reserve(n)")
+        _view_classes[ct] = cls
+    return cls
 
 
 _packers: dict[tuple[int, int], list] = {}
