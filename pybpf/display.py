@@ -255,19 +255,33 @@ def _walk(btf: BTF, t, base_bits: int, depth: int, prefix: str, boxes: list, lev
             # the storage unit; BTF gives only bit offsets); several share it while they fit
             ubits = 8 * max(size, 1)
             ustart = m.bit_offset // ubits * ubits
-            if unit is not None and not (unit[0].start_bit - base_bits <= m.bit_offset
-                                         and m.bit_offset + m.bitfield_size <= unit[0].end_bit - base_bits):
-                close_unit(m.bit_offset)
+            bf_end = m.bit_offset + m.bitfield_size
+            # where the region may reach: the next plain member, or the end of the struct
+            next_off = min((8 * n.offset for n in members[i + 1:] if not n.bitfield_size
+                            and 8 * n.offset >= bf_end), default=8 * t.size)
+            if unit is not None:
+                ubox = unit[0]
+                u0, u1 = ubox.start_bit - base_bits, ubox.end_bit - base_bits
+                if u0 <= m.bit_offset < u1 < bf_end:
+                    # it straddles the open unit's end (bool a:1; u32 b:31): one region for both
+                    new_end = min(max(u1, -(-bf_end // 8) * 8), next_off, 8 * t.size)
+                    if ubox.bits is not None:
+                        ubox.bits = new_end - u0
+                    ubox.size = -(-(base_bits + new_end) // 8) - ubox.offset
+                    if _decl(btf, m.type_id) not in ubox.type.split(", "):
+                        ubox.type += ", " + _decl(btf, m.type_id)
+                elif not (u0 <= m.bit_offset and bf_end <= u1):
+                    close_unit(m.bit_offset)
             if unit is None:
-                if not union and ustart < end:     # the unit would cover the previous member
-                    ustart = end
-                if not union and ustart - end >= 8:
+                drawn = max((b.end_bit - base_bits for b in boxes if b.depth == depth), default=0)
+                if not union:     # the unit must not cover what is before it
+                    ustart = max(ustart, end, drawn)
+                if not union and ustart - max(end, drawn) >= 8:
                     # drawn, not counted: inspect --type (pahole) counts holes before plain members only
-                    gap = ustart // 8 - (-(-end // 8))
-                    if gap > 0:
-                        boxes.append(Box("hole", f"{name}.hole", "", (base_bits + ustart) // 8 - gap, gap, depth))
-                next_off = min((8 * n.offset for n in members[i + 1:] if not n.bitfield_size
-                                and 8 * n.offset >= m.bit_offset + m.bitfield_size), default=8 * t.size)
+                    first = -(-max(end, drawn) // 8)
+                    if ustart // 8 > first:
+                        boxes.append(Box("hole", f"{name}.hole", "", base_bits // 8 + first,
+                                         ustart // 8 - first, depth))
                 uend = min(ustart + ubits, next_off, 8 * t.size)
                 ubox = Box("unit", f"{name}.unit", _decl(btf, m.type_id), (base_bits + ustart) // 8,
                            -(-(uend - ustart) // 8), depth, base_bits + ustart if ustart % 8 else None,
@@ -291,7 +305,11 @@ def _walk(btf: BTF, t, base_bits: int, depth: int, prefix: str, boxes: list, lev
             gap = (m.bit_offset - end) // 8
             holes += 1
             hole_bytes += gap
-            boxes.append(Box("hole", f"{name}.hole", "", base_bits // 8 + m.offset - gap, gap, depth))
+            # drawn after what is drawn: the unit of a bitfield before it may reach into the gap
+            drawn = max((b.offset + b.size for b in boxes if b.depth == depth), default=0)
+            start = max(base_bits // 8 + m.offset - gap, drawn)
+            if start < base_bits // 8 + m.offset:
+                boxes.append(Box("hole", f"{name}.hole", "", start, base_bits // 8 + m.offset - start, depth))
         off = (base_bits + m.bit_offset) // 8
         if mt is not None and mt.kind in (Kind.STRUCT, Kind.UNION) and not union:
             boxes.append(Box("struct", name, _decl(btf, m.type_id), off, size, depth))
@@ -301,9 +319,12 @@ def _walk(btf: BTF, t, base_bits: int, depth: int, prefix: str, boxes: list, lev
             boxes.append(Box("field", name, _decl(btf, m.type_id), off, size, depth))
         end = max(end, m.bit_offset + 8 * size)
     close_unit(8 * t.size)
+    # pahole's count (inspect --type) is from the last member's last bit; the picture's box
+    # starts after what is drawn (a bitfield unit may reach further than its bits)
     padding = t.size - (end + 7) // 8 if not union else 0
-    if padding > 0:
-        boxes.append(Box("padding", f"{prefix}padding", "", base_bits // 8 + t.size - padding, padding, depth))
+    drawn = max((b.offset + b.size for b in boxes if b.depth == depth), default=base_bits // 8) - base_bits // 8
+    if padding > 0 and t.size > drawn:
+        boxes.append(Box("padding", f"{prefix}padding", "", base_bits // 8 + drawn, t.size - drawn, depth))
     return holes, hole_bytes, max(padding, 0)
 
 
@@ -399,7 +420,7 @@ class Histogram:
         top = 22
         height = top + row_h * max(len(buckets), 1) + 6
         vmax = max((c for _, _, c in buckets), default=0)
-        head = self.title or f"{self.unit}: {self.total} values"
+        head = f"{self.title}: {self.total} values ({self.unit})" if self.title else f"{self.unit}: {self.total} values"
         out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="pybpf-histogram" width="{width}" '
                f'height="{height}" viewBox="0 0 {width} {height}" font-family="monospace" font-size="11">',
                f'<text x="4" y="15" font-size="12" font-weight="bold">{_esc(head)}</text>']

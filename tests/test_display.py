@@ -29,7 +29,7 @@ import pytest
 import pybpf
 from pybpf import display
 from pybpf.inspect import layout as text_layout
-from pybpf.spec.btf import BTF
+from pybpf.spec.btf import BTF, Kind
 
 from conftest import program
 
@@ -91,6 +91,27 @@ def test_holes_and_padding_agree_with_inspect(name):
     assert _summary(lay.text) == (lay.size, lay.holes, lay.hole_bytes, lay.padding)
     svg = ET.fromstring(lay.svg())
     assert len([g for g in svg.iter("{http://www.w3.org/2000/svg}g")]) >= len(lay.boxes)
+
+
+def test_every_kernel_struct_lays_out_without_overlap():
+    """All of vmlinux's named structs: boxes of one level never overlap nor pass the end, and the
+    outermost level tiles the struct from byte 0 to its size (every byte drawn once)."""
+    btf = BTF.load()
+    n = 0
+    for t in btf.by_kind(Kind.STRUCT):
+        if not t.name or not t.size:
+            continue
+        lay = display.layout(btf, t.id)
+        n += 1
+        for d in range(lay.depth + 1):
+            spans = sorted((b.start_bit, b.end_bit) for b in lay.boxes
+                           if b.depth == d and b.kind not in ("bits", "bitfield"))
+            assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), (t.name, d)
+            assert not spans or spans[-1][1] <= 8 * t.size, (t.name, d)
+        top = sorted((b.offset, b.offset + b.size) for b in lay.boxes if b.depth == 0)
+        assert top[0][0] == 0 and top[-1][1] == t.size, t.name
+        assert all(a[1] == b[0] for a, b in zip(top, top[1:])), (t.name, top)
+    assert n > 1000
 
 
 def test_layout_refuses_non_struct(spec):
