@@ -235,11 +235,37 @@ def _set_max_entries(spec, items: list) -> None:
         m.max_entries = n
 
 
+def _set_value_size(spec, items: list) -> None:
+    """--value-size MAP=N: a value size the object leaves for user space (a STACK_TRACE map's,
+    which bcc's libbpf-tools set to perf_max_stack_depth * 8 before load)."""
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            n = int(value, 0) if sep else -1
+        except ValueError:
+            n = -1
+        if n <= 0 or n >= 1 << 32:
+            raise pybpf.Error(f"--value-size takes MAP=N with N from 1 to 2**32-1 (e.g. stackmap=1016), "
+                              f"not {item!r}")
+        if name not in spec.maps:
+            raise pybpf.Error(f"--value-size: no map {name!r} (this object has: "
+                              f"{', '.join(k for k, v in spec.maps.items() if not v.internal) or 'none'})")
+        spec.maps[name].value_size = n
+    for name, m in spec.maps.items():
+        # the kernel refuses a stack map whose value holds no frame (stack_map_alloc: value_size
+        # a multiple of 8, at least one u64 ip); libbpf-tools leave it to their user code
+        if m.type == MapType.STACK_TRACE and m.value_size == 0:
+            raise pybpf.Error(f"map {name!r} (STACK_TRACE) has value_size 0: the object leaves the stack depth "
+                              f"for user space to set before loading; give --value-size {name}=N, N = 8 x the "
+                              f"deepest stack to keep (e.g. {name}=1016: 127 frames, bcc's profile's default)")
+
+
 def cmd_load(args) -> int:
     spec = pybpf.open(args.object)
     types = _type_overrides(spec, args.type)
     _set_variables(spec, args.set)
     _set_max_entries(spec, args.max_entries)
+    _set_value_size(spec, args.value_size)
     feeds: dict[str, list] = {}
     for item in args.feed:
         name, sep, value = item.partition("=")
@@ -477,20 +503,51 @@ def _attach_packet_socket(prog, iface):
 _CLI_NEEDS = {"iface": "--iface IFACE", "cgroup": "--cgroup PATH"}
 
 
-def _attach_usdt_pid(prog, pid: int):
-    """--pid: a usdt/[PATH:]PROVIDER:NAME program on process ``pid`` only; a section without a
-    path probes the process's executable (/proc/PID/exe)."""
+def _usdt_requests(args, obj) -> dict:
+    """--usdt PROG=[PATH:]PROVIDER:NAME (repeatable): program -> the probe targets to attach it to."""
     from pybpf.links.usdt import parse_usdt_target
-    path, provider, name = parse_usdt_target(prog.spec.attach_target)
+    out: dict[str, list] = {}
+    for item in getattr(args, "usdt", None) or []:
+        name, sep, target = item.partition("=")
+        if not sep:
+            raise pybpf.Error(f"--usdt takes PROG=[PATH:]PROVIDER:NAME (e.g. handle_gc_start=hotspot:gc__begin), "
+                              f"not {item!r}")
+        prog = obj.programs.get(name)
+        if prog is None or prog.spec.sec_def.attach != "usdt":
+            usdt = [p.name for p in obj.programs.values() if p.spec.sec_def.attach == "usdt"]
+            raise pybpf.Error(f"--usdt: {name!r} is not a usdt program of this object "
+                              f"(its usdt programs: {', '.join(usdt) or 'none'})")
+        out.setdefault(name, []).append(parse_usdt_target(target))
+    return out
+
+
+def _attach_usdt(prog, target: tuple, args):
+    """A usdt program on probe ``target`` = (path or None, provider, name): the path, else
+    --usdt-binary, else the executable of --pid's process (/proc/PID/exe); only that process
+    with --pid, every process running the binary without."""
+    path, provider, name = target
+    pid = args.pid if getattr(args, "pid", None) is not None else -1
     if path is None:
+        path = getattr(args, "usdt_binary", None)
+    if path is None:
+        if pid < 0:
+            raise pybpf.Error(f"{prog.name} ({prog.section}): probe {provider}:{name} names no binary: give "
+                              f"--usdt-binary PATH, or --pid PID (its executable)")
         try:
             path = os.readlink(f"/proc/{pid}/exe")
         except OSError as e:
             raise pybpf.Error(f"--pid {pid}: cannot read /proc/{pid}/exe: {e.strerror}") from None
     link = prog.attach_usdt(path, provider, name, pid=pid)
-    print(f"pybpf: attached {prog.name} ({prog.section}) to {link.target} in process {pid} "
+    where = f"in process {pid}" if pid >= 0 else "in every process"
+    print(f"pybpf: attached {prog.name} ({prog.section}) to {link.target} {where} "
           f"({len(link.sites)} site{'s' if len(link.sites) != 1 else ''})", file=sys.stderr)
     return link
+
+
+def _names_own_exe(prog) -> bool:
+    """A usdt program whose section names /proc/self/exe: the loading process's own binary."""
+    target = prog.spec.attach_target or ""
+    return prog.spec.sec_def.attach == "usdt" and target.startswith("/proc/self/exe:")
 
 
 _DEFAULT_SAMPLE_FREQ = 99      # Hz, as bcc's and the eunomia tutorial's profilers: off the timer tick
@@ -506,15 +563,26 @@ def _attach_all(args, obj, iface, filtering: bool = False) -> list:
     links, runnable = [], []
     unattached: dict[str, list] = {}       # what is missing -> programs
     used = {"iface": False, "cgroup": filtering}
+    usdt = _usdt_requests(args, obj)
     for prog in obj.programs.values():
         kind, how = attach_needs(prog)
         if kind == "struct_ops":
             continue                        # runs through its struct_ops map, registered below
         packet_socket = kind == "socket" and prog.type == ProgType.SOCKET_FILTER
+        if prog.name in usdt:
+            # --usdt: the probes the command line names (libbpf-tools' javagc attaches its
+            # SEC("usdt") programs to hotspot's probes from its C code), one link each
+            links.extend(_attach_usdt(prog, target, args) for target in usdt[prog.name])
+            continue
+        target = None
+        if prog.spec.sec_def.attach == "usdt" and prog.spec.attach_target and not _names_own_exe(prog):
+            from pybpf.links.usdt import parse_usdt_target
+            target = parse_usdt_target(prog.spec.attach_target)
+            if getattr(args, "pid", None) is None and (target[0] is not None or getattr(args, "usdt_binary", None) is None):
+                target = None               # the section says all (or needs --pid/--usdt-binary)
         try:
-            if getattr(args, "pid", None) is not None and prog.spec.sec_def.attach == "usdt" \
-                    and prog.spec.attach_target:
-                link = _attach_usdt_pid(prog, args.pid)
+            if target is not None:
+                link = _attach_usdt(prog, target, args)
             elif packet_socket and iface is not None:
                 link = _attach_packet_socket(prog, iface)
             elif prog.spec.sec_def.prog_type == "PERF_EVENT":
@@ -531,6 +599,16 @@ def _attach_all(args, obj, iface, filtering: bool = False) -> list:
         except pybpf.NotSupportedError as e:
             unattached.setdefault(str(e), []).append(prog.name)
             continue
+        except pybpf.Error as e:
+            if not _names_own_exe(prog):
+                raise
+            # bcc's profile: SEC("usdt//proc/self/exe:bpfprofiler:...") is a probe its own C front
+            # end fires; here /proc/self/exe is this Python, which has no such probe
+            unattached.setdefault(f"its section names the loader's own executable (/proc/self/exe, here "
+                                  f"{os.path.realpath('/proc/self/exe')}), which has no such probe ({e}); "
+                                  f"give --usdt {prog.name}=PATH:PROVIDER:NAME for a program that has it",
+                                  []).append(prog.name)
+            continue
         if link is not None:
             links.append(link)
             if packet_socket:
@@ -546,6 +624,9 @@ def _attach_all(args, obj, iface, filtering: bool = False) -> list:
             flag = _CLI_NEEDS.get(kind)
             if packet_socket:
                 need = "give --iface IFACE (a packet socket on it), or attach it to a socket: prog.attach_socket(sock)"
+            elif prog.spec.sec_def.attach == "usdt":
+                need = ("give --usdt-binary PATH or --pid PID (its section names no binary)" if prog.spec.attach_target
+                        else "its section names no probe: give --usdt PROG=[PATH:]PROVIDER:NAME")
             elif flag and not (kind == "cgroup" and prog.spec.expected_attach_type is None):
                 need = f"give {flag}"
             else:
@@ -666,6 +747,8 @@ def _main(argv: list | None) -> int:
     p.add_argument("--max-entries", action="append", default=[], metavar="MAP=N",
                    help="set MAP's max_entries before loading (maps the object leaves for user space to size; "
                         "a ring buffer's size in bytes)")
+    p.add_argument("--value-size", action="append", default=[], metavar="MAP=N",
+                   help="set MAP's value_size before loading (a STACK_TRACE map's: 8 x its stack depth)")
     p.add_argument("--no-attach", action="store_true", help="load only; attach nothing")
     p.add_argument("--iface", metavar="IFACE",
                    help="attach the XDP and tc programs to this interface (a name or an ifindex), and the socket "
@@ -678,7 +761,13 @@ def _main(argv: list | None) -> int:
                         "so its programs count only tasks in that cgroup")
     p.add_argument("--pid", type=int, metavar="PID",
                    help="attach the usdt programs to this process only (a usdt/PROVIDER:NAME section without a "
-                        "binary probes its executable)")
+                        "binary, and --usdt without PATH, probe its executable unless --usdt-binary says)")
+    p.add_argument("--usdt", action="append", default=[], metavar="PROG=[PATH:]PROVIDER:NAME",
+                   help="attach usdt program PROG to this probe (repeatable; for SEC(\"usdt\") programs that "
+                        "name none, as libbpf-tools' javagc); without PATH: --usdt-binary, else --pid's executable")
+    p.add_argument("--usdt-binary", metavar="PATH",
+                   help="the binary (or library) of the usdt probes whose section or --usdt names no path "
+                        "(usdt/PROVIDER:NAME); every process running it, or only --pid's")
     p.add_argument("--sample-freq", type=int, metavar="HZ",
                    help=f"run the perf_event programs from a sampling cpu-clock event on every online CPU at "
                         f"HZ samples/s (default {_DEFAULT_SAMPLE_FREQ})")

@@ -123,6 +123,15 @@ EXPECTED_PROGRAMS = {
     },
     "map_arena": {"nothing": ("syscall", ProgType.SYSCALL, None, "")},
     "profile_rb": {"on_sample": ("perf_event", ProgType.PERF_EVENT, None, "")},
+    "javagc_style": {
+        "gc_begin": ("usdt", ProgType.KPROBE, None, ""),
+        "gc_end": ("usdt", ProgType.KPROBE, None, ""),
+    },
+    "profile_style": {
+        "on_cpu_sample": ("perf_event", ProgType.PERF_EVENT, None, ""),
+        "converter": ("usdt//proc/self/exe:pybpf_profiler:ready", ProgType.KPROBE, None,
+                      "/proc/self/exe:pybpf_profiler:ready"),
+    },
     "perf_events_cli": {
         "on_getpid": ("tracepoint/syscalls/sys_enter_getpid", ProgType.TRACEPOINT, None, "syscalls/sys_enter_getpid"),
         "on_kill": ("tracepoint/syscalls/sys_enter_kill", ProgType.TRACEPOINT, None, "syscalls/sys_enter_kill"),
