@@ -224,9 +224,10 @@ def test_profile_style_counts_stacks_of_a_busy_process(no_fd_leak):
     raw = bytes(int(b, 16) for b in stack["value"])
     frames = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
     frames = frames[:frames.index(0)] if 0 in frames else frames
-    # the stack's frames are code addresses of the busy process (this Python, built without
-    # frame pointers, gives shallow user stacks: 1 to a few frames, as the tutorial's profile shows)
-    assert frames and all(any(lo <= ip < hi for lo, hi in code) for ip in frames), (frames, code)
+    # the first frame is the sampled instruction: a code address of the busy process (this
+    # Python is built without frame pointers, so the frames after it are not reliable and are
+    # not checked: the kernel walks frame pointers, as the tutorial's profile shows)
+    assert frames and any(lo <= frames[0] < hi for lo, hi in code), (frames, code)
 
 
 def executable_ranges(pid: int) -> list[tuple[int, int]]:

@@ -26,9 +26,11 @@ def _comm() -> str:
 def test_user_ringbuf_example_answers_our_kills(no_fd_leak):
     """The tutorial's user side: each kill(2) we make drains the sample it wrote,
     and the kernel's answer (our pid and comm) is printed as a row."""
+    # unbuffered: a buffered reader would take several lines in one read and select() would
+    # then see nothing more to read while the header waits in the buffer
     proc = subprocess.Popen([sys.executable, str(EXAMPLES / "user_ringbuf.py"), "--count", "3",
                              "--pid", str(os.getpid()), "--duration", "20"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, cwd="/")
     lines = []
     try:
         sel = selectors.DefaultSelector()
@@ -37,7 +39,7 @@ def test_user_ringbuf_example_answers_our_kills(no_fd_leak):
         ready = False
         while time.monotonic() < deadline:
             if sel.select(0.05):
-                line = proc.stdout.readline()
+                line = proc.stdout.readline().decode()     # raw: reads up to the newline only
                 if not line:
                     break
                 lines.append(line.rstrip("\n"))
@@ -46,6 +48,7 @@ def test_user_ringbuf_example_answers_our_kills(no_fd_leak):
                 os.kill(os.getpid(), 0)   # sys_exit_kill: drains the sample the example wrote
         sel.close()
         out, err = proc.communicate(timeout=10)
+        out, err = out.decode(), err.decode()
         lines += out.splitlines()
     finally:
         if proc.poll() is None:

@@ -18,7 +18,9 @@ from conftest import PROGRAMS, program
 pytestmark = pytest.mark.kernel
 
 # objects made to be refused, each with its tests (test_errors.py, test_refusals.py)
-REFUSED = {"verifier_fail", "max_entries_unset", "long_log"}
+# refused by design: a verifier rejection, maps left for user space to size (profile_style, as
+# libbpf-tools' profile: tests/test_cli_real_style.py sizes them), a log past 16 MiB
+REFUSED = {"verifier_fail", "max_entries_unset", "long_log", "profile_style"}
 LOADABLE = sorted(p.stem for p in PROGRAMS.glob("*.o") if p.stem not in REFUSED)
 
 
