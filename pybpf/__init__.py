@@ -15,6 +15,8 @@ runtime objects (``Object``, ``Map``, ``Program``, ``Link``, ``RingBuffer``,
 
 from __future__ import annotations
 
+__version__ = "0.1.0"   # kept equal to pyproject.toml's version by tests/test_cli_session.py
+
 import os as _os
 import sys as _sys
 

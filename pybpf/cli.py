@@ -125,12 +125,27 @@ class RecordPrinter:
             return f"{'TIME':<8} {'EVENT':<5} {'COMM':<16} {'PID':<7}".rstrip()
         return None
 
-    def line(self, record) -> str:
-        ts = time.strftime("%H:%M:%S")
-        value = None
+    def decode(self, record):
+        """The record's fields as a dict (strings for char arrays, enum names), or None when
+        it has no known type or is shorter than it."""
         if self.rtype is not None and len(record) >= self.rtype.size:
             typed = factory_for(self.btf).from_bytes(self.rtype.id, record)
             value = typed.to_python() if hasattr(typed, "to_python") else {"value": typed}
+            return value if isinstance(value, dict) else {"value": value}
+        return None
+
+    def json_line(self, record, value=None) -> str:
+        """--json: the decoded fields as one JSON object; undecoded records as map, size and hex."""
+        if value is None:
+            value = self.decode(record)
+        if value is None:
+            value = {"map": self.map_name, "size": len(record), "hex": bytes(record).hex()}
+        return json.dumps(value, separators=(",", ":"), default=str)
+
+    def line(self, record, value=None) -> str:
+        ts = time.strftime("%H:%M:%S")
+        if value is None:
+            value = self.decode(record)
         if isinstance(value, dict):
             if self.table:
                 rest = " ".join(f"{k}={_fmt(v)}" for k, v in value.items() if k not in ("comm", "pid"))
@@ -272,6 +287,7 @@ def cmd_load(args) -> int:
         if not sep:
             raise pybpf.Error(f"--feed takes MAP=VALUE, not {item!r}")
         feeds.setdefault(name, []).append(value)
+    filters = _parse_filters(args)
     if not has_bpf_privileges():
         print(PRIVILEGE_MESSAGE, file=sys.stderr)
         return 1
@@ -290,6 +306,11 @@ def cmd_load(args) -> int:
         if cg_filter is not None:
             _cgroup_filter_after_load(obj, args.cgroup, cg_filter)
         links = [] if args.no_attach else _attach_all(args, obj, iface, filtering=cg_filter is not None)
+        if args.verbose:
+            for prog in obj.programs.values():
+                print(f"pybpf: program {prog.name} id {prog.id} ({prog.section})", file=sys.stderr)
+            for m in obj.maps.values():
+                print(f"pybpf: map {m.name} id {m.id} ({m.type.name})", file=sys.stderr)
         for name in feeds:
             if name not in obj.maps or obj.maps[name].type != MapType.USER_RINGBUF:
                 raise pybpf.Error(f"--feed: {name!r} is not a user ring buffer of this object")
@@ -303,6 +324,16 @@ def cmd_load(args) -> int:
             label_fallback = "EVENT"
             printers = {}
             counter = {"records": 0, "samples": 0, "full": False}
+
+            def emit(printer, record) -> bool:
+                """Print one record (a line, or a JSON object with --json) unless --filter/--pid
+                leaves it out; True when printed (it then counts for --count)."""
+                value = printer.decode(record)
+                if filters and not _record_matches(value, filters):
+                    return False
+                print(printer.json_line(record, value) if args.json else printer.line(record, value), flush=True)
+                counter["records"] += 1
+                return True
 
             def feed() -> None:
                 for ring, stype, samples in users:
@@ -330,20 +361,19 @@ def cmd_load(args) -> int:
                 def on_record(record, printer=printer):
                     if args.count is not None and counter["records"] >= args.count:
                         return -1       # --count reached: stop consume(), print nothing more
-                    print(printer.line(record), flush=True)
-                    counter["records"] += 1
-                    if users:
+                    if emit(printer, record) and users:
                         feed()
 
                 # raw records: the printer decodes them, and shows short or unknown ones in hex
                 rings.append(pybpf.RingBuffer(m, on_record, type=memoryview))
             for m in obj.maps.values():
                 if m.type == MapType.PERF_EVENT_ARRAY and not m.spec.internal:
-                    rings.append(_stream_perf_buffer(spec, m, types, links, printers, counter, args))
+                    rings.append(_stream_perf_buffer(spec, m, types, links, printers, counter, args, emit))
             if users:
                 feed()
+            _check_filters(filters, printers)
             headers = {p.header() for p in printers.values()}
-            if len(headers) == 1 and None not in headers:
+            if len(headers) == 1 and None not in headers and not args.json:
                 print(headers.pop(), flush=True)
             if not rings:
                 print(f"pybpf: {args.object} loaded; it has no ring or perf buffer to stream. Ctrl-C to unload.",
@@ -351,6 +381,7 @@ def cmd_load(args) -> int:
             sel = selectors.DefaultSelector()
             for r in rings:
                 sel.register(r.fileno(), selectors.EVENT_READ, r)
+            next_maps = time.monotonic() + args.interval if args.show_maps and args.interval else None
             meter = None
             if args.rate:
                 from pybpf.ringbuf import RateMeter
@@ -366,11 +397,20 @@ def cmd_load(args) -> int:
                 if meter is not None and time.monotonic() >= next_rate:
                     print(f"pybpf: {meter.line()}", file=sys.stderr, flush=True)
                     next_rate += 1.0
+                if next_maps is not None and time.monotonic() >= next_maps:
+                    _show_maps(obj)
+                    next_maps += args.interval
                 if args.count is not None and counter["records"] >= args.count:
                     break
                 if stop_after is not None and time.monotonic() >= stop_after:
                     break
             sel.close()
+            if args.show_maps:
+                _show_maps(obj)
+        except KeyboardInterrupt:
+            if args.show_maps:      # Ctrl-C ends a session: the maps as they are then
+                _show_maps(obj)
+            raise
         finally:
             for r in rings:
                 r.close()
@@ -383,7 +423,7 @@ def cmd_load(args) -> int:
     return 0
 
 
-def _stream_perf_buffer(spec, m, types: dict, links: list, printers: dict, counter: dict, args):
+def _stream_perf_buffer(spec, m, types: dict, links: list, printers: dict, counter: dict, args, emit):
     """A PerfBuffer on PERF_EVENT_ARRAY map ``m`` (bpf_perf_event_output's records, as bcc's
     and libbpf-tools' perf_buffer__poll loops read them), printed as ring records are:
     decoded by --type, the map's pybpf:record= tag or the guessed struct, hex otherwise;
@@ -396,14 +436,81 @@ def _stream_perf_buffer(spec, m, types: dict, links: list, printers: dict, count
         if args.count is not None and counter["records"] >= args.count:
             return -1           # --count reached: stop consume(), print nothing more
         # the kernel pads a sample to 8 bytes (size + 4): the printer decodes the struct's size
-        print(printer.line(record), flush=True)
-        counter["records"] += 1
+        emit(printer, record)
 
     def on_lost(cpu, lost):
         print(f"pybpf: perf buffer {m.name}: {lost} sample{'s' if lost != 1 else ''} lost on CPU {cpu} "
               f"(its ring was full)", file=sys.stderr, flush=True)
 
     return pybpf.PerfBuffer(m, on_sample, on_lost, type=memoryview)
+
+
+def _parse_filters(args) -> list:
+    """--filter FIELD=VALUE items (and --pid N, which filters records that have a ``pid``
+    field) as (field, value, required) triples; ``required``: a record without the field is
+    left out (--filter), or kept (--pid)."""
+    out = []
+    for item in args.filter:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise pybpf.Error(f"--filter takes FIELD=VALUE (e.g. --filter comm=bash), not {item!r}")
+        out.append((name, value, True))
+    if args.pid is not None:
+        out.append(("pid", str(args.pid), False))
+    return out
+
+
+def _field_equals(v, want: str) -> bool:
+    """A decoded field against a --filter value: ints by value (decimal or 0x...), strings
+    (char arrays, enum names) exactly."""
+    if isinstance(v, bool):
+        return want.lower() in (str(v).lower(), str(int(v)))
+    if isinstance(v, int):
+        try:
+            return v == int(want, 0)
+        except ValueError:
+            return False
+    return _fmt(v) == want
+
+
+def _record_matches(value, filters: list) -> bool:
+    """Whether a decoded record (a dict, or None when undecoded) passes every filter."""
+    for name, want, required in filters:
+        if not isinstance(value, dict) or name not in value:
+            if required:
+                return False
+            continue
+        if not _field_equals(value[name], want):
+            return False
+    return True
+
+
+def _check_filters(filters: list, printers: dict) -> None:
+    """A --filter naming a field no stream's record has would print nothing: one error instead."""
+    fields = {m.name for p in printers.values() if p.rtype is not None for m in p.rtype.members}
+    for name, _, required in filters:
+        if required and name not in fields:
+            have = ", ".join(sorted(fields)) or "none: no ring or perf buffer has a known record type"
+            raise pybpf.Error(f"--filter {name}=...: no record streamed here has a field {name!r} "
+                              f"(fields: {have})")
+
+
+def _show_maps(obj) -> None:
+    """--show-maps: every map but the ring/perf buffers and the object's .data/.bss/.rodata,
+    log2 histograms drawn as bcc/libbpf-tools' print_log2_hist, others as key: value tables."""
+    from pybpf import display
+    skip = (MapType.RINGBUF, MapType.USER_RINGBUF, MapType.PERF_EVENT_ARRAY)
+    out = [time.strftime("%H:%M:%S")]
+    for m in obj.maps.values():
+        if m.type in skip or m.spec.internal:
+            continue
+        if display._map_hist_kind(m) is not None:
+            hists = display.histograms(m)
+            out.append(f"map {m.name}: {len(hists)} histogram{'s' if len(hists) != 1 else ''}")
+            out.extend(str(h) for _, h in hists)
+        else:
+            out.append(display.map_text(m))
+    print("\n".join(out), flush=True)
 
 
 def _parse_iface(text):
@@ -659,16 +766,33 @@ def _attach_all(args, obj, iface, filtering: bool = False) -> list:
 def cmd_inspect(args) -> int:
     from pybpf import inspect as insp
     spec = pybpf.open(args.object)
+    if args.kernel and not args.core:
+        raise pybpf.Error("--kernel goes with --core (it resolves the CO-RE relocations on this kernel)")
     if args.type:
         if spec.btf is None:
             raise pybpf.Error(f"{args.object} has no BTF: build it with -g")
-        for t in args.type:
-            sys.stdout.write(insp.layout(spec.btf, t))
+        if args.json:
+            print(json.dumps([insp.layout_data(spec.btf, t) for t in args.type], indent=1))
+        else:
+            for t in args.type:
+                sys.stdout.write(insp.layout(spec.btf, t))
+        return 0
+    if args.core:
+        if args.json:
+            print(json.dumps(insp.core_data(spec, args.program, args.kernel), indent=1))
+        else:
+            sys.stdout.write(insp.core_listing(spec, args.program, args.kernel))
         return 0
     if args.disasm:
-        sys.stdout.write(insp.disassembly(spec, args.program))
+        if args.json:
+            print(json.dumps(insp.disassembly_data(spec, args.program), indent=1))
+        else:
+            sys.stdout.write(insp.disassembly(spec, args.program))
         return 0
-    sys.stdout.write(insp.describe(spec))
+    if args.json:
+        print(json.dumps(insp.describe_data(spec, args.program), indent=1))
+    else:
+        sys.stdout.write(insp.describe(spec, args.program))
     return 0
 
 
@@ -728,8 +852,16 @@ def main(argv: list | None = None) -> int:
         return 128 + (_interrupts.signum or signal.SIGINT)
 
 
+def _prog_name() -> str:
+    """argparse's prog: ``pybpf`` for the console script, ``python -m pybpf`` otherwise."""
+    if os.path.basename(sys.argv[0] if sys.argv else "") == "pybpf":
+        return "pybpf"
+    return "python -m pybpf"
+
+
 def _main(argv: list | None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pybpf", description="A pure-Python eBPF loader.")
+    parser = argparse.ArgumentParser(prog=_prog_name(), description="A pure-Python eBPF loader.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {pybpf.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("load", help="load a BPF object, attach its programs, stream its ring buffers",
                        description="Load OBJECT, attach the programs whose section names a target (XDP and tc "
@@ -760,8 +892,21 @@ def _main(argv: list | None) -> int:
                         "directory's fd is stored at key 0 of a CGROUP_ARRAY map 'cgroup_map' after load, "
                         "so its programs count only tasks in that cgroup")
     p.add_argument("--pid", type=int, metavar="PID",
-                   help="attach the usdt programs to this process only (a usdt/PROVIDER:NAME section without a "
-                        "binary, and --usdt without PATH, probe its executable unless --usdt-binary says)")
+                   help="two meanings: attach the usdt programs to this process only (a usdt/PROVIDER:NAME "
+                        "section without a binary, and --usdt without PATH, probe its executable unless "
+                        "--usdt-binary says); and print only the records whose 'pid' field is PID (records "
+                        "without a pid field are kept): the short form of --filter pid=PID")
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                   help="print only the decoded records whose FIELD equals VALUE (an int, the string of a char "
+                        "array, an enum name); repeatable, all must match; records without FIELD are left out")
+    p.add_argument("--json", action="store_true",
+                   help="print each ring/perf buffer record as one JSON object (its decoded fields; map, size "
+                        "and hex for records of unknown type), one per line")
+    p.add_argument("--show-maps", action="store_true",
+                   help="print the maps (but ring/perf buffers and .data/.bss/.rodata) at exit, or every "
+                        "--interval seconds: log2 histograms as bcc draws them, other maps as key: value tables")
+    p.add_argument("--interval", type=float, metavar="SECONDS", help="with --show-maps: print them this often")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the loaded programs' and maps' ids")
     p.add_argument("--usdt", action="append", default=[], metavar="PROG=[PATH:]PROVIDER:NAME",
                    help="attach usdt program PROG to this probe (repeatable; for SEC(\"usdt\") programs that "
                         "name none, as libbpf-tools' javagc); without PATH: --usdt-binary, else --pid's executable")
@@ -783,7 +928,10 @@ def _main(argv: list | None) -> int:
     p.add_argument("--type", action="append", default=[], metavar="TYPE",
                    help="print the layout of TYPE (e.g. 'struct event'): offsets, sizes, holes, padding")
     p.add_argument("--disasm", action="store_true", help="disassemble each program with its C source lines")
-    p.add_argument("--program", metavar="NAME", help="with --disasm: only this program")
+    p.add_argument("--program", metavar="NAME", help="only this program (its description, disassembly or CO-RE)")
+    p.add_argument("--core", action="store_true", help="list each function's CO-RE relocations (libbpf's notation)")
+    p.add_argument("--kernel", action="store_true", help="with --core: what each resolves to on this kernel")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p = sub.add_parser("btf", help="BTF tools: 'btf dump'")
     bsub = p.add_subparsers(dest="btf_command", metavar="SUBCOMMAND", required=True)
     p = bsub.add_parser("dump", help="dump BTF as bpftool does (raw) or as a C header (vmlinux.h)")
@@ -809,6 +957,8 @@ def _main(argv: list | None) -> int:
         print(f"pybpf: error: {e}", file=sys.stderr)
         if getattr(args, "log", False):
             print(e.log, file=sys.stderr)
+        elif args.command == "load":
+            print("pybpf: rerun with --log for the whole verifier log", file=sys.stderr)
         return 1
     except pybpf.NotSupportedError as e:
         print(f"pybpf: error: {e}", file=sys.stderr)
