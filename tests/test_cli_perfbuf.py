@@ -174,4 +174,9 @@ def test_ctrl_c_releases_the_perf_events_and_unloads(no_fd_leak):
         stop(session, target)
     assert session.returncode == 130 and "Traceback" not in err, err
     assert not {p["id"] for p in progs} & {p["id"] for p in bpftool("prog", "show")}
+    # the programs' references to their maps go after an RCU grace period (bpf_prog_put
+    # frees the program, and then its maps, from call_rcu): wait for that, bounded
+    deadline = time.monotonic() + 10
+    while map_ids & {m["id"] for m in bpftool("map", "show")} and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not map_ids & {m["id"] for m in bpftool("map", "show")}
