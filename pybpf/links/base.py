@@ -52,6 +52,11 @@ class Link(Resource):
         closed as one step, and every fd is closed even if one close fails."""
         first = None
         with deferred_signals():
+            if self._fds:
+                try:
+                    self._undo()
+                except Exception as e:   # the fds are closed anyway; the error is raised after
+                    first = e
             while self._fds:
                 fd = self._fds.pop(0)
                 try:
@@ -60,6 +65,11 @@ class Link(Resource):
                     first = first or e
         if first is not None:
             raise first
+
+    def _undo(self) -> None:
+        """What an attachment that is not a BPF link undoes before close() closes its fds
+        (a setsockopt or BPF_PROG_ATTACH to take back); nothing for BPF links, which detach
+        when their fd closes."""
 
     def _link_fd(self, what: str) -> int:
         fd = self.fd

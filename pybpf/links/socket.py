@@ -103,22 +103,10 @@ class SocketFilterLink(Link):
             raise type(e)(e.command, e.errno, f"program {self.program.name!r}: cannot detach from socket "
                                               f"{self.target}{hint}") from None
 
-    def close(self) -> None:
+    def _undo(self) -> None:
         """Detach the filter (SO_DETACH_BPF) and close the socket fd the link holds.  Idempotent;
         the fd is closed even when the detach fails (the error is raised after)."""
-        first = None
-        with deferred_signals():
-            if self._fds:
-                try:
-                    self._detach()
-                except Exception as e:
-                    first = e
-            try:
-                super().close()
-            except OSError as e:
-                first = first or e
-        if first is not None:
-            raise first
+        self._detach()
 
     def info(self):
         """Socket filters have no BPF link, so no link info: raises NotSupportedError."""

@@ -128,22 +128,10 @@ class SockmapProgLink(Link):
             raise type(e)(e.command, e.errno, f"program {self.program.name!r}: cannot detach from sockmap "
                                               f"{self.target} ({self.attach_type.name})") from None
 
-    def close(self) -> None:
+    def _undo(self) -> None:
         """BPF_PROG_DETACH the program, then close the link's map and program fds.  Idempotent;
         the fds are closed even when the detach fails (the error is raised after)."""
-        first = None
-        with deferred_signals():
-            if self._fds:
-                try:
-                    self._prog_detach()
-                except Exception as e:
-                    first = e
-            try:
-                super().close()
-            except OSError as e:
-                first = first or e
-        if first is not None:
-            raise first
+        self._prog_detach()
 
     def info(self):
         """Attached with BPF_PROG_ATTACH, so no BPF link info: raises NotSupportedError."""
