@@ -103,3 +103,44 @@ def pytest_runtest_makereport(item, call):
         return
     report.outcome = "failed"
     report.longrepr = f"skipped in CI (PYBPF_REQUIRE_KERNEL=1), which must run every test: {reason}"
+
+
+# -- kernel objects the tests look at (shared by the attach tests) -------------------------------
+
+def prog_id(prog) -> int:
+    """The kernel id of a loaded program."""
+    return prog.id
+
+
+def bpftool_json(*args):
+    """``bpftool -j ARGS`` parsed ([] for no output)."""
+    import json
+    import subprocess
+    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
+    out = subprocess.run([bpftool, "-j", *args], capture_output=True, text=True, timeout=30, check=True).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def bpftool_link(link_id: int) -> dict:
+    """``bpftool -j link show id N``."""
+    return bpftool_json("link", "show", "id", str(link_id))
+
+
+def link_gone(link_id: int) -> bool:
+    """The kernel has no link with this id any more (bounded wait: the last reference may
+    be dropped just after close returns)."""
+    import errno
+    import time
+    import pybpf
+    from pybpf.kernel import syscall as sc
+    from pybpf.kernel.constants import Cmd
+    for _ in range(50):
+        try:
+            fd = sc.get_fd_by_id(Cmd.LINK_GET_FD_BY_ID, link_id)
+        except pybpf.SyscallError as e:
+            if e.errno == errno.ENOENT:
+                return True
+            raise
+        os.close(fd)
+        time.sleep(0.02)
+    return False

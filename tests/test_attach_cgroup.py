@@ -16,7 +16,6 @@ import errno
 import itertools
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -28,14 +27,12 @@ import time
 import pytest
 
 import pybpf
-from pybpf.kernel import syscall as sc
-from pybpf.kernel.attrs import ProgInfo
 from pybpf.kernel.constants import AttachType, Cmd, LinkType, ProgType
 from pybpf.links.base import link_info
 from pybpf.links.cgroup import CgroupAttachment, cgroup2_mount, query_cgroup
 from pybpf.spec.sections import match_section
 
-from conftest import program
+from conftest import bpftool_json, prog_id, program
 from netns import PREFIX, Netns, leftovers, veth_pair
 
 pytestmark = pytest.mark.kernel
@@ -52,16 +49,6 @@ AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-def prog_id(prog) -> int:
-    return sc.obj_get_info_by_fd(prog.fd, ProgInfo()).id
-
-
-def bpftool_json(*args) -> object:
-    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    out = subprocess.run([bpftool, "-j", *args], capture_output=True, text=True, timeout=30, check=True).stdout
-    return json.loads(out) if out.strip() else []
-
 
 def cgroup_progs(path: str) -> list:
     """bpftool's list of the programs attached to cgroup PATH (every attach type)."""

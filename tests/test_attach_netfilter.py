@@ -6,23 +6,19 @@ unregisters the hook."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
-import shutil
 import socket
-import subprocess
-import time
 
 import pytest
 
 import pybpf
 from pybpf.kernel import syscall as sc
-from pybpf.kernel.attrs import LinkCreateAttr, ProgInfo
+from pybpf.kernel.attrs import LinkCreateAttr
 from pybpf.kernel.constants import AttachType, Cmd, LinkType
 from pybpf.links.netfilter import attach_netfilter
 
-from conftest import program
+from conftest import bpftool_link, link_gone, prog_id, program
 from netns import PREFIX, Netns, leftovers
 
 pytestmark = pytest.mark.kernel
@@ -33,36 +29,12 @@ C_NF_IPV6 = 15
 HOOKS = ("prerouting", "local_in", "forward", "local_out", "postrouting")
 
 
-def bpftool_link(link_id: int) -> dict:
-    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    out = subprocess.run([bpftool, "-j", "link", "show", "id", str(link_id)], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    return json.loads(out)
-
-
 def fdinfo(fd: int) -> dict:
     """The kernel's own text view of a link fd; a netfilter link adds
     ``pf:\\t2\\thooknum:\\t1\\tprio:\\t0`` (bpf_nf_link_show_info)."""
     with open(f"/proc/self/fdinfo/{fd}") as f:
         text = f.read()
     return {k: v for k, v in re.findall(r"(\w+):\s+(-?\w+)", text)}
-
-
-def prog_id(prog) -> int:
-    return sc.obj_get_info_by_fd(prog.fd, ProgInfo()).id
-
-
-def link_gone(link_id: int) -> bool:
-    for _ in range(50):
-        try:
-            fd = sc.get_fd_by_id(Cmd.LINK_GET_FD_BY_ID, link_id)
-        except pybpf.SyscallError as e:
-            if e.errno == errno.ENOENT:
-                return True
-            raise
-        os.close(fd)
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture

@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
-import shutil
 import socket
 import struct
-import subprocess
-import time
 
 import pytest
 
 import pybpf
 from pybpf.kernel import syscall as sc
-from pybpf.kernel.attrs import ProgInfo, ProgQueryAttr
+from pybpf.kernel.attrs import ProgQueryAttr
 from pybpf.kernel.constants import AttachType, Cmd, LinkType
 
-from conftest import program
+from conftest import bpftool_link, link_gone, prog_id, program
 from netns import PREFIX, Netns, leftovers, veth_pair
 
 pytestmark = pytest.mark.kernel
@@ -30,32 +26,6 @@ OBJ = program("net_sock")
 C_LOOKUP_STEERED = 2           # indices of `counters` in programs/net_sock.bpf.c
 C_DISSECT_CALLS = 3
 STEERED_PORT = 7007            # nothing listens here: sk_lookup sends it to the listener
-
-
-def bpftool_link(link_id: int) -> dict:
-    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    out = subprocess.run([bpftool, "-j", "link", "show", "id", str(link_id)], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    return json.loads(out)
-
-
-def prog_id(prog) -> int:
-    return sc.obj_get_info_by_fd(prog.fd, ProgInfo()).id
-
-
-def link_gone(link_id: int) -> bool:
-    """The kernel has no link with this id any more (bounded wait: the last reference may
-    be dropped just after close returns)."""
-    for _ in range(50):
-        try:
-            fd = sc.get_fd_by_id(Cmd.LINK_GET_FD_BY_ID, link_id)
-        except pybpf.SyscallError as e:
-            if e.errno == errno.ENOENT:
-                return True
-            raise
-        os.close(fd)
-        time.sleep(0.02)
-    return False
 
 
 def netns_progs(path: str, attach_type: AttachType) -> list[int]:

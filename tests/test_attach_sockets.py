@@ -10,10 +10,8 @@ import ctypes
 import errno
 import json
 import os
-import shutil
 import socket
 import struct
-import subprocess
 import sys
 import time
 
@@ -21,12 +19,12 @@ import pytest
 
 import pybpf
 from pybpf.kernel import syscall as sc
-from pybpf.kernel.attrs import MapInfo, ProgInfo, ProgQueryAttr
+from pybpf.kernel.attrs import MapInfo, ProgQueryAttr
 from pybpf.kernel.constants import AttachType, Cmd, LinkType
 from pybpf.links import SockmapProgLink, SocketFilterLink, cgroup2_mount
 from pybpf.links.sockmap import attach_sockmap
 
-from conftest import program
+from conftest import bpftool_link, link_gone, prog_id, program
 from netns import PREFIX, Netns, leftovers
 
 pytestmark = pytest.mark.kernel
@@ -37,30 +35,6 @@ C_FILTER_SEEN, C_FILTER_DROPPED = 0, 1
 C_SOCKOPS_ADDED, C_MSG_SEEN, C_MSG_REDIRECTED, C_MSG_NO_PEER = 4, 5, 6, 7
 C_SKB_SEEN, C_SKB_DROPPED = 8, 9
 SOL_SOCKET, SO_GET_FILTER = 1, 26
-
-
-def bpftool_link(link_id: int) -> dict:
-    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    out = subprocess.run([bpftool, "-j", "link", "show", "id", str(link_id)], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    return json.loads(out)
-
-
-def prog_id(prog) -> int:
-    return sc.obj_get_info_by_fd(prog.fd, ProgInfo()).id
-
-
-def link_gone(link_id: int) -> bool:
-    for _ in range(50):
-        try:
-            fd = sc.get_fd_by_id(Cmd.LINK_GET_FD_BY_ID, link_id)
-        except pybpf.SyscallError as e:
-            if e.errno == errno.ENOENT:
-                return True
-            raise
-        os.close(fd)
-        time.sleep(0.02)
-    return False
 
 
 def map_progs(m, attach_type: AttachType) -> list[int]:

@@ -21,7 +21,6 @@ import json
 import shutil
 import socket
 import struct
-import subprocess
 import threading
 import time
 
@@ -29,11 +28,9 @@ import pytest
 
 import pybpf
 from pybpf.kernel import netlink as nl
-from pybpf.kernel import syscall as sc
-from pybpf.kernel.attrs import ProgInfo
 from pybpf.kernel.constants import LinkType
 
-from conftest import program
+from conftest import bpftool_link, prog_id, program
 from netns import Netns, leftovers, veth_pair
 
 pytestmark = pytest.mark.kernel
@@ -54,17 +51,6 @@ def net():
     with Netns() as a, Netns() as b:
         yield veth_pair(a, b)
     assert leftovers() == before
-
-
-def prog_id(prog) -> int:
-    return sc.obj_get_info_by_fd(prog.fd, ProgInfo()).id
-
-
-def bpftool_link(link_id: int) -> dict:
-    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    out = subprocess.run([bpftool, "-j", "link", "show", "id", str(link_id)], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    return json.loads(out)
 
 
 def bpftool_net(ns: Netns) -> dict:

@@ -3,33 +3,17 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 
 import pytest
 
 import pybpf
-from pybpf.kernel import syscall as sc
-from pybpf.kernel.attrs import ProgInfo
 from pybpf.kernel.constants import AttachType, LinkType
 from pybpf.links import cgroup2_mount
 
-from conftest import program
+from conftest import bpftool_link, prog_id, program
 
 pytestmark = pytest.mark.kernel
-
-
-def bpftool_link(link_id: int) -> dict:
-    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    out = subprocess.run([bpftool, "-j", "link", "show", "id", str(link_id)], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    return json.loads(out)
-
-
-def prog_id(prog) -> int:
-    return sc.obj_get_info_by_fd(prog.fd, ProgInfo()).id
 
 
 def test_raw_tracepoint_link_info_matches_bpftool(no_fd_leak):

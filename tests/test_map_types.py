@@ -9,7 +9,6 @@ The kernel's own view of each map (BPF_OBJ_GET_INFO_BY_FD) is what is checked.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import socket
@@ -22,12 +21,12 @@ import pytest
 
 import pybpf
 from pybpf.kernel import syscall as sc
-from pybpf.kernel.attrs import MapInfo, ProgInfo
+from pybpf.kernel.attrs import MapInfo
 from pybpf.kernel.constants import AttachType, MapType
 from pybpf.links import cgroup2_mount
 from pybpf.loader import map_create_attr, possible_cpus
 
-from conftest import program
+from conftest import prog_id, program
 
 N = 23
 BPF_F_NO_PREALLOC = 1
@@ -97,10 +96,6 @@ def load(**programs_autoload):
 
 def map_info(m) -> MapInfo:
     return sc.obj_get_info_by_fd(m.fd, MapInfo())
-
-
-def prog_id(p) -> int:
-    return sc.obj_get_info_by_fd(p.fd, ProgInfo()).id
 
 
 def u32(raw: bytes) -> int:
