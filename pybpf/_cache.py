@@ -133,7 +133,7 @@ MAX_ENTRY = 64 << 20
 _MAGIC = b"pybpfC1\0"
 _MAC_SIZE = 32
 _SECRET = "secret"
-_SUFFIXES = (".pickle", ".idx", ".json", ".tmp")
+_SUFFIXES = (".pickle", ".idx", ".json", ".names", ".tmp")
 _secrets: dict = {}
 
 

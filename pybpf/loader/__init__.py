@@ -464,11 +464,14 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
                     continue        # no struct_ops map points at it: not loaded (as in libbpf)
                 if pspec.sec_def.flags & S.ATTACH_BTF:
                     from .attach_btf import resolve_attach_btf
-                    attach_btf[name] = resolve_attach_btf(pspec, facts)
+                    attach_btf[name] = resolve_attach_btf(pspec, facts, write_later=True)
                 try:
                     linked[name] = link_program(spec, pspec, facts)
                 except ObjectError as e:
                     raise type(e)(f"{spec.path}: {e}") from None
+            if attach_btf:
+                from .attach_btf import write_cache
+                write_cache()           # the names found: one cache write for the object
             _check_map_values(spec)
             obj = Object(spec)
             _load_into(obj, spec, btf, facts, linked, attach_btf, pins, struct_ops)
