@@ -11,9 +11,10 @@
  * module, pybpf._atomics, for one thing ctypes cannot do: a type with the
  * buffer protocol (SampleBuffer, below), which a pure-Python class cannot have
  * before Python 3.12. The ring buffer protocol itself (positions, headers)
- * stays in Python; keep this file tiny. The one exception is
- * pybpf_ringbuf_scan: walking record headers in Python costs ~400 ns a record
- * on the test machine, this loop ~7 ns; and copying fixed-size records into a
+ * stays in Python; keep this file tiny. The exceptions are the batch loops
+ * (pybpf_ringbuf_scan, pybpf_ringbuf_copy, pybpf_user_ringbuf_fill):
+ * walking record headers in Python costs ~400 ns a record on the test
+ * machine, these loops ~7 ns; and copying fixed-size records into a
  * ctypes array here beats strided memoryview copies 2-3x (ringbuf/reader.py).
  */
 #define PY_SSIZE_T_CLEAN
@@ -120,6 +121,79 @@ PYBPF_API uint32_t pybpf_ringbuf_scan(const uint64_t *producer_pos, const uint8_
 	res[2] = n && uniform ? common : UINT64_MAX;
 	res[3] = discards;
 	return n;
+}
+
+/* read_array (pybpf/ringbuf/arrays.py): copies the committed records of
+ * exactly `size` bytes from consumer position `cons` into out[0..], back to
+ * back, walking headers as pybpf_ringbuf_scan does (acquire of producer_pos,
+ * bounded by `limit`; acquire of each header; stop at the first BUSY record).
+ * Discarded records are skipped. Stops at the first committed record of
+ * another length, which is left unconsumed (even with max_records 0, so that
+ * the caller learns of it), and before a copy past `max_records`.
+ *
+ * res[0]: the position after the last record walked (the next consumer_pos);
+ * res[1]: producer_pos as loaded; res[2]: discarded records walked; res[3]:
+ * the length of the record it stopped at for its size, else UINT64_MAX.
+ * Returns the number of records copied. Never writes to the ring.
+ */
+PYBPF_API uint64_t pybpf_ringbuf_copy(const uint64_t *producer_pos, const uint8_t *data,
+				      uint64_t mask, uint64_t cons, uint64_t limit,
+				      uint64_t max_records, uint8_t *out, uint32_t size,
+				      uint64_t *res)
+{
+	uint64_t prod = __atomic_load_n(producer_pos, __ATOMIC_ACQUIRE);
+	uint64_t pos = cons, n = 0, discards = 0, other = UINT64_MAX;
+
+	if (prod > limit)
+		prod = limit;
+	while (pos < prod) {
+		uint32_t len = __atomic_load_n((const uint32_t *)(data + (pos & mask)), __ATOMIC_ACQUIRE);
+		uint32_t sz = len & ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT);
+		uint64_t next = pos + ((sz + RINGBUF_HDR_SZ + 7) & ~7ULL);
+
+		if ((len & RINGBUF_BUSY_BIT) || next > prod)
+			break;
+		if (len & RINGBUF_DISCARD_BIT) {
+			discards++;
+			pos = next;
+			continue;
+		}
+		if (sz != size) {
+			other = sz;
+			break;
+		}
+		if (n == max_records)
+			break;
+		memcpy(out + n * size, data + (pos & mask) + RINGBUF_HDR_SZ, size);
+		n++;
+		pos = next;
+	}
+	res[0] = pos;
+	res[1] = prod;
+	res[2] = discards;
+	res[3] = other;
+	return n;
+}
+
+/* write_array (pybpf/ringbuf/user.py): writes `count` committed samples of
+ * `size` bytes from src (back to back) into a USER_RINGBUF data area `data`
+ * (mapped twice) from producer position `prod`, each after its header
+ * (len, pg_off 0). The caller has checked the room and releases
+ * producer_pos after (which publishes them). Returns the next position.
+ */
+PYBPF_API uint64_t pybpf_user_ringbuf_fill(uint8_t *data, uint64_t mask, uint64_t prod,
+					   const uint8_t *src, uint32_t size, uint64_t count)
+{
+	uint64_t stride = (size + RINGBUF_HDR_SZ + 7) & ~7ULL;
+
+	for (uint64_t i = 0; i < count; i++, prod += stride) {
+		uint8_t *hdr = data + (prod & mask);
+
+		((uint32_t *)hdr)[0] = size;
+		((uint32_t *)hdr)[1] = 0;
+		memcpy(hdr + RINGBUF_HDR_SZ, src + i * size, size);
+	}
+	return prod;
 }
 
 /* --- SampleBuffer: a reserved USER_RINGBUF sample as a writable buffer -------

@@ -41,6 +41,13 @@ _SIGNATURES = {
     "pybpf_ringbuf_scan": (ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
                                              ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint32,
                                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32]),
+    # (producer_pos, data, mask, cons, limit, max_records, out, size, res) -> records copied
+    "pybpf_ringbuf_copy": (ctypes.c_uint64, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
+                                             ctypes.c_uint64, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint32,
+                                             ctypes.c_void_p]),
+    # (data, mask, prod, src, size, count) -> next producer position
+    "pybpf_user_ringbuf_fill": (ctypes.c_uint64, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
+                                                  ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64]),
 }
 
 _lock = threading.Lock()

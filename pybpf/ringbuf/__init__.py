@@ -29,13 +29,15 @@ libbpf (see README, Performance).
 The package by concept: :mod:`._mapping` (the record layout and the mmap set-up
 both kinds share), :mod:`.reader` (kernel -> user: :class:`RingBuffer`,
 :class:`Ring`), :mod:`.user` (user -> kernel: :class:`UserRingBuffer`,
-:class:`Sample`), :mod:`.rate` (:class:`RateMeter`).
+:class:`Sample`), :mod:`.arrays` (numpy: :meth:`RingBuffer.read_array`,
+:meth:`UserRingBuffer.write_array`), :mod:`.rate` (:class:`RateMeter`).
 """
 
 from ._mapping import (  # noqa: F401  (the names pybpf.ringbuf had before the split)
     _ALIGN, _BUSY, _DISCARD, _HDR, _HDR_SHIFT, _LEN_MASK, _ROUND, _UNPACK_RUN, _Mapping, _PyBuffer,
     _check_map, _release_quietly,
 )
+from .arrays import RecordSizeError
 from .rate import RateMeter
 from .reader import _BATCH_RECORDS, _BUSY_BACKOFF, Ring, RingBuffer  # noqa: F401
 from .user import (  # noqa: F401
@@ -44,4 +46,4 @@ from .user import (  # noqa: F401
 )
 
 __all__ = ["RingBuffer", "Ring", "UserRingBuffer", "Sample", "SampleSizeError", "SampleClosedError",
-           "SampleExportedError", "RateMeter"]
+           "SampleExportedError", "RecordSizeError", "RateMeter"]

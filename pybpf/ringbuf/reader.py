@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from .. import atomics
+from . import arrays as _arrays
 from ..resource import Resource
 from ..errors import ClosedError, Error
 from ..kernel.constants import MapType
@@ -121,6 +122,7 @@ class Ring:
             type = None                               # raw records asked for explicitly
         self._type = type
         self._ctype = None                            # read_batch's array type, made on first use
+        self._np_dtype = None                         # read_array's dtype of the record type, made on first use
         self._callback = None
         if callback is not _NO_CALLBACK:
             if type is not None:
@@ -184,6 +186,15 @@ class Ring:
         owner._enter()
         try:
             return self._read(max_records, type)
+        finally:
+            owner._leave()
+
+    def read_array(self, max_records: int | None = None, dtype=None):
+        """:meth:`RingBuffer.read_array` for this ring alone."""
+        owner = self._owner
+        owner._enter()
+        try:
+            return _arrays.read_ring(self, max_records, dtype)
         finally:
             owner._leave()
 
@@ -477,6 +488,7 @@ class RingBuffer(Resource):
         self._load_u64 = lib.pybpf_load_acquire_u64
         self._store_u64 = lib.pybpf_store_release_u64
         self._scan = lib.pybpf_ringbuf_scan
+        self._copy = lib.pybpf_ringbuf_copy  # read_array
         self._out = (ctypes.c_uint32 * (2 * _BATCH_RECORDS))()
         self._outv = memoryview(self._out).cast("B").cast("I")
         self._res = (ctypes.c_uint64 * 4)()
@@ -772,6 +784,34 @@ class RingBuffer(Resource):
                     if not left:
                         break
             return records
+        finally:
+            self._leave()
+
+    def read_array(self, max_records: int | None = None, dtype=None):
+        """Takes the records committed now (at most ``max_records``) as one numpy
+        structured array, copied out of the ring by one C loop; consumer_pos is
+        released once, after the copy.  Never blocks; an empty array when there
+        is nothing.
+
+        ``dtype`` is the record's: by default the ring's record type
+        (``RingBuffer(..., type=)``, or the one the program declares), turned
+        into a numpy dtype from BTF (nested structs, arrays as sub-arrays, char
+        arrays as ``S<n>`` bytes, enums as ints, padding kept); or a numpy
+        dtype, a ctypes type or a BTF type spelling.  Then
+        ``arr["pid"]``, ``np.bincount(arr["cpu"])``, ``arr["ns"].sum()``...
+
+        Every record must be exactly ``dtype.itemsize`` bytes.  At the first
+        record of another length the call stops: the records before it are
+        returned, and the call that meets it first raises
+        :class:`~pybpf.ringbuf.RecordSizeError`, leaving it (and all after it)
+        unconsumed for :meth:`read_batch`.  Discarded records are skipped.
+
+        With several rings, each is read in order and the arrays concatenated
+        (one dtype for all).  Needs numpy (``pip install 'pybpf[numpy]'``).
+        """
+        self._enter()
+        try:
+            return _arrays.read_array(self, self._rings, max_records, dtype)
         finally:
             self._leave()
 

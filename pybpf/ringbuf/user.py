@@ -216,6 +216,7 @@ class UserRingBuffer(Resource):
         atomics.module()  # and an old build without SampleBuffer
         self._load_u64 = lib.pybpf_load_acquire_u64
         self._store_u64 = lib.pybpf_store_release_u64
+        self._fill = lib.pybpf_user_ringbuf_fill  # write_array
         self.size = size
         self._mask = size - 1
         self.max_sample = min(size - _HDR, _DYNPTR_MAX_SIZE)
@@ -653,6 +654,38 @@ class UserRingBuffer(Resource):
             if timeout_ms == 0 or (not forever and deadline - time.monotonic() <= 0):
                 return written
             backoff = self._wait_for_room(needed, deadline, backoff)
+
+    def write_array(self, arr, timeout_ms: int | float | None = 0) -> int:
+        """Publishes every element of ``arr`` (along its first axis) as one sample
+        each, in order: a numpy array of records (a structured dtype, e.g. from
+        ``read_array()`` or built with the sample type's layout) or of plain
+        numbers.  One C loop writes the headers and copies the samples, and
+        one release of producer_pos per batch publishes them.
+
+        Every sample is ``arr[0].nbytes`` bytes; with a sample type (see the
+        class), that must be its size (:class:`pybpf.Error` otherwise, before
+        anything is written).  Returns how many were written, as
+        :meth:`write_batch` does: all, or fewer when the ring fills up
+        (``timeout_ms=0``, the default) or stays full for ``timeout_ms`` (-1 or
+        None: wait as long as it takes).  Needs numpy.
+        """
+        from .arrays import sample_array, write_samples
+        a, size = sample_array(self, arr)
+        count = len(a)
+        if not count:
+            return 0
+        forever = timeout_ms is None or timeout_ms < 0
+        deadline = None if forever else time.monotonic() + timeout_ms / 1000
+        backoff = _FULL_BACKOFF_MIN
+        written = 0
+        while True:
+            with self._lock:
+                written += write_samples(self, a, written, size)
+            if written == count:
+                return count
+            if timeout_ms == 0 or (not forever and deadline - time.monotonic() <= 0):
+                return written
+            backoff = self._wait_for_room((size + _ROUND) & _ALIGN, deadline, backoff)
 
     def _sample_views(self, items) -> tuple[list, list]:
         """Every sample as bytes-like 'B' data and its size; raises SampleSizeError first."""

@@ -83,6 +83,8 @@ def _format(btf: BTF, type_id: int, where: str, depth: int):
         if _is_char(btf, t.elem_type):
             return f"S{t.nelems}" if t.nelems else "V0"
         elem = _format(btf, t.elem_type, f"{where}[]", depth + 1)
+        if isinstance(elem, tuple):  # an array of arrays: one field of shape (n, m...), as C indexes it
+            return (elem[0], (t.nelems,) + elem[1])
         return (elem, (t.nelems,))
     if k in (Kind.STRUCT, Kind.UNION):
         names, formats, offsets = [], [], []
