@@ -6,7 +6,8 @@ either right or never looked up; nothing is ever invalidated in place.
 
 - ``btf/``: the record index of a BTF blob (kernel/btf.py);
 - ``core/``: CO-RE candidate names and resolved relocations for the running
-  kernel, per boot (loader/core.py);
+  kernel, per boot (loader/core.py), and the vmlinux types that attach targets
+  name (loader/attach_btf.py);
 - ``spec/``: parsed objects, per object content (spec/object.py).
 
 Set ``PYBPF_CACHE=0`` to neither read nor write any of them.  A cache that
