@@ -139,9 +139,18 @@ static __u32 dynptr_size(struct bpf_dynptr *p)
 	__u32 lo = 0, step;	/* lo <= size < lo + 2 * step */
 	__u8 byte;
 
-	for (step = 1 << 23; step; step >>= 1)
-		if (bpf_dynptr_read(&byte, 1, p, lo + step - 1, 0) == 0)
-			lo += step;
+	/* Branch-free: a read that fails (negative return) adds 0, one that
+	 * succeeds adds step. With an if, lo stays a constant on every path
+	 * and newer verifiers (6.18 builds) walk all 2^24 of them, stopping
+	 * at 1M insns (E2BIG); here it is one path of unknown scalars. The
+	 * empty asm keeps clang from turning the mask back into a branch.
+	 */
+	for (step = 1 << 23; step; step >>= 1) {
+		__u64 ok = (__u64)bpf_dynptr_read(&byte, 1, p, lo + step - 1, 0) >> 63;
+
+		barrier_var(ok);
+		lo += step & (__u32)(ok - 1);
+	}
 	return lo;
 }
 

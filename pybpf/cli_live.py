@@ -103,13 +103,14 @@ def _open_fd(kind: str, target: str, flags: int = 0) -> int:
 # -- time as bpftool prints it -----------------------------------------------------------------------
 
 def _boot_offset() -> int:
-    """bpftool's print_boot_time: whole seconds of CLOCK_REALTIME minus whole seconds of
-    CLOCK_BOOTTIME (so its loaded_at may be one second off the exact time, and so is ours)."""
-    return int(time.clock_gettime(time.CLOCK_REALTIME)) - int(time.clock_gettime(time.CLOCK_BOOTTIME))
+    """Nanoseconds from CLOCK_BOOTTIME to wall-clock time, as bpftool's print_boot_time reads
+    them: (real.tv_sec - boot.tv_sec) + (real.tv_nsec - boot.tv_nsec + load_ns) / 1e9, which is
+    the floor of the exact sum (load_ns is large, so the C division never truncates a negative)."""
+    return live._boot_to_epoch()
 
 
 def _loaded_at(p, offset: int) -> int:
-    return offset + p.load_time // 1_000_000_000
+    return (offset + p.load_time) // 1_000_000_000
 
 
 # -- programs --------------------------------------------------------------------------------------

@@ -212,9 +212,7 @@ def _fdinfo_int(info: dict, key: str) -> int | None:
 
 
 def _boot_to_epoch() -> int:
-    """Nanoseconds to add to a CLOCK_BOOTTIME time to get wall-clock (epoch) time.  (bpftool's
-    print_boot_time subtracts the whole seconds of both clocks, so its ``loaded_at`` may be one
-    second off this exact one.)"""
+    """Nanoseconds to add to a CLOCK_BOOTTIME time to get wall-clock (epoch) time."""
     return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
 

@@ -42,8 +42,8 @@ def tool(*args: str) -> str:
 
 def same_bytes(ours_args: tuple, tool_args: tuple, attempts: int = 6) -> tuple[str, str]:
     """Our output and bpftool's for the same object; retried while they differ, because
-    bpftool's loaded_at (whole seconds of two clocks subtracted) may change by one second from
-    one run to the next.  The last pair if they never agree."""
+    bpftool's loaded_at (two clocks read one after the other, then floored to seconds) may change
+    by one second from one run to the next when a load time sits on a second boundary.  The last pair if they never agree."""
     for _ in range(attempts):
         ours, theirs = cli(*ours_args).stdout, tool(*tool_args)
         if ours == theirs:

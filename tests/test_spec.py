@@ -144,6 +144,33 @@ EXPECTED_PROGRAMS = {
         "count_in_task": ("tp_btf/sys_enter", ProgType.TRACING, AttachType.TRACE_RAW_TP, "sys_enter"),
         "count_egress": ("cgroup_skb/egress", ProgType.CGROUP_SKB, AttachType.CGROUP_INET_EGRESS, ""),
     },
+    "tools_biolatency": {
+        "block_rq_insert": ("tp_btf/block_rq_insert", ProgType.TRACING, AttachType.TRACE_RAW_TP, "block_rq_insert"),
+        "block_rq_issue": ("tp_btf/block_rq_issue", ProgType.TRACING, AttachType.TRACE_RAW_TP, "block_rq_issue"),
+        "block_rq_complete": ("tp_btf/block_rq_complete", ProgType.TRACING, AttachType.TRACE_RAW_TP,
+                              "block_rq_complete"),
+        "block_rq_issue_raw": ("raw_tp/block_rq_issue", ProgType.RAW_TRACEPOINT, None, "block_rq_issue"),
+    },
+    "tools_exitsnoop": {
+        "sched_process_exit": ("tp_btf/sched_process_exit", ProgType.TRACING, AttachType.TRACE_RAW_TP,
+                               "sched_process_exit"),
+        "sys_enter_raw": ("raw_tp/sys_enter", ProgType.RAW_TRACEPOINT, None, "sys_enter"),
+        "list_children": ("iter/task", ProgType.TRACING, AttachType.TRACE_ITER, "task"),
+    },
+    "tools_opensnoop": {
+        "enter_openat": ("tracepoint/syscalls/sys_enter_openat", ProgType.TRACEPOINT, None,
+                         "syscalls/sys_enter_openat"),
+        "exit_openat": ("tracepoint/syscalls/sys_exit_openat", ProgType.TRACEPOINT, None,
+                        "syscalls/sys_exit_openat"),
+        "sys_exit_raw": ("raw_tp/sys_exit", ProgType.RAW_TRACEPOINT, None, "sys_exit"),
+    },
+    "tools_runqlat": {
+        "sched_wakeup": ("tp_btf/sched_wakeup", ProgType.TRACING, AttachType.TRACE_RAW_TP, "sched_wakeup"),
+        "sched_wakeup_new": ("tp_btf/sched_wakeup_new", ProgType.TRACING, AttachType.TRACE_RAW_TP,
+                             "sched_wakeup_new"),
+        "sched_switch": ("tp_btf/sched_switch", ProgType.TRACING, AttachType.TRACE_RAW_TP, "sched_switch"),
+        "sched_wakeup_raw": ("raw_tp/sched_wakeup", ProgType.RAW_TRACEPOINT, None, "sched_wakeup"),
+    },
     "trace_kinds": {
         "count_samples": ("perf_event", ProgType.PERF_EVENT, None, ""),
         "profile": ("perf_event", ProgType.PERF_EVENT, None, ""),
