@@ -159,6 +159,14 @@ class Bench:
         self.libbpf = libbpf if not isinstance(libbpf, str) else None
         self.payload = bytes(range(RECORD))  # what every producer row writes
         self.payloads = [self.payload] * records
+        try:
+            import numpy as np
+        except ImportError:
+            np = None
+        self.np = np
+        if np is not None:  # the same 24 bytes N times, as one array
+            self.payload_array = np.frombuffer(self.payload * records, dtype=np.dtype((np.void, RECORD)))
+            self.low32 = np.dtype({"names": ["low"], "formats": ["<u4"], "offsets": [0], "itemsize": RECORD})
         # consumers kept across rounds (their set-up is not what is measured)
         # (one RingBuffer: a map has one consumer per process; each row asks for its record kind)
         self.rb_raw = self.rb_batch = self.rb_typed = RingBuffer(self.rb_map, self._add, type=memoryview)
@@ -263,6 +271,24 @@ class Bench:
         self.total = total
         return len(records), t
 
+    def pybpf_read_array(self):
+        np = self.np
+        t0 = clock()
+        arr = self.rb_typed.read_array()
+        total = int((arr["seq"] & 0xFFFFFFFF).sum())
+        t = clock() - t0
+        self.total = total
+        return len(arr), t
+
+    def pybpf_read_array_view(self):
+        # the same sum, read as the low u32 of each record (a strided view, no temporary array)
+        t0 = clock()
+        arr = self.rb_typed.read_array()
+        total = int(arr.view(self.low32)["low"].sum(dtype=self.np.uint64))
+        t = clock() - t0
+        self.total = total
+        return len(arr), t
+
     def c_produce(self):
         ns = ctypes.c_longlong()
         got = self.c.bench_produce(self.urb_map.fd, self.n, self.payload, RECORD, ctypes.byref(ns))
@@ -326,6 +352,12 @@ class Bench:
                 write(payload)
             return n, clock() - t0
 
+    def pybpf_write_array(self):
+        with UserRingBuffer(self.urb_map) as urb:
+            t0 = clock()
+            got = urb.write_array(self.payload_array)
+            return got, clock() - t0
+
     def pybpf_write_batch(self):
         with UserRingBuffer(self.urb_map) as urb:
             t0 = clock()
@@ -341,6 +373,8 @@ CONSUMERS = [
     (f"pybpf read_batch({BATCH}) + loop, until empty", "pybpf_read_batches", None),
     ("pybpf read_batch() all + loop", "pybpf_read_all", None),
     ("pybpf read_batch() typed + loop over .seq", "pybpf_read_typed", None),
+    ("pybpf read_array() + numpy (seq & mask).sum()", "pybpf_read_array", "numpy"),
+    ("pybpf read_array() + numpy sum of a u32 view", "pybpf_read_array_view", "numpy"),
 ]
 PRODUCERS = [
     ("libbpf C: reserve + memcpy + submit", "c_produce", "c"),
@@ -350,6 +384,7 @@ PRODUCERS = [
     ("pybpf reserve(); s.data[:] = ...; submit()", "pybpf_reserve_data", None),
     ("pybpf write()", "pybpf_write", None),
     ("pybpf write_batch()", "pybpf_write_batch", None),
+    ("pybpf write_array()", "pybpf_write_array", "numpy"),
 ]
 
 
@@ -358,7 +393,8 @@ def run(bench: Bench, table, before, after, rounds: int) -> dict:
     rates = {name: [] for name, _, _ in table}
     for _ in range(rounds):
         for name, method, needs in table:
-            if needs == "c" and bench.c is None or needs == "libbpf" and bench.libbpf is None:
+            if (needs == "c" and bench.c is None or needs == "libbpf" and bench.libbpf is None
+                    or needs == "numpy" and bench.np is None):
                 continue
             before()
             got, seconds = getattr(bench, method)()

@@ -32,17 +32,18 @@ class RecordSizeError(Error, ValueError):
 
 
 def ring_dtype(ring, dtype):
-    """The dtype read_array uses on ``ring``: ``dtype``, or the ring's record type."""
+    """The dtype read_array uses on ``ring``: ``dtype``, or the ring's record type
+    (given to RingBuffer, else declared by the program, even with type=memoryview)."""
     what = f"ring buffer '{ring.name}'"
     if dtype is None:
         cached = ring._np_dtype
         if cached is not None:
             return cached
-        if ring._type is None:
+        if ring._array_type_spec is None:
             raise Error(f"{what}: read_array() needs a record type: the program declares none for the map "
                         "(btf_decl_tag(\"pybpf:record=struct ...\")), so pass dtype= (a numpy dtype, "
                         "or a type spelling such as 'struct event')")
-        ring._np_dtype = resolve_dtype(ring._btf, ring._type, what)
+        ring._np_dtype = resolve_dtype(ring._btf, ring._array_type_spec, what)
         return ring._np_dtype
     return resolve_dtype(ring._btf, dtype, what)
 

@@ -116,13 +116,15 @@ class Ring:
         self.bytes = 0
         self.discards = 0
         self._btf = getattr(map, "btf", None)
+        declared = getattr(map, "record_type", None)  # declared in the program, if any
         if type is None:
-            type = getattr(map, "record_type", None)  # declared in the program, if any
+            type = declared
         if type is memoryview or type is bytes:
             type = None                               # raw records asked for explicitly
         self._type = type
         self._ctype = None                            # read_batch's array type, made on first use
         self._np_dtype = None                         # read_array's dtype of the record type, made on first use
+        self._array_type_spec = self._type if self._type is not None else declared  # read_array's default
         self._callback = None
         if callback is not _NO_CALLBACK:
             if type is not None:
