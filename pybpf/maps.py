@@ -610,11 +610,17 @@ class Map(Resource):
                         f"deleted (the kernel refuses {op}); write zero values with update_batch() instead")
 
     def _read_batches(self, cmd: Cmd, count, batch_size, op: str) -> list[tuple]:
+        raw_keys, raw_values, total = self._read_batches_raw(cmd, count, batch_size, op)
+        return list(zip(self._decode_keys(raw_keys, total), self._decode_values(raw_values, total)))
+
+    def _read_batches_raw(self, cmd: Cmd, count, batch_size, op: str) -> tuple[bytearray, bytearray, int]:
+        """The keys and values of up to ``count`` elements as the kernel wrote them (values of
+        per-CPU maps in 8-byte slots, one per possible CPU), and their number."""
         self._check_elements()
         if count is not None and (not isinstance(count, int) or count < 0):
             raise Error(f"map {self.name!r}: count is a number of elements (or None for all), not {count!r}")
         if count == 0:
-            return []
+            return bytearray(), bytearray(), 0
         key_size, stride = self.key_size, self._value_stride()
         chunk = self._batch_chunk(batch_size)
         # the cursor is opaque: a key for maps read by key order (arrays), a u32 bucket index
@@ -641,15 +647,114 @@ class Map(Resource):
                 continue
             need = 0
             if done:
-                key_parts.append(memoryview(keys)[:done * key_size])
-                value_parts.append(memoryview(values)[:done * stride])
+                if done < n:
+                    del keys[done * key_size:], values[done * stride:]
+                key_parts.append(keys)
+                value_parts.append(values)
                 total += done
             if err == _errno.ENOENT:
                 break
             cursor_in, cursor_out = cursor_out, bytearray(cursor_size)
-        raw_keys = b"".join(key_parts)
-        raw_values = b"".join(value_parts)
-        return list(zip(self._decode_keys(raw_keys, total), self._decode_values(raw_values, total)))
+        if len(key_parts) == 1:
+            return key_parts[0], value_parts[0], total
+        return bytearray().join(key_parts), bytearray().join(value_parts), total
+
+    # -- numpy arrays of keys and values ---------------------------------------------------
+
+    def _dtype(self, dtype, type_id: int, size: int, what: str, role: str):
+        """The numpy dtype of the map's keys or values (``role``): ``dtype`` as given, else
+        the map's BTF type; its size must be the map's ``size``."""
+        from .spec.dtypes import resolve_dtype
+        self._check_elements()
+        where = f"map {self.name!r}: {what}"
+        if dtype is None:
+            if self._btf is None or not type_id:
+                raise Error(f"{where} needs a dtype: the map declares no BTF {role} type "
+                            f"(__type({role}, ...)), so pass {'key_' if role == 'key' else ''}dtype= "
+                            f"(a numpy dtype of {size} bytes, or a type spelling such as 'struct stats')")
+            dt = resolve_dtype(self._btf, type_id, where)
+        else:
+            dt = resolve_dtype(self._btf, dtype, where)
+        if dt.itemsize != size:
+            raise Error(f"{where}: dtype {dt} is {dt.itemsize} bytes, but the map's {role}s are {size} bytes")
+        return dt
+
+    def _values_ndarray(self, raw: bytearray, n: int, dt):
+        """``n`` values in ``raw`` as an array of ``dt`` without copying: shape (n,), or
+        (n, possible CPUs) for per-CPU maps, whose values sit in 8-byte slots
+        (kernel/bpf/syscall.c bpf_map_copy_value: round_up(value_size, 8) per CPU)."""
+        from .spec.dtypes import numpy
+        np = numpy()
+        if self._ncpus:
+            slot = (self.value_size + 7) & ~7
+            return np.ndarray((n, self._ncpus), dt, buffer=raw, strides=(slot * self._ncpus, slot))
+        return np.ndarray((n,), dt, buffer=raw)
+
+    def items_array(self, *, dtype=None, key_dtype=None) -> tuple:
+        """All (keys, values) as two numpy arrays, read in batches (BPF_MAP_LOOKUP_BATCH):
+        ``keys[i]`` holds ``values[i]``, in the kernel's order (index order for arrays).
+        The dtypes come from the map's BTF key and value types, or are given.  Values of
+        per-CPU maps have shape (n, possible CPUs).  numpy is needed (``pip install
+        pybpf[numpy]``)."""
+        vdt = self._dtype(dtype, self.spec.value_type_id, self.value_size, "items_array()", "value")
+        if key_dtype is None and self.type in _ARRAY_TYPES and not self.spec.key_type_id:
+            key_dtype = "<u4"       # array keys are u32 indexes
+        kdt = self._dtype(key_dtype, self.spec.key_type_id, self.key_size, "items_array()", "key")
+        raw_keys, raw_values, n = self._read_batches_raw(Cmd.MAP_LOOKUP_BATCH, None, None, "lookup_batch")
+        from .spec.dtypes import numpy
+        return numpy().ndarray((n,), kdt, buffer=raw_keys), self._values_ndarray(raw_values, n, vdt)
+
+    def values_array(self, dtype=None):
+        """All values as one numpy array, read in batches (BPF_MAP_LOOKUP_BATCH), then one
+        array over the bytes the kernel wrote: index order for array maps (``values_array()[i]``
+        is ``lookup(i)``), the kernel's order for hash maps (as :meth:`lookup_batch`).  The
+        dtype is the map's BTF value type, or ``dtype`` (a numpy dtype, or a type spelling
+        such as ``"struct stats"``) of the value's size.  Per-CPU maps give shape
+        (n, possible CPUs).  numpy is needed (``pip install pybpf[numpy]``)."""
+        dt = self._dtype(dtype, self.spec.value_type_id, self.value_size, "values_array()", "value")
+        _, raw_values, n = self._read_batches_raw(Cmd.MAP_LOOKUP_BATCH, None, None, "lookup_batch")
+        return self._values_ndarray(raw_values, n, dt)
+
+    def lookup_array(self, keys=None, dtype=None):
+        """The values under ``keys`` as one numpy array, ``lookup_array(keys)[i]`` equal to
+        ``lookup(keys[i])``; per-CPU maps give shape (len(keys), possible CPUs).
+
+        ``keys=None``: array maps give every element in index order, by batches
+        (BPF_MAP_LOOKUP_BATCH); hash maps need keys (their order is the kernel's: use
+        :meth:`items_array`).  Given keys of an array map are read by one batch of the whole
+        array, then indexed; those of a hash map one lookup each, and a missing key raises
+        KeyError.  ``dtype`` as for :meth:`values_array`."""
+        dt = self._dtype(dtype, self.spec.value_type_id, self.value_size, "lookup_array()", "value")
+        if self.type in _ARRAY_TYPES:
+            everything = self._values_ndarray(
+                self._read_batches_raw(Cmd.MAP_LOOKUP_BATCH, None, None, "lookup_batch")[1],
+                self.max_entries, dt)
+            if keys is None:
+                return everything
+            from .spec.dtypes import numpy
+            np = numpy()
+            index = np.asarray(keys)
+            if index.ndim != 1 or (index.size and index.dtype.kind not in "iu"):
+                raise Error(f"map {self.name!r}: lookup_array() takes a sequence of integer indexes, "
+                            f"not {type(keys).__name__} of {index.dtype}")
+            index = index.astype(np.int64, copy=False)
+            bad = (index < 0) | (index >= self.max_entries)
+            if bad.any():
+                raise KeyError(int(index[bad][0]))
+            return everything[index]
+        if keys is None:
+            raise Error(f"map {self.name!r} is a {_type_name(self.type)}: lookup_array() needs the keys "
+                        "(a hash map has no index order); items_array() gives every key with its value")
+        keys = list(keys)
+        stride = self._value_stride()
+        raw = bytearray(stride * len(keys))
+        view = memoryview(raw)
+        fd = self.fd
+        for i, key in enumerate(keys):
+            # the kernel copies straight into the slice (bpf() takes the buffer's address)
+            if not sc.map_lookup_elem(fd, self._key(key), view[i * stride:(i + 1) * stride]):
+                raise KeyError(key)
+        return self._values_ndarray(raw, len(keys), dt)
 
     def update_batch(self, items, *, lock: bool = False, batch_size: int | None = None) -> int:
         """Store many (key, value) pairs (a mapping or an iterable of pairs) in a few system

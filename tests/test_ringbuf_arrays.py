@@ -13,9 +13,8 @@ from __future__ import annotations
 import ctypes
 import struct
 
+import numpy as np
 import pytest
-
-np = pytest.importorskip("numpy")
 
 import pybpf  # noqa: E402
 from pybpf.ringbuf import RecordSizeError, RingBuffer, UserRingBuffer  # noqa: E402
