@@ -86,8 +86,8 @@ def __getattr__(name):
         from . import ringbuf
         return getattr(ringbuf, name)
     if name == "PerfBuffer":
-        from . import perfbuf
-        return perfbuf.PerfBuffer
+        from .ringbuf.perf import PerfBuffer
+        return PerfBuffer
     if name in ("btfs", "stats", "ProgramInfo", "MapInfo", "BtfInfo"):
         from . import live
         return getattr(live, name)

@@ -19,7 +19,7 @@ import pytest
 
 import pybpf
 from pybpf.kernel import perf
-from pybpf.perfbuf import online_cpus
+from pybpf.ringbuf.perf import online_cpus
 
 from conftest import program
 

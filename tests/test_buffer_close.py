@@ -27,9 +27,9 @@ import time
 import pytest
 
 import pybpf
-from pybpf import perfbuf
+from pybpf.ringbuf import perf as perfbuf
 from pybpf.kernel.constants import BPF_F_TEST_RUN_ON_CPU
-from pybpf.perfbuf import PerfBuffer
+from pybpf.ringbuf.perf import PerfBuffer
 from pybpf.ringbuf import RingBuffer, UserRingBuffer, _mapping, reader, user
 
 from conftest import open_fds, program

@@ -18,7 +18,7 @@ import pytest
 
 import pybpf
 from pybpf.kernel.constants import BPF_F_TEST_RUN_ON_CPU, MapType
-from pybpf.perfbuf import PerfBuffer, online_cpus
+from pybpf.ringbuf.perf import PerfBuffer, online_cpus
 
 from conftest import program
 

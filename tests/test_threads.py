@@ -28,7 +28,7 @@ import pybpf
 from pybpf.kernel import syscall as sc
 from pybpf.kernel.attrs import MapInfo
 from pybpf.kernel.constants import Cmd
-from pybpf.perfbuf import PerfBuffer
+from pybpf.ringbuf.perf import PerfBuffer
 from pybpf.ringbuf import RingBuffer, UserRingBuffer
 
 from conftest import program

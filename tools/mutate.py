@@ -264,10 +264,10 @@ SETS["maps"] = {"tests": ["tests/test_maps.py", "tests/test_map_types.py", "test
    "        if not sc.map_lookup_elem(self.fd, None, buf):\n            if False:"),
 ]}
 
-# -- ring buffers (pybpf/_atomics.c, pybpf/ringbuf/, pybpf/perfbuf.py) ---------------------------
+# -- ring buffers (pybpf/_atomics.c, pybpf/ringbuf/, pybpf/ringbuf/perf.py) ---------------------------
 
 _A, _R, _MP, _U, _PB = "pybpf/_atomics.c", "pybpf/ringbuf/reader.py", "pybpf/ringbuf/_mapping.py", \
-    "pybpf/ringbuf/user.py", "pybpf/perfbuf.py"
+    "pybpf/ringbuf/user.py", "pybpf/ringbuf/perf.py"
 SETS["ringbuf"] = {"tests": ["tests/test_ringbuf.py", "tests/test_ringbuf_batch.py", "tests/test_ringbuf_asyncio.py",
                              "tests/test_perfbuf.py", "tests/test_atomics.py"],
                    "mutants": [

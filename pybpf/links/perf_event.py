@@ -219,7 +219,7 @@ def _sampling_attr(program, frequency, event: str, period) -> perf.PerfEventAttr
 
 
 def _cpu_list(program, cpus) -> list:
-    from ..perfbuf import online_cpus
+    from ..kernel.cpus import online_cpus
     online = online_cpus()
     if cpus is None:
         return online

@@ -1,4 +1,5 @@
-"""BPF ring buffers: read a RINGBUF map, write a USER_RINGBUF map.
+"""BPF ring buffers: read a RINGBUF map, write a USER_RINGBUF map (and, beside them,
+the perf buffer of a PERF_EVENT_ARRAY map: :mod:`.perf`).
 
 :class:`RingBuffer` consumes the records a BPF program writes into a
 ``BPF_MAP_TYPE_RINGBUF`` map; :class:`UserRingBuffer` produces samples that a
@@ -30,7 +31,9 @@ The package by concept: :mod:`._mapping` (the record layout and the mmap set-up
 both kinds share), :mod:`.reader` (kernel -> user: :class:`RingBuffer`,
 :class:`Ring`), :mod:`.user` (user -> kernel: :class:`UserRingBuffer`,
 :class:`Sample`), :mod:`.arrays` (numpy: :meth:`RingBuffer.read_array`,
-:meth:`UserRingBuffer.write_array`), :mod:`.rate` (:class:`RateMeter`).
+:meth:`UserRingBuffer.write_array`), :mod:`.rate` (:class:`RateMeter`), :mod:`.perf`
+(:class:`~pybpf.ringbuf.perf.PerfBuffer`, the older per-CPU perf event rings; imported on
+first use, ``pybpf.PerfBuffer``).
 """
 
 from ._mapping import (  # noqa: F401  (the names pybpf.ringbuf had before the split)

@@ -1,4 +1,4 @@
-"""Mutation pass over the ring buffer code (pybpf/_atomics.c, pybpf/ringbuf/, pybpf/perfbuf.py).
+"""Mutation pass over the ring buffer code (pybpf/_atomics.c, pybpf/ringbuf/, pybpf/ringbuf/perf.py).
 
     python tools/bench/mutate_ringbuf.py [ID...] [-- mutate.py options]
 
