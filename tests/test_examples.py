@@ -91,3 +91,23 @@ def test_ring_commands_example_applies_the_commands_and_measures_the_rate(no_fd_
     assert re.search(r"^table matches the commands: \d+ keys, 20000 commands applied$", out, re.M)
     assert re.search(r"malformed samples: 0$", out, re.M)
     print(out)
+
+
+def test_opensnoop_numpy_counts_our_own_opens(no_fd_leak):
+    """examples/opensnoop_numpy.py: the opens it makes, traced and read back with
+    read_array(), agree with what it made; no event dropped; counters read with values_array()."""
+    out = subprocess.run([sys.executable, str(EXAMPLES / "opensnoop_numpy.py"), "--opens", "2000"],
+                         capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert re.fullmatch(r"\d+ events \(304 bytes each, fields: ts, pid, ppid, uid, ret, flags, comm, fname\)",
+                        lines[0]), lines
+    m = re.fullmatch(r"openat\(\) in (\S+): (\d+) opened, (\d+) ENOENT \(made: (\d+) opened, (\d+) failed\)",
+                     lines[1])
+    assert m, lines
+    folder, seen_ok, seen_enoent, made_ok, made_failed = m[1], *map(int, m.groups()[1:])
+    assert (seen_ok, seen_enoent) == (made_ok, made_failed) and made_ok + made_failed == 2001
+    counters = dict(kv.split(" ") for kv in lines[2].removeprefix("counters: ").split(", "))
+    assert int(counters["dropped"]) == 0 and int(counters["sent"]) == int(lines[0].split()[0])
+    assert int(counters["failed"]) >= made_failed
+    assert lines[3].split() == [str(made_ok), f"{folder}/present"]   # the C string, cut at its NUL

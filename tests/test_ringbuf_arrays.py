@@ -18,7 +18,7 @@ import pytest
 
 import pybpf  # noqa: E402
 from pybpf.ringbuf import RecordSizeError, RingBuffer, UserRingBuffer  # noqa: E402
-from pybpf.spec.dtypes import dtype_of  # noqa: E402
+from pybpf.spec.dtypes import c_strings, dtype_of  # noqa: E402
 
 from btf_builder import BTFBuilder  # noqa: E402
 from conftest import program  # noqa: E402
@@ -205,6 +205,13 @@ def test_several_rings_concatenate(obj, bench):
             assert bench_produce(bench, 3, start_seq=0) == 3
             assert bench_produce(other, 2, start_seq=50) == 2
             assert rb.read_array(dtype=dt)["seq"].tolist() == [0, 1, 2, 50, 51]
+            # a struct dtype with padding keeps its layout across the rings (numpy 2's
+            # concatenate would pack it to 8 bytes)
+            padded = np.dtype({"names": ["seq"], "formats": ["<u8"], "itemsize": 24})
+            assert bench_produce(bench, 2, start_seq=7) == 2
+            assert bench_produce(other, 1, start_seq=9) == 1
+            got = rb.read_array(dtype=padded)
+            assert got.dtype == padded and got.dtype.itemsize == 24 and got["seq"].tolist() == [7, 8, 9]
 
 
 # --- write_array -----------------------------------------------------------------
@@ -244,3 +251,16 @@ def test_write_array_stops_when_full_and_checks_the_sample_type(obj):
         assert urb.write_array(arr) == SIZE // 16 - 1000  # then full: a prefix
         assert drain(obj) == SIZE // 16
         assert urb.write_array(arr[:0]) == 0
+
+
+def test_c_strings_cut_each_element_at_its_first_nul():
+    a = np.array([b"present\0I\x22 python", b"ab", b"", b"\0junk", b"full-width-x"], dtype="S12")
+    assert a[0] != b"present"                        # numpy keeps the bytes after the NUL
+    got = c_strings(a)
+    assert got.tolist() == [b"present", b"ab", b"", b"", b"full-width-x"]
+    assert a[0] == b"present\0I\x22 p"                  # the input is left as it was
+    field = np.zeros(2, np.dtype([("n", "<u4"), ("s", "S6")]))
+    field["s"] = [b"x\0yz", b"abc"]
+    assert c_strings(field["s"]).tolist() == [b"x", b"abc"]   # a strided field view
+    with pytest.raises(pybpf.Error, match="dtype S<n>"):
+        c_strings(np.zeros(2, "<u4"))

@@ -104,7 +104,8 @@ def read_array(owner, rings, max_records: int | None, dtype):
             left -= len(got)
             if not left:
                 break
-    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+    # dtype= keeps the record dtype whole: numpy 2 would pack a padded struct dtype
+    return np.concatenate(parts, dtype=parts[0].dtype) if len(parts) > 1 else parts[0]
 
 
 def sample_array(urb, arr):

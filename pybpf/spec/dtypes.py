@@ -17,7 +17,7 @@ from __future__ import annotations
 from ..errors import Error
 from .btf import BTF, INT_BOOL, INT_CHAR, MAX_RESOLVE_DEPTH, Kind
 
-__all__ = ["numpy", "dtype_of", "resolve_dtype"]
+__all__ = ["numpy", "dtype_of", "resolve_dtype", "c_strings"]
 
 _np = None
 
@@ -47,6 +47,24 @@ def _int_format(size: int, signed: bool) -> str:
     if size in (1, 2, 4, 8):
         return f"={'i' if signed else 'u'}{size}"
     return f"V{size}"  # __int128 and other widths: raw bytes of the right size
+
+
+def c_strings(a):
+    """The C strings of an ``S<n>`` array (a char array field): a copy in which every byte
+    after each element's first NUL is zero, so that numpy, which drops trailing NULs only,
+    gives the string a C reader sees.  A char array holds its whole size: after the string
+    comes whatever the memory held before (``bpf_probe_read_user_str`` stops at the NUL)."""
+    np = numpy()
+    a = np.asarray(a)
+    if a.dtype.kind != "S":
+        raise Error(f"c_strings() takes an array of bytes strings (dtype S<n>), not {a.dtype}")
+    width = a.dtype.itemsize
+    out = np.ascontiguousarray(a).copy()
+    if not width or not out.size:
+        return out
+    raw = out.view(np.uint8).reshape(out.size, width)
+    raw[np.cumsum(raw == 0, axis=1, dtype=np.uint32) > 0] = 0
+    return out
 
 
 def dtype_of(btf: BTF, type_id: int):
