@@ -16,6 +16,10 @@
  * walking record headers in Python costs ~400 ns a record on the test
  * machine, these loops ~7 ns; and copying fixed-size records into a
  * ctypes array here beats strided memoryview copies 2-3x (ringbuf/reader.py).
+ * And the user ring producer's per-sample common case (Producer, below:
+ * reserve/submit/write/write_batch): in Python, a reserve + fill + submit
+ * cost ~1 us, 200 times libbpf's C producer; every other case, and every
+ * rule and message, stays in the Python methods it hands them to.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -312,6 +316,19 @@ static int sample_ass_subscript(SampleBuffer *self, PyObject *key, PyObject *val
 		PyErr_SetString(PyExc_TypeError, "a sample's bytes cannot be deleted (its size is fixed)");
 		return -1;
 	}
+	/* s[:] = payload (bytes of the sample's size): one memcpy, no memoryview */
+	if (PySlice_Check(key) && PyBytes_CheckExact(value) && PyBytes_GET_SIZE(value) == self->len) {
+		Py_ssize_t start, stop, step;
+
+		if (PySlice_Unpack(key, &start, &stop, &step) < 0)
+			return -1;
+		if (step == 1 && PySlice_AdjustIndices(self->len, &start, &stop, step) == self->len) {
+			if (sample_refuse_closed(self) < 0)
+				return -1;
+			memcpy(self->buf, PyBytes_AS_STRING(value), (size_t)self->len);
+			return 0;
+		}
+	}
 	view = PyMemoryView_FromObject((PyObject *)self);
 	if (view == NULL)
 		return -1;
@@ -530,6 +547,521 @@ static PyObject *new_sample(PyObject *module, PyObject *const *args, Py_ssize_t 
 	return (PyObject *)self;
 }
 
+/* --- Mutex: the user ring producer's mutex, that C can see is held ---------
+ *
+ * Mutex(get, put): get/put of a queue.SimpleQueue holding one token. take()
+ * is get() (interruptible, with get's block and timeout arguments), then
+ * marks it held; give() unmarks it, then put(None). The Python methods of
+ * UserRingBuffer take it as before; the C fast paths below never wait for it:
+ * they run only while it is not held (else they call the Python method,
+ * which waits). Both marks are set with the GIL held and no Python code
+ * between them and the token changing hands, so a fast path can never run
+ * while a Python method is between its take() and give().
+ */
+typedef struct {
+	PyObject_HEAD
+	PyObject *get, *put;
+	int held;
+} Mutex;
+
+static PyTypeObject MutexType;
+
+static PyObject *mutex_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+	PyObject *get, *put;
+	Mutex *self;
+
+	if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+		PyErr_SetString(PyExc_TypeError, "Mutex(get, put)");
+		return NULL;
+	}
+	if (!PyArg_UnpackTuple(args, "Mutex", 2, 2, &get, &put))
+		return NULL;
+	self = (Mutex *)type->tp_alloc(type, 0);
+	if (self == NULL)
+		return NULL;
+	Py_INCREF(get);
+	self->get = get;
+	Py_INCREF(put);
+	self->put = put;
+	return (PyObject *)self;
+}
+
+static void mutex_dealloc(Mutex *self)
+{
+	Py_CLEAR(self->get);
+	Py_CLEAR(self->put);
+	Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *mutex_take(Mutex *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+	PyObject *r = PyObject_Vectorcall(self->get, args, nargsf, kwnames);
+
+	if (r == NULL)
+		return NULL;
+	Py_DECREF(r);
+	self->held = 1;
+	Py_RETURN_NONE;
+}
+
+static PyObject *mutex_give(Mutex *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	PyObject *r, *none = Py_None;
+
+	(void)args;
+	if (nargs > 1) {
+		PyErr_SetString(PyExc_TypeError, "give(token=None)");
+		return NULL;
+	}
+	self->held = 0;
+	r = PyObject_Vectorcall(self->put, &none, 1, NULL);
+	if (r == NULL)
+		return NULL;
+	Py_DECREF(r);
+	Py_RETURN_NONE;
+}
+
+static PyObject *mutex_enter(Mutex *self, PyObject *unused)
+{
+	(void)unused;
+	return mutex_take(self, NULL, 0, NULL);
+}
+
+static PyObject *mutex_exit(Mutex *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	(void)args;
+	(void)nargs;
+	return mutex_give(self, NULL, 0);
+}
+
+static PyObject *mutex_get_held(Mutex *self, void *closure)
+{
+	(void)closure;
+	return PyBool_FromLong(self->held);
+}
+
+static PyMethodDef mutex_methods[] = {
+	{"take", (PyCFunction)(void (*)(void))mutex_take, METH_FASTCALL | METH_KEYWORDS,
+	 "take(block=True, timeout=None): takes the token (as SimpleQueue.get)."},
+	{"give", (PyCFunction)(void (*)(void))mutex_give, METH_FASTCALL, "give(None): gives the token back."},
+	{"__enter__", (PyCFunction)mutex_enter, METH_NOARGS, NULL},
+	{"__exit__", (PyCFunction)(void (*)(void))mutex_exit, METH_FASTCALL, NULL},
+	{NULL}
+};
+
+static PyGetSetDef mutex_getset[] = {
+	{"held", (getter)mutex_get_held, NULL, "True between take() and give().", NULL},
+	{NULL}
+};
+
+static PyTypeObject MutexType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "pybpf._atomics.Mutex",
+	.tp_basicsize = sizeof(Mutex),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = "Mutex(get, put): a one-token SimpleQueue as a mutex the C fast paths can see.",
+	.tp_dealloc = (destructor)mutex_dealloc,
+	.tp_methods = mutex_methods,
+	.tp_getset = mutex_getset,
+	.tp_new = mutex_new,
+};
+
+/* --- Producer: the base of UserRingBuffer, with its per-sample fast paths ---
+ *
+ * pybpf.ringbuf.user.UserRingBuffer subclasses it. The producer's state
+ * (positions, counters, the pending set, the mutex) lives here as members,
+ * under the names the Python methods use (self._prod...), so that Python and
+ * C share it. reserve(n), submit(sample), write(data) and write_batch(items)
+ * are C methods that do the common case and hand every other one (another
+ * type or size, the ring closed or short of room even after a reload of
+ * consumer_pos, the mutex held, an export alive, keyword arguments...) to
+ * the Python method of the same name with "_slow" appended, untouched: the
+ * Python methods keep every rule and message. A fast path runs no Python
+ * code once it has read the state (the one allocation, a Sample, comes
+ * first), so with the GIL it is atomic against the other threads and against
+ * signal handlers.
+ *
+ * Ordering (kernel/bpf/ringbuf.c, __bpf_user_ringbuf_peek): a sample's header
+ * and payload are plain stores before the release store of producer_pos
+ * (which pairs with the drain's smp_load_acquire); a reserved sample's commit
+ * is an xchg of its header (SampleBuffer._commit); consumer_pos is loaded
+ * with acquire (pairs with the kernel's smp_store_release after a drain).
+ * These are C11 atomics: correct on every architecture, not only x86.
+ */
+typedef struct {
+	PyObject_HEAD
+	PyObject *lock;		/* a Mutex (_lock) */
+	PyObject *pending;	/* set of the samples reserved, not yet committed (_pending) */
+	PyObject *sample_cls;	/* Sample */
+	Py_buffer map;		/* export of the producer page + data mapping; map.obj NULL when detached */
+	char *data;		/* the data area (mapped twice); NULL when detached */
+	uint64_t *prod_pos;
+	const uint64_t *cons_pos;
+	unsigned long long prod, cons, size, mask, max_sample, records, bytes, discards;
+	char closed;
+} Producer;
+
+static PyObject *reserve_slow, *submit_slow, *write_slow, *write_batch_slow;	/* interned names */
+
+static int producer_traverse(Producer *self, visitproc visit, void *arg)
+{
+	/* map.obj is not visited, as SampleBuffer's base is not */
+	Py_VISIT(self->lock);
+	Py_VISIT(self->pending);
+	Py_VISIT(self->sample_cls);
+	return 0;
+}
+
+static int producer_clear(Producer *self)
+{
+	Py_CLEAR(self->lock);
+	Py_CLEAR(self->pending);
+	Py_CLEAR(self->sample_cls);
+	return 0;
+}
+
+static void producer_detach_map(Producer *self)
+{
+	self->data = NULL;
+	self->prod_pos = NULL;
+	self->cons_pos = NULL;
+	if (self->map.obj != NULL)
+		PyBuffer_Release(&self->map);
+}
+
+static void producer_dealloc(Producer *self)
+{
+	PyObject_GC_UnTrack(self);
+	producer_clear(self);
+	producer_detach_map(self);
+	Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* _attach(mapping, page, consumer_addr, sample_cls): the fast paths use the
+ * producer page (producer_pos) and data area of `mapping` (the writable mmap
+ * of both, data at offset `page`, 2 * size bytes) and the consumer_pos at
+ * `consumer_addr` (kept mapped by the caller until _detach()). Set size and
+ * _mask first. */
+static PyObject *producer_attach(Producer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	Py_ssize_t page;
+	void *cons;
+
+	if (nargs != 4) {
+		PyErr_SetString(PyExc_TypeError, "_attach(mapping, page, consumer_addr, sample_cls)");
+		return NULL;
+	}
+	page = PyLong_AsSsize_t(args[1]);
+	if (page == -1 && PyErr_Occurred())
+		return NULL;
+	cons = PyLong_AsVoidPtr(args[2]);
+	if (cons == NULL) {
+		if (!PyErr_Occurred())
+			PyErr_SetString(PyExc_ValueError, "_attach: consumer_addr is NULL");
+		return NULL;
+	}
+	if (!PyType_Check(args[3]) || !PyType_IsSubtype((PyTypeObject *)args[3], &SampleBufferType)) {
+		PyErr_SetString(PyExc_TypeError, "_attach: sample_cls must be a SampleBuffer subclass");
+		return NULL;
+	}
+	if (self->size == 0 || (self->size & (self->size - 1)) || self->mask != self->size - 1 || page <= 0 ||
+	    (page & 7)) {
+		PyErr_SetString(PyExc_ValueError, "_attach: size must be a power of 2 (set first, with _mask), "
+				"page positive and 8-aligned");
+		return NULL;
+	}
+	producer_detach_map(self);
+	if (PyObject_GetBuffer(args[0], &self->map, PyBUF_WRITABLE) < 0) {
+		self->map.obj = NULL;
+		return NULL;
+	}
+	if ((unsigned long long)self->map.len < (unsigned long long)page + 2 * self->size ||
+	    ((uintptr_t)self->map.buf & 7)) {
+		PyBuffer_Release(&self->map);
+		PyErr_SetString(PyExc_ValueError, "_attach: the mapping is smaller than page + 2 * size");
+		return NULL;
+	}
+	Py_INCREF(args[3]);
+	Py_XSETREF(self->sample_cls, args[3]);
+	self->prod_pos = (uint64_t *)self->map.buf;
+	self->cons_pos = (const uint64_t *)cons;
+	self->data = (char *)self->map.buf + page;
+	Py_RETURN_NONE;
+}
+
+/* _detach(): the fast paths stop using the mapping (before it is unmapped). Idempotent. */
+static PyObject *producer_detach(Producer *self, PyObject *unused)
+{
+	(void)unused;
+	producer_detach_map(self);
+	Py_RETURN_NONE;
+}
+
+/* True when the fast paths may run: attached, open, the mutex not held. */
+static inline int producer_ready(Producer *self)
+{
+	return self->data != NULL && !self->closed && self->lock != NULL && Py_IS_TYPE(self->lock, &MutexType) &&
+	       !((Mutex *)self->lock)->held && self->pending != NULL && PySet_CheckExact(self->pending);
+}
+
+/* True when `total` more bytes fit, reloading consumer_pos if they do not with the cached one. */
+static inline int producer_room(Producer *self, unsigned long long total)
+{
+	if (self->size - (self->prod - self->cons) >= total)
+		return 1;
+	/* pairs with the kernel's smp_store_release of consumer_pos after a drain */
+	self->cons = __atomic_load_n(self->cons_pos, __ATOMIC_ACQUIRE);
+	return self->size - (self->prod - self->cons) >= total;
+}
+
+static inline void producer_header(Producer *self, unsigned long long pos, uint32_t len)
+{
+	uint32_t *hdr = (uint32_t *)(self->data + (pos & self->mask));
+
+	hdr[1] = 0;	/* pg_off */
+	hdr[0] = len;
+}
+
+static inline void producer_publish(Producer *self)
+{
+	/* release: every header and payload stored before it is visible to the
+	 * drain's smp_load_acquire of producer_pos */
+	__atomic_store_n(self->prod_pos, (uint64_t)self->prod, __ATOMIC_RELEASE);
+}
+
+static PyObject *producer_call_slow(Producer *self, PyObject *name, PyObject *const *args, size_t nargsf,
+				    PyObject *kwnames)
+{
+	PyObject *meth = PyObject_GetAttr((PyObject *)self, name), *r;
+
+	if (meth == NULL)
+		return NULL;
+	r = PyObject_Vectorcall(meth, args, nargsf, kwnames);
+	Py_DECREF(meth);
+	return r;
+}
+
+/* reserve(n): see UserRingBuffer._reserve_slow for everything but an int n that fits now. */
+static PyObject *producer_reserve(Producer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	PyTypeObject *cls;
+	SampleBuffer *s;
+	long long n;
+	unsigned long long total, off;
+	int overflow;
+
+	if (nargs != 1 || !PyLong_CheckExact(args[0]))
+		goto slow;
+	n = PyLong_AsLongLongAndOverflow(args[0], &overflow);
+	if (overflow || n < 0 || (unsigned long long)n > self->max_sample || !producer_ready(self))
+		goto slow;
+	/* the allocation first: it may collect garbage, which may run Python code */
+	cls = (PyTypeObject *)self->sample_cls;
+	s = (SampleBuffer *)cls->tp_alloc(cls, 0);
+	if (s == NULL)
+		return NULL;
+	total = ((unsigned long long)n + RINGBUF_HDR_SZ + 7) & ~7ULL;
+	if (!producer_ready(self) || (unsigned long long)n > self->max_sample || !producer_room(self, total)) {
+		Py_DECREF(s);
+		goto slow;
+	}
+	if (PyObject_GetBuffer(self->map.obj, &s->base, PyBUF_WRITABLE) < 0) {
+		s->base.obj = NULL;
+		Py_DECREF(s);
+		return NULL;
+	}
+	off = self->prod & self->mask;
+	s->buf = self->data + off + RINGBUF_HDR_SZ;
+	s->len = (Py_ssize_t)n;
+	Py_INCREF(self);
+	s->ring = (PyObject *)self;
+	s->pos = self->prod;
+	if (PySet_Add(self->pending, (PyObject *)s) < 0) {
+		Py_DECREF(s);
+		return NULL;
+	}
+	/* BUSY first: the drain stops at this sample until it is committed */
+	producer_header(self, self->prod, (uint32_t)n | RINGBUF_BUSY_BIT);
+	self->prod += total;
+	producer_publish(self);
+	return (PyObject *)s;
+slow:
+	return producer_call_slow(self, reserve_slow, args, nargs, NULL);
+}
+
+/* submit(sample): see UserRingBuffer._submit_slow for all but a pending Sample of ours without exports. */
+static PyObject *producer_submit(Producer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	SampleBuffer *s;
+	int found;
+
+	if (nargs != 1 || self->sample_cls == NULL || (PyObject *)Py_TYPE(args[0]) != self->sample_cls ||
+	    !producer_ready(self))
+		goto slow;
+	s = (SampleBuffer *)args[0];
+	if (s->ring != (PyObject *)self || s->committed)
+		goto slow;
+	if (s->data != NULL) {
+		/* .data is ours: released first, so that it cannot write afterwards */
+		if (release_view(s->data) < 0) {
+			PyErr_Clear();
+			goto slow;	/* a view of it is alive: the slow path says so */
+		}
+		Py_CLEAR(s->data);
+		if (!producer_ready(self))
+			goto slow;
+	}
+	if (s->exports)
+		goto slow;
+	found = PySet_Discard(self->pending, args[0]);
+	if (found < 0)
+		return NULL;
+	if (!found)
+		goto slow;
+	/* Synchronizes with the drain's smp_load_acquire() of the header
+	 * (__bpf_user_ringbuf_peek); payload stores before it are visible. */
+	__atomic_exchange_n((uint32_t *)(s->buf - RINGBUF_HDR_SZ), (uint32_t)s->len, __ATOMIC_ACQ_REL);
+	s->committed = 1;
+	sample_let_go(s);
+	self->records++;
+	self->bytes += (unsigned long long)s->len;
+	Py_RETURN_NONE;
+slow:
+	return producer_call_slow(self, submit_slow, args, nargs, NULL);
+}
+
+/* write(data): see UserRingBuffer._write_slow for all but bytes/bytearray that fit now. */
+static PyObject *producer_write(Producer *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+	Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+	const char *src;
+	Py_ssize_t n;
+	unsigned long long total;
+
+	if (nargs != 1 || kwnames != NULL || !producer_ready(self))
+		goto slow;
+	if (PyBytes_CheckExact(args[0])) {
+		src = PyBytes_AS_STRING(args[0]);
+		n = PyBytes_GET_SIZE(args[0]);
+	} else if (PyByteArray_CheckExact(args[0])) {
+		src = PyByteArray_AS_STRING(args[0]);
+		n = PyByteArray_GET_SIZE(args[0]);
+	} else {
+		goto slow;
+	}
+	if ((unsigned long long)n > self->max_sample)
+		goto slow;
+	total = ((unsigned long long)n + RINGBUF_HDR_SZ + 7) & ~7ULL;
+	if (!producer_room(self, total))
+		goto slow;
+	memcpy(self->data + (self->prod & self->mask) + RINGBUF_HDR_SZ, src, (size_t)n);
+	/* committed from the start: it becomes visible with producer_pos */
+	producer_header(self, self->prod, (uint32_t)n);
+	self->prod += total;
+	producer_publish(self);
+	self->records++;
+	self->bytes += (unsigned long long)n;
+	Py_RETURN_NONE;
+slow:
+	return producer_call_slow(self, write_slow, args, nargsf, kwnames);
+}
+
+/* write_batch(items): see UserRingBuffer._write_batch_slow for all but a
+ * list or tuple of bytes of one length that all fit now: one loop here
+ * writes each header and copies each sample, one release publishes them. */
+static PyObject *producer_write_batch(Producer *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+	Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), count, i, len;
+	PyObject **items, *seq;
+	unsigned long long stride, pos;
+
+	if (nargs != 1 || kwnames != NULL || !producer_ready(self))
+		goto slow;
+	seq = args[0];
+	if (PyList_CheckExact(seq)) {
+		items = ((PyListObject *)seq)->ob_item;
+		count = PyList_GET_SIZE(seq);
+	} else if (PyTuple_CheckExact(seq)) {
+		items = ((PyTupleObject *)seq)->ob_item;
+		count = PyTuple_GET_SIZE(seq);
+	} else {
+		goto slow;
+	}
+	if (count == 0 || !PyBytes_CheckExact(items[0]))
+		goto slow;
+	len = PyBytes_GET_SIZE(items[0]);
+	if ((unsigned long long)len > self->max_sample)
+		goto slow;
+	for (i = 1; i < count; i++)
+		if (!PyBytes_CheckExact(items[i]) || PyBytes_GET_SIZE(items[i]) != len)
+			goto slow;
+	stride = ((unsigned long long)len + RINGBUF_HDR_SZ + 7) & ~7ULL;
+	if ((unsigned long long)count > self->size / stride || !producer_room(self, (unsigned long long)count * stride))
+		goto slow;	/* not all of them fit now: the slow path writes what does, or waits */
+	pos = self->prod;
+	for (i = 0; i < count; i++, pos += stride) {
+		char *hdr = self->data + (pos & self->mask);
+
+		((uint32_t *)hdr)[1] = 0;
+		((uint32_t *)hdr)[0] = (uint32_t)len;
+		/* the data area is mapped twice: a sample across its end is contiguous */
+		memcpy(hdr + RINGBUF_HDR_SZ, PyBytes_AS_STRING(items[i]), (size_t)len);
+	}
+	self->prod = pos;
+	producer_publish(self);
+	self->records += (unsigned long long)count;
+	self->bytes += (unsigned long long)count * (unsigned long long)len;
+	return PyLong_FromSsize_t(count);
+slow:
+	return producer_call_slow(self, write_batch_slow, args, nargsf, kwnames);
+}
+
+static PyMemberDef producer_members[] = {
+	{"_lock", T_OBJECT, offsetof(Producer, lock), 0, NULL},
+	{"_pending", T_OBJECT, offsetof(Producer, pending), 0, NULL},
+	{"_prod", T_ULONGLONG, offsetof(Producer, prod), 0, NULL},
+	{"_cons", T_ULONGLONG, offsetof(Producer, cons), 0, NULL},
+	{"size", T_ULONGLONG, offsetof(Producer, size), 0, "The ring's data size in bytes."},
+	{"_mask", T_ULONGLONG, offsetof(Producer, mask), 0, NULL},
+	{"max_sample", T_ULONGLONG, offsetof(Producer, max_sample), 0, "The largest sample size that fits."},
+	{"records", T_ULONGLONG, offsetof(Producer, records), 0, "Samples submitted."},
+	{"bytes", T_ULONGLONG, offsetof(Producer, bytes), 0, "Payload bytes submitted."},
+	{"discards", T_ULONGLONG, offsetof(Producer, discards), 0, "Samples discarded."},
+	{"_closed", T_BOOL, offsetof(Producer, closed), 0, NULL},
+	{NULL}
+};
+
+static PyMethodDef producer_methods[] = {
+	{"reserve", (PyCFunction)(void (*)(void))producer_reserve, METH_FASTCALL,
+	 "reserve(n=None): reserves an n-byte sample (a Sample: a writable buffer into the ring), or with no\n"
+	 "size a typed sample; see UserRingBuffer._reserve_slow for the whole story."},
+	{"submit", (PyCFunction)(void (*)(void))producer_submit, METH_FASTCALL,
+	 "submit(sample): commits a reserved sample; see UserRingBuffer._submit_slow."},
+	{"write", (PyCFunction)(void (*)(void))producer_write, METH_FASTCALL | METH_KEYWORDS,
+	 "write(data, timeout_ms=0): copies data into the ring as one sample; see UserRingBuffer._write_slow."},
+	{"write_batch", (PyCFunction)(void (*)(void))producer_write_batch, METH_FASTCALL | METH_KEYWORDS,
+	 "write_batch(samples, timeout_ms=0) -> count: one sample each, one release of producer_pos;\n"
+	 "see UserRingBuffer._write_batch_slow."},
+	{"_attach", (PyCFunction)(void (*)(void))producer_attach, METH_FASTCALL, NULL},
+	{"_detach", (PyCFunction)producer_detach, METH_NOARGS, NULL},
+	{NULL}
+};
+
+static PyTypeObject ProducerType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "pybpf._atomics.Producer",
+	.tp_basicsize = sizeof(Producer),
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+	.tp_doc = "The base of UserRingBuffer: its state and per-sample fast paths.",
+	.tp_dealloc = (destructor)producer_dealloc,
+	.tp_traverse = (traverseproc)producer_traverse,
+	.tp_clear = (inquiry)producer_clear,
+	.tp_methods = producer_methods,
+	.tp_members = producer_members,
+	.tp_new = PyType_GenericNew,
+};
+
 /* set_errors(closed, exported): the exception classes SampleBuffer raises. */
 static PyObject *set_errors(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -565,7 +1097,14 @@ PyMODINIT_FUNC PyInit__atomics(void)
 
 	if (PyType_Ready(&SampleBufferType) < 0)
 		return NULL;
+	if (PyType_Ready(&MutexType) < 0 || PyType_Ready(&ProducerType) < 0)
+		return NULL;
 	if (release_name == NULL && (release_name = PyUnicode_InternFromString("release")) == NULL)
+		return NULL;
+	if (reserve_slow == NULL && ((reserve_slow = PyUnicode_InternFromString("_reserve_slow")) == NULL ||
+				     (submit_slow = PyUnicode_InternFromString("_submit_slow")) == NULL ||
+				     (write_slow = PyUnicode_InternFromString("_write_slow")) == NULL ||
+				     (write_batch_slow = PyUnicode_InternFromString("_write_batch_slow")) == NULL))
 		return NULL;
 	m = PyModule_Create(&module_def);
 	if (m == NULL)
@@ -580,6 +1119,18 @@ PyMODINIT_FUNC PyInit__atomics(void)
 	Py_INCREF(&SampleBufferType);
 	if (PyModule_AddObject(m, "SampleBuffer", (PyObject *)&SampleBufferType) < 0) {
 		Py_DECREF(&SampleBufferType);
+		Py_DECREF(m);
+		return NULL;
+	}
+	Py_INCREF(&MutexType);
+	if (PyModule_AddObject(m, "Mutex", (PyObject *)&MutexType) < 0) {
+		Py_DECREF(&MutexType);
+		Py_DECREF(m);
+		return NULL;
+	}
+	Py_INCREF(&ProducerType);
+	if (PyModule_AddObject(m, "Producer", (PyObject *)&ProducerType) < 0) {
+		Py_DECREF(&ProducerType);
 		Py_DECREF(m);
 		return NULL;
 	}

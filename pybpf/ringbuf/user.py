@@ -30,9 +30,11 @@ __all__ = ["UserRingBuffer", "Sample", "SampleSizeError", "SampleClosedError", "
 
 # x86 is TSO: a store-release is a plain store (the kernel's smp_store_release
 # is a compiler barrier and a MOV there).  A memoryview store is a MOV the C
-# compiler cannot move across the interpreter's calls, so the user ring
-# producer publishes producer_pos with it: ~40 ns instead of a ~150-350 ns
-# ctypes call per sample.  Elsewhere (arm64...) it calls the C helper.
+# compiler cannot move across the interpreter's calls, so the Python paths of
+# the user ring producer publish producer_pos with it: ~40 ns instead of a
+# ~150-350 ns ctypes call.  Elsewhere (arm64...) they call the C helper.  The
+# per-sample fast paths (the C base class, _atomics.Producer) use C11
+# release/acquire/xchg, right on every architecture.
 _PLAIN_RELEASE = os.uname().machine.lower() in ("x86_64", "amd64", "i386", "i686")
 # A user sample must fit a struct bpf_dynptr (DYNPTR_MAX_SIZE): a larger one
 # makes the kernel's drain fail with -E2BIG and wedges the ring.
@@ -68,11 +70,12 @@ try:
     _atomics = atomics.module()
 except Error:  # the C helper is not built: UserRingBuffer() says so
     _atomics = None
-    _SampleBuffer = object
+    _SampleBuffer = _ProducerBase = object
     _new_sample = None
 else:
     _atomics.set_errors(SampleClosedError, SampleExportedError)
     _SampleBuffer = _atomics.SampleBuffer
+    _ProducerBase = _atomics.Producer
     _new_sample = _atomics.new_sample
 
 
@@ -152,30 +155,21 @@ class _ReleaseStores:
         self._store(self._addr + 8 * i, value)
 
 
-class _Mutex:
-    """A mutex made of a one-token ``queue.SimpleQueue``: ``get()`` takes the
-    token (waiting, interruptibly, while another thread has it), ``put()`` gives
-    it back.  Uncontended, a get/put pair costs half of ``threading.Lock``'s
+def _Mutex():
+    """A mutex made of a one-token ``queue.SimpleQueue`` (``take()`` is its
+    ``get()``: waits, interruptibly, while another thread has the token;
+    ``give()`` puts it back), as an ``_atomics.Mutex``, which marks it held
+    between the two so that the C fast paths of the producer (``Producer``)
+    can see that a Python method is running, and hand over to it.
+    Uncontended, a get/put pair costs half of ``threading.Lock``'s
     acquire/release in CPython 3.11 (which parses keyword arguments and reads
-    the clock on every acquire), and the user ring producer takes it once or
-    twice per sample.  ``with mutex:`` for the paths that are not hot."""
-
-    __slots__ = ("take", "give")
-
-    def __init__(self):
-        q = queue.SimpleQueue()
-        q.put(None)
-        self.take = q.get
-        self.give = q.put
-
-    def __enter__(self):
-        self.take()
-
-    def __exit__(self, *exc):
-        self.give(None)
+    the clock on every acquire).  ``with mutex:`` for the paths that are not hot."""
+    q = queue.SimpleQueue()
+    q.put(None)
+    return _atomics.Mutex(q.get, q.put)
 
 
-class UserRingBuffer(Resource):
+class UserRingBuffer(_ProducerBase, Resource):
     """Producer for a ``BPF_MAP_TYPE_USER_RINGBUF`` map.
 
     ``reserve(n)`` returns a :class:`Sample`, a writable buffer of exactly
@@ -207,6 +201,13 @@ class UserRingBuffer(Resource):
     returns the sample as a typed view into the ring (``entry.i = 1;
     entry.comm = "hello"; urb.submit(entry)``), and :meth:`write` /
     :meth:`write_batch` take dicts, tuples and typed values besides bytes.
+
+    Speed: the base class, ``pybpf._atomics.Producer`` (C), keeps the
+    producer's state and does the common case of ``reserve(n)``,
+    ``submit(sample)``, ``write(data)`` and ``write_batch(list of equal-length
+    bytes)`` without running Python code; every other case goes to the Python
+    method of the same name with ``_slow`` appended (``_reserve_slow``...),
+    where the rules and their documentation are.
     """
 
     def __init__(self, map, type=None):  # noqa: A002 - the name RingBuffer uses
@@ -245,6 +246,7 @@ class UserRingBuffer(Resource):
             self._cons_addr = cons.addr
             self._prod_addr = prod.addr
             self._data_addr = prod.addr + page
+            self._attach(prod.mmap, page, cons.addr, Sample)  # the C fast paths (Producer)
             data = prod.mem[page:]
             hdr = data.cast("Q")  # a whole header in one store: len, then pg_off = 0
             prod_pos = prod.mem[:8].cast("Q")
@@ -305,6 +307,7 @@ class UserRingBuffer(Resource):
         self._pending.discard(sample)
 
     def _unmap(self) -> None:
+        self._detach()  # the C fast paths first: they hold an export of the mapping
         self._data = self._hdr = self._prod_pos = self._mapping = None
         _run_all([*(lambda v=v: _release_quietly(v) for v in self._views), *(m.close for m in self._maps)])
         self._views = ()
@@ -402,8 +405,8 @@ class UserRingBuffer(Resource):
         return RingBufferFullError(f"user ring buffer '{self.name}' is full: a {n}-byte sample needs "
                                    f"{total} bytes (with header and padding), {free} of {self.size} free")
 
-    def reserve(self, n: int | None = None):
-        """Reserves an ``n``-byte sample: a writable buffer of exactly ``n`` bytes
+    def _reserve_slow(self, n: int | None = None):
+        """reserve(): Reserves an ``n``-byte sample: a writable buffer of exactly ``n`` bytes
         over the ring's memory (a :class:`Sample`).  Fill it (``struct.pack_into``,
         slice assignment, ``ctypes.T.from_buffer``...), then :meth:`submit` or
         :meth:`discard` it; drop views of it first (see :class:`Sample`).
@@ -422,9 +425,9 @@ class UserRingBuffer(Resource):
         :class:`SampleSizeError` (a :class:`pybpf.Error` and ``ValueError``) if
         ``n`` can never fit (more than :attr:`max_sample`).
         """
-        # This and submit() run once per sample: every bytecode shows in the
-        # rate (tools/bench_ringbuf.py), so the usual case is spelled out
-        # here and everything else goes to _reserve/_commit.
+        # Producer.reserve (C) comes here for all but an int n that fits now
+        # (and the mutex not held); this is still the one place for the
+        # rules, with the usual case spelled out and the rest in _reserve.
         if n.__class__ is not int or n < 0 or n > self.max_sample:
             if n is None:
                 return self._typed_view(self.reserve(self._typed_size("reserve")))
@@ -523,8 +526,8 @@ class UserRingBuffer(Resource):
             self.records += 1
             self.bytes += n
 
-    def submit(self, sample: Sample) -> None:
-        """Commits ``sample``: the kernel's drain will hand it to the BPF program.
+    def _submit_slow(self, sample: Sample) -> None:
+        """submit(): Commits ``sample``: the kernel's drain will hand it to the BPF program.
 
         Raises :class:`SampleExportedError` (the sample stays reserved) while a
         buffer export of it is alive; see :class:`Sample`.  Takes the typed
@@ -561,8 +564,8 @@ class UserRingBuffer(Resource):
         finally:
             self._give(None)
 
-    def write(self, data, timeout_ms: int | float | None = 0) -> None:
-        """Copies ``data`` into the ring as one sample: any bytes-like object as
+    def _write_slow(self, data, timeout_ms: int | float | None = 0) -> None:
+        """write(): Copies ``data`` into the ring as one sample: any bytes-like object as
         it is, or, with a sample type (see the class), a dict or tuple of its
         fields or a typed value, encoded by the type (unknown fields, values
         out of range and wrong sizes raise :class:`pybpf.Error` naming the
@@ -605,8 +608,8 @@ class UserRingBuffer(Resource):
         finally:
             self._give(None)
 
-    def write_batch(self, samples, timeout_ms: int | float | None = 0) -> int:
-        """Copies every bytes-like object of ``samples`` into the ring, in order, as
+    def _write_batch_slow(self, samples, timeout_ms: int | float | None = 0) -> int:
+        """write_batch(): Copies every bytes-like object of ``samples`` into the ring, in order, as
         one sample each, and publishes them with one release of producer_pos.
         With a sample type, items may also be dicts, tuples or typed values (as
         :meth:`write` takes them); they are all encoded before anything is written.
@@ -615,8 +618,9 @@ class UserRingBuffer(Resource):
         fills up (``timeout_ms=0``, the default) or stays full for
         ``timeout_ms`` (-1 or None: wait as long as it takes).  Raises
         :class:`SampleSizeError` before writing anything if a sample can never
-        fit.  Equal-length ``bytes`` samples take the fastest path (one
-        ``struct.pack_into`` per run of samples).
+        fit.  A list or tuple of equal-length ``bytes`` that all fit takes the
+        fastest path (Producer.write_batch: one C loop); other equal-length
+        ``bytes`` samples one ``struct.pack_into`` per run of samples.
         """
         items = samples if samples.__class__ is list or samples.__class__ is tuple else list(samples)
         count = len(items)
@@ -1215,6 +1219,11 @@ def _view_class(ct):
     return cls
 
 
+if _ProducerBase is object:  # the C helper is not built (UserRingBuffer() says so): the methods by name
+    for _name in ("reserve", "submit", "write", "write_batch"):
+        setattr(UserRingBuffer, _name, getattr(UserRingBuffer, f"_{_name}_slow"))
+    del _name
+
 _packers: dict[tuple[int, int], list] = {}
 
 
@@ -1230,9 +1239,10 @@ def _producer_codes() -> frozenset:
     global _PRODUCER_CODES
     if _PRODUCER_CODES is None:
         u = UserRingBuffer
+        # (the C fast paths, Producer.reserve...,  hold no mutex and are not interruptible)
         _PRODUCER_CODES = frozenset(f.__code__ for f in (
-            u.reserve, u.reserve_blocking, u._wait_for_room, u.submit, u.discard, u.write, u.write_batch,
-            u.free.fget, u._locked_teardown, _Mutex.__enter__))
+            u._reserve_slow, u.reserve_blocking, u._wait_for_room, u._submit_slow, u.discard, u._write_slow,
+            u._write_batch_slow, u.write_array, u.free.fget, u._locked_teardown, u._typed_view, u._commit_view))
     return _PRODUCER_CODES
 
 
