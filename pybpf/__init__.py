@@ -40,12 +40,35 @@ class _ListingModule(_types.ModuleType):
         return getattr(live, self.__name__.rpartition(".")[2])()
 
 
+def _load_spec(spec, **kwargs):
+    """``ObjectSpec.load()`` until pybpf.collection is imported (which then puts its own
+    ``load_object`` in this one's place): the spec layer imports nothing above it, and
+    ``import pybpf`` no longer imports the runtime classes, so a spec can exist first."""
+    from .collection import load_object
+    return load_object(spec, **kwargs)
+
+
+class _SpecPackage(_types.ModuleType):
+    # pybpf.spec: when pybpf.spec.object is imported (by anything), its ObjectSpec gets the
+    # loader hook above if it has none yet
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "object" and type(value) is _types.ModuleType:
+            cls = getattr(value, "ObjectSpec", None)
+            if cls is not None and "_load_object" in vars(cls) and cls._load_object is None:
+                cls._load_object = _load_spec
+
+
 class _Package(_types.ModuleType):
     # the import system sets each submodule as an attribute of its package: these three
     # become callable there (a function in their place would be replaced by the next import)
     def __setattr__(self, name, value):
         if name in ("maps", "programs", "links") and type(value) is _types.ModuleType:
             value.__class__ = _ListingModule
+        elif name == "spec" and type(value) is _types.ModuleType:
+            value.__class__ = _SpecPackage
+            if "object" in vars(value):     # imported already (cannot be, but then hook it now)
+                value.__setattr__("object", value.object)
         super().__setattr__(name, value)
 
 
@@ -53,10 +76,16 @@ _sys.modules[__name__].__class__ = _Package
 
 from .errors import *  # noqa: F401,F403,E402
 from .errors import __all__ as _errors_all  # noqa: E402
-from .collection import Object, Variable  # noqa: E402
-from .maps import Map  # noqa: E402
-from .programs import Program, TestRunResult  # noqa: E402
-from .spec.object import MapSpec, ObjectSpec, ProgramSpec, VariableSpec  # noqa: E402
+
+# The rest is imported on first use, to keep 'import pybpf' short (a front end that lists
+# programs, or a script that only parses, needs no runtime classes): name -> its module.
+_LAZY = {
+    "Object": "collection", "Variable": "collection",
+    "Map": "maps",
+    "Program": "programs", "TestRunResult": "programs",
+    "ObjectSpec": "spec.object", "ProgramSpec": "spec.object", "MapSpec": "spec.object",
+    "VariableSpec": "spec.object",
+}
 
 
 def open(path) -> ObjectSpec:  # noqa: A001 - the public name the API promises
@@ -64,6 +93,7 @@ def open(path) -> ObjectSpec:  # noqa: A001 - the public name the API promises
 
     Parsed objects are kept in pybpf's disk cache (``~/.cache/pybpf``; ``PYBPF_CACHE=0``
     turns it off), so opening the same file again costs ~1 ms instead of a parse."""
+    from .spec.object import ObjectSpec
     return ObjectSpec.from_file(_os.fspath(path))
 
 
@@ -79,6 +109,12 @@ def load(path, **kwargs) -> Object:
 def __getattr__(name):
     # imported on first use, to keep 'import pybpf' short: the ring buffers pull in the C
     # helper, links perf_event_open and tracefs
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+        value = getattr(importlib.import_module("." + module, __name__), name)
+        globals()[name] = value     # found directly from now on
+        return value
     if name == "Link":
         from .links import Link
         return Link
@@ -91,13 +127,27 @@ def __getattr__(name):
     if name in ("btfs", "stats", "ProgramInfo", "MapInfo", "BtfInfo"):
         from . import live
         return getattr(live, name)
-    if name == "links":            # the package, callable (see _ListingModule): pybpf.links()
+    if name in ("maps", "programs", "links"):  # modules, callable (see _ListingModule): pybpf.maps()
         import importlib
-        return importlib.import_module(".links", __name__)
+        return importlib.import_module("." + name, __name__)
     if name == "LinkInfo":
         from .links.base import LinkInfo
         return LinkInfo
+    if name.isidentifier() and not name.startswith("__") and _submodule(name):
+        # pybpf.kernel, pybpf.loader...: importing pybpf used to import many of them on the way
+        import importlib
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'pybpf' has no attribute {name!r}")
+
+
+def _submodule(name: str) -> bool:
+    here = _os.path.dirname(__file__)
+    return (_os.path.isfile(_os.path.join(here, name + ".py"))
+            or _os.path.isfile(_os.path.join(here, name, "__init__.py")))
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = list(_errors_all) + [
