@@ -285,6 +285,17 @@ static int release_view(PyObject *view)
 	return r ? 0 : -1;
 }
 
+/* Releases `view` when an error is already set: the error stays the one set. */
+static void release_view_in_error(PyObject *view)
+{
+	PyObject *type, *val, *tb;
+
+	PyErr_Fetch(&type, &val, &tb);
+	if (release_view(view) < 0)
+		PyErr_Clear();
+	PyErr_Restore(type, val, tb);
+}
+
 /* s[i] -> int, s[a:b] -> bytes (a copy: no view of the ring escapes). */
 static PyObject *sample_subscript(SampleBuffer *self, PyObject *key)
 {
@@ -296,12 +307,16 @@ static PyObject *sample_subscript(SampleBuffer *self, PyObject *key)
 	item = PyObject_GetItem(view, key);
 	if (item != NULL && PyMemoryView_Check(item)) {
 		copy = PyBytes_FromObject(item);
-		if (release_view(item) < 0)
+		if (copy == NULL)
+			release_view_in_error(item);
+		else if (release_view(item) < 0)
 			Py_CLEAR(copy);
 		Py_DECREF(item);
 		item = copy;
 	}
-	if (release_view(view) < 0)
+	if (item == NULL)
+		release_view_in_error(view);
+	else if (release_view(view) < 0)
 		Py_CLEAR(item);
 	Py_DECREF(view);
 	return item;
@@ -333,7 +348,9 @@ static int sample_ass_subscript(SampleBuffer *self, PyObject *key, PyObject *val
 	if (view == NULL)
 		return -1;
 	err = PyObject_SetItem(view, key, value);
-	if (release_view(view) < 0)
+	if (err < 0)
+		release_view_in_error(view);
+	else if (release_view(view) < 0)
 		err = -1;
 	Py_DECREF(view);
 	return err;
@@ -843,15 +860,16 @@ static PyObject *producer_call_slow(Producer *self, PyObject *name, PyObject *co
 }
 
 /* reserve(n): see UserRingBuffer._reserve_slow for everything but an int n that fits now. */
-static PyObject *producer_reserve(Producer *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *producer_reserve(Producer *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
+	Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
 	PyTypeObject *cls;
 	SampleBuffer *s;
 	long long n;
 	unsigned long long total, off;
 	int overflow;
 
-	if (nargs != 1 || !PyLong_CheckExact(args[0]))
+	if (nargs != 1 || kwnames != NULL || !PyLong_CheckExact(args[0]))
 		goto slow;
 	n = PyLong_AsLongLongAndOverflow(args[0], &overflow);
 	if (overflow || n < 0 || (unsigned long long)n > self->max_sample || !producer_ready(self))
@@ -887,16 +905,17 @@ static PyObject *producer_reserve(Producer *self, PyObject *const *args, Py_ssiz
 	producer_publish(self);
 	return (PyObject *)s;
 slow:
-	return producer_call_slow(self, reserve_slow, args, nargs, NULL);
+	return producer_call_slow(self, reserve_slow, args, nargsf, kwnames);
 }
 
 /* submit(sample): see UserRingBuffer._submit_slow for all but a pending Sample of ours without exports. */
-static PyObject *producer_submit(Producer *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *producer_submit(Producer *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
+	Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
 	SampleBuffer *s;
 	int found;
 
-	if (nargs != 1 || self->sample_cls == NULL || (PyObject *)Py_TYPE(args[0]) != self->sample_cls ||
+	if (nargs != 1 || kwnames != NULL || self->sample_cls == NULL || (PyObject *)Py_TYPE(args[0]) != self->sample_cls ||
 	    !producer_ready(self))
 		goto slow;
 	s = (SampleBuffer *)args[0];
@@ -928,7 +947,7 @@ static PyObject *producer_submit(Producer *self, PyObject *const *args, Py_ssize
 	self->bytes += (unsigned long long)s->len;
 	Py_RETURN_NONE;
 slow:
-	return producer_call_slow(self, submit_slow, args, nargs, NULL);
+	return producer_call_slow(self, submit_slow, args, nargsf, kwnames);
 }
 
 /* write(data): see UserRingBuffer._write_slow for all but bytes/bytearray that fit now. */
@@ -1033,10 +1052,10 @@ static PyMemberDef producer_members[] = {
 };
 
 static PyMethodDef producer_methods[] = {
-	{"reserve", (PyCFunction)(void (*)(void))producer_reserve, METH_FASTCALL,
+	{"reserve", (PyCFunction)(void (*)(void))producer_reserve, METH_FASTCALL | METH_KEYWORDS,
 	 "reserve(n=None): reserves an n-byte sample (a Sample: a writable buffer into the ring), or with no\n"
 	 "size a typed sample; see UserRingBuffer._reserve_slow for the whole story."},
-	{"submit", (PyCFunction)(void (*)(void))producer_submit, METH_FASTCALL,
+	{"submit", (PyCFunction)(void (*)(void))producer_submit, METH_FASTCALL | METH_KEYWORDS,
 	 "submit(sample): commits a reserved sample; see UserRingBuffer._submit_slow."},
 	{"write", (PyCFunction)(void (*)(void))producer_write, METH_FASTCALL | METH_KEYWORDS,
 	 "write(data, timeout_ms=0): copies data into the ring as one sample; see UserRingBuffer._write_slow."},
