@@ -346,3 +346,14 @@ class Object(Resource):
     def _repr_pretty_(self, p, cycle) -> None:
         from .display import object_text
         p.text(object_text(self))
+
+
+def load_object(spec: ObjectSpec, **kwargs) -> Object:
+    """``spec.load(**kwargs)``: the loader (a layer below) creates the maps and loads the
+    programs, handing them to a new :class:`Object`; the keywords are
+    :func:`pybpf.loader.load_spec`'s."""
+    from .loader import load_spec
+    return load_spec(spec, new_object=Object, **kwargs)
+
+
+ObjectSpec._load_object = load_object

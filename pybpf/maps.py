@@ -79,7 +79,7 @@ class Map(Resource):
         self._mmap: mmap.mmap | None = None
         self._arena: tuple | None = None          # (address, size, memory, memoryview, munmap finalizer)
         if self.type in _PERCPU_TYPES:
-            from .loader import possible_cpus
+            from .kernel.cpus import possible_cpus
             self._ncpus = possible_cpus()
         else:
             self._ncpus = 0
@@ -922,7 +922,7 @@ def _pack_ints(fmt: str, values: list) -> bytes | None:
 
 
 def _kernel_lacks_cmd(command: str) -> bool:
-    from .loader.refusals import enum_names, running_btf
+    from .kernel.btf import enum_names, running_btf
     names = enum_names(running_btf(None), "bpf_cmd")
     return names is not None and command not in names
 

@@ -13,7 +13,7 @@ import os
 
 from .. import _cache
 from ..errors import BTFError, Error
-from ..spec.btf import BTF
+from ..spec.btf import BTF, Kind
 from . import syscall as sc
 from .attrs import BtfInfo
 from .constants import Cmd
@@ -114,6 +114,29 @@ def _read_vmlinux(path: str) -> BTF:
         boot = boot_id()
         identity = f"vmlinux-{boot}-{len(raw)}" if boot else None
     return parse_cached(raw, source=path, identity=identity)
+
+
+def running_btf(facts=None) -> BTF | None:
+    """The BTF of the kernel programs are loaded into (None when it has none): the running
+    kernel's even when ``facts`` (a :class:`pybpf.loader.facts.KernelFacts`) carries another
+    CO-RE target; injected facts (tests) stand for the kernel."""
+    if facts is not None and (not facts.running_kernel or not facts._btf_given):
+        return facts.btf
+    try:
+        return vmlinux_btf()
+    except Error:
+        return None
+
+
+def enum_names(btf: BTF | None, enum: str) -> set[str] | None:
+    """The member names of C enum ``enum`` in ``btf`` (None when it has no such enum): what
+    this kernel knows, e.g. ``enum_names(running_btf(), "bpf_cmd")``."""
+    if btf is None:
+        return None
+    for t in btf.by_name(enum):
+        if t.kind in (Kind.ENUM, Kind.ENUM64):
+            return {v.name for v in t.values}
+    return None
 
 
 def module_btf(name: str, base: BTF | None = None) -> BTF:

@@ -19,6 +19,7 @@ from ..kernel.attrs import BtfLoadAttr, MapCreateAttr, ProgLoadAttr
 from ..kernel.attrs import MapInfo as _MapInfoStruct
 from ..kernel.constants import BPF_F_RDONLY_PROG as _BPF_F_RDONLY_PROG
 from ..kernel.constants import Cmd, MapType, ProgType
+from ..kernel.cpus import possible_cpus   # in the kernel layer; importable from here too
 from ..resource import deferred_signals, interrupt_pending
 from ..spec import sections as S
 from ..spec.object import MapSpec, ObjectSpec, ProgramSpec
@@ -32,20 +33,6 @@ PAGE_SIZE = mmap.PAGESIZE
 # buffer (kernel/bpf/log.c, 6.4+), so a cut log still ends with the reason
 _LOG_START = 256 * 1024
 _LOG_MAX = 16 << 20
-
-
-def possible_cpus() -> int:
-    """Number of possible CPUs (per-CPU map values hold one slot per possible CPU)."""
-    try:
-        with open("/sys/devices/system/cpu/possible") as f:
-            text = f.read().strip()
-    except OSError:
-        return os.cpu_count() or 1
-    n = 0
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        n = max(n, int(hi or lo) + 1)
-    return n
 
 
 def _ringbuf_size(size: int) -> int:
@@ -401,8 +388,14 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
                         log) from None
 
 
-def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None, pin_root=None):
+def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None, pin_root=None,
+              new_object=None):
     """Load everything in ``spec`` into the kernel and return a :class:`pybpf.Object`.
+
+    ``new_object(spec)`` makes the empty runtime object the maps and programs are handed to
+    (:func:`pybpf.collection.load_object` passes :class:`pybpf.Object`: the loader does not
+    import the layer above it); without it this is ``spec.load(...)``, which comes back
+    here with it.
 
     ``target_btf`` (a BTF file path or :class:`~pybpf.spec.btf.BTF`) replaces the
     running kernel's BTF as the CO-RE target; ``facts`` (a
@@ -417,7 +410,8 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
     the object leaves the pins (they outlive the process, as with libbpf).  Without
     ``pin_root`` nothing is pinned (libbpf would use /sys/fs/bpf).
     """
-    from ..collection import Object
+    if new_object is None:
+        return spec.load(btf=btf, facts=facts, target_btf=target_btf, pin_root=pin_root)
     from .facts import KernelFacts
     if facts is None:
         if isinstance(target_btf, (str, os.PathLike)):
@@ -473,7 +467,7 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
                 from .attach_btf import write_cache
                 write_cache()           # the names found: one cache write for the object
             _check_map_values(spec)
-            obj = Object(spec)
+            obj = new_object(spec)
             _load_into(obj, spec, btf, facts, linked, attach_btf, pins, struct_ops)
         finally:
             if spec.externs:

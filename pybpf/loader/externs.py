@@ -39,6 +39,7 @@ from ..spec import insn as I
 from ..spec.btf import BTF, Kind
 from .core import CoreError, essential_name
 from .core import types_are_compat as _core_types_are_compat
+from .linked import MapRef
 
 #: libbpf's constant for a call to an unresolved weak kfunc (+ the extern's index)
 POISON_CALL_KFUNC_BASE = 2002000000
@@ -426,7 +427,6 @@ def _s32(v: int) -> int:
 def relocate(linker, fn, local: int, idx: int, r) -> None:
     """Relocate instruction ``idx`` of ``linker``'s program, whose ELF relocation ``r``
     refers to an undefined symbol: an extern (libbpf bpf_object__relocate_data)."""
-    from .relocate import MapRef
     spec = linker.spec
     sym = r.symbol
     ext = spec.externs.get(sym.name)

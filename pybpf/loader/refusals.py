@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 
 from ..errors import Error, NotSupportedError
+# what this kernel knows lives in the kernel layer (links and maps use it too); the
+# names stay importable from here
+from ..kernel.btf import enum_names, running_btf  # noqa: F401
 from ..kernel.constants import MapType, ProgType
 from ..spec import sections as S
 from ..spec.btf import BTF, Kind
@@ -68,30 +71,6 @@ def check_max_entries(spec) -> None:
         + f", or with the CLI: python -m pybpf load OBJ --max-entries {name}={example}"
         + (" (a ring buffer's max_entries is its size in bytes, a power-of-2 multiple of the page size)"
            if ring else ""))
-
-
-# -- what this kernel knows ---------------------------------------------------------------------
-
-def running_btf(facts) -> BTF | None:
-    """The BTF of the kernel programs are loaded into: the running kernel's even when
-    ``facts`` carries another CO-RE target; injected facts (tests) stand for the kernel."""
-    if facts is not None and (not facts.running_kernel or not facts._btf_given):
-        return facts.btf
-    from ..kernel.btf import vmlinux_btf
-    try:
-        return vmlinux_btf()
-    except Error:
-        return None
-
-
-def enum_names(btf: BTF | None, enum: str) -> set[str] | None:
-    """The member names of C enum ``enum`` in ``btf`` (None when it has no such enum)."""
-    if btf is None:
-        return None
-    for t in btf.by_name(enum):
-        if t.kind in (Kind.ENUM, Kind.ENUM64):
-            return {v.name for v in t.values}
-    return None
 
 
 def check_program_kinds(spec, facts) -> None:

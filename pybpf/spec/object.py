@@ -1287,10 +1287,14 @@ class ObjectSpec:
             return self._sections[sym.section][0]
         return ""
 
+    # pybpf.collection.load_object, set when pybpf.collection is imported (with the package,
+    # before any spec exists): the runtime layer makes the Object and has the loader fill
+    # it, so this layer imports neither
+    _load_object = None
+
     def load(self, **kwargs):
         """Create the maps and load the programs into the kernel; returns a :class:`pybpf.Object`."""
-        from ..loader import load_spec
-        return load_spec(self, **kwargs)
+        return ObjectSpec._load_object(self, **kwargs)
 
     def __repr__(self) -> str:
         return (f"<ObjectSpec {self.path}: {len(self.programs)} programs, {len(self.maps)} maps, "
