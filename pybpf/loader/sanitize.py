@@ -1,8 +1,9 @@
 """The object's BTF as the running kernel accepts it.
 
 Each BTF kind came with some kernel version (btf.md section 3).  Like libbpf
-(bpf_object__sanitize_btf), pybpf probes once per process which kinds the
-kernel accepts, by loading tiny BTF blobs with BPF_BTF_LOAD, and rewrites a
+(bpf_object__sanitize_btf), pybpf probes which kinds the kernel accepts, by
+loading tiny BTF blobs with BPF_BTF_LOAD (once per boot: the answer is kept in
+pybpf's authenticated disk cache, see :func:`running_features`), and rewrites a
 *copy* of the object's BTF for what it lacks.  Type ids never change: a kind is
 rewritten into one with a record of the same size, and the only added type (the
 ``enum64_placeholder`` INT) goes at the end.  Kernel 6.18 needs none of it.
@@ -20,6 +21,7 @@ import os
 import struct
 from collections import namedtuple
 
+from .. import _cache
 from ..errors import BTFError, SyscallError
 from ..spec.btf import BTF, BTF_MAGIC, LINKAGE_STATIC, Kind
 
@@ -235,6 +237,60 @@ def probe_features() -> BTFFeatures:
     return _probed
 
 
+def _features_entry() -> str | None:
+    """The name of this boot's probe answers in the ``core`` cache: the boot id (the kernel
+    cannot change without a reboot, which draws a new one) and the probes themselves (other
+    probes, other answers).  None without a boot id or with the cache off."""
+    if not _cache.enabled():
+        return None
+    from ..kernel.btf import boot_id
+    boot = boot_id()
+    if boot is None:
+        return None
+    key = b"\0".join([b"btf-features", boot.encode()]
+                     + [n.encode() + b"=" + probe_blob(n) for n in _FEATURES])
+    return f"btf-features-{_cache.digest(key)}.names"
+
+
+def _decode_features(raw: bytes) -> BTFFeatures | None:
+    """An entry's answers, one ``feature 0|1`` a line in :data:`_FEATURES` order; None for
+    anything else (an entry of other code: probe again)."""
+    try:
+        lines = raw.decode("ascii").split("\n")
+    except UnicodeDecodeError:
+        return None
+    if len(lines) != len(_FEATURES) + 1 or lines[-1]:
+        return None
+    values = []
+    for name, line in zip(_FEATURES, lines):
+        got, _, bit = line.partition(" ")
+        if got != name or bit not in ("0", "1"):
+            return None
+        values.append(bit == "1")
+    return BTFFeatures(*values)
+
+
+def running_features() -> BTFFeatures:
+    """:func:`probe_features`, answered from pybpf's disk cache (``core/``, authenticated
+    like every entry: see :mod:`pybpf._cache`) when a process of this boot probed before:
+    nine BPF_BTF_LOADs fewer in each later process.  Features set for this process (the
+    ``_probed`` memo) come first."""
+    global _probed
+    if _probed is not None:
+        return _probed
+    name = _features_entry()
+    if name is not None:
+        raw = _cache.read("core", name)
+        found = _decode_features(raw) if raw is not None else None
+        if found is not None:
+            _probed = found
+            return found
+    features = probe_features()
+    if name is not None and features is _probed:     # probed (without privileges: assumed, not kept)
+        _cache.write("core", name, "".join(f"{n} {int(getattr(features, n))}\n" for n in _FEATURES).encode())
+    return features
+
+
 # -- the rewriting ------------------------------------------------------------------------
 
 def sanitize(btf: BTF, features: BTFFeatures) -> bytes:
@@ -302,9 +358,9 @@ def sanitize(btf: BTF, features: BTFFeatures) -> bytes:
 def kernel_btf(btf: BTF, features: BTFFeatures | None = None) -> bytes | None:
     """The blob to give BPF_BTF_LOAD for ``btf``: unchanged when the kernel accepts
     everything, a sanitized copy otherwise, None when the kernel has no BTF at all.
-    ``features`` defaults to the running kernel's (probed once)."""
+    ``features`` defaults to the running kernel's (probed once per boot: :func:`running_features`)."""
     if features is None:
-        features = probe_features()
+        features = running_features()
     if not features.btf:
         return None
     if not features.missing:

@@ -230,6 +230,20 @@ def _record_words() -> list:
 
 _RECORD_WORDS = _record_words()
 
+# BTF.validate, per kind number: (words of the record holding a type id, words per vlen
+# item, the item's name word (-1: none), the item's type id word (-1: none)); None: a name only
+_VALIDATE: list = [None] * 32
+for _k in (Kind.PTR, Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.FUNC, Kind.VAR,
+           Kind.DECL_TAG, Kind.TYPE_TAG):
+    _VALIDATE[_k] = ((2,), 0, -1, -1)
+_VALIDATE[Kind.ARRAY] = ((3, 4), 0, -1, -1)            # elem_type, index_type
+_VALIDATE[Kind.FUNC_PROTO] = ((2,), 2, 0, 1)           # return type; params: name, type
+_VALIDATE[Kind.STRUCT] = _VALIDATE[Kind.UNION] = ((), 3, 0, 1)   # members: name, type, offset
+_VALIDATE[Kind.ENUM] = ((), 2, 0, -1)                  # values: name, value
+_VALIDATE[Kind.ENUM64] = ((), 3, 0, -1)                # values: name, lo32, hi32
+_VALIDATE[Kind.DATASEC] = ((), 3, -1, 0)               # secinfos: type, offset, size
+del _k
+
 
 class _LazyTypes:
     """``btf.types``: a read-only sequence indexed by type id (0 is None = void),
@@ -467,22 +481,38 @@ class BTF:
         return t
 
     def validate(self) -> None:
-        """Decode every type and check every type reference is in range (done for object BTF)."""
-        n = len(self.types)
-        for t in self:
-            refs = []
-            if t.kind in (Kind.PTR, Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.FUNC,
-                          Kind.VAR, Kind.DECL_TAG, Kind.TYPE_TAG, Kind.FUNC_PROTO):
-                refs.append(t.size_or_type)
-            elif t.kind == Kind.ARRAY:
-                refs += [t.elem_type, t.index_type]
-            refs += [m.type_id for m in t.members]
-            refs += [p.type_id for p in t.params]
-            refs += [s.type_id for s in t.secinfos]
-            for r in refs:
-                if r >= n:
-                    raise self._fail(f"type [{t.id}] {t.kind.name} '{t.name}' refers to type id {r}, "
-                                     f"but there are only {n - 1} types")
+        """Check every type's strings and type references are in range (done for object BTF):
+        what decoding every type would find, and the same errors, straight from the record
+        words (a new object's parse spent half its time decoding types nothing asked for).
+        Records are still decoded on first access."""
+        n = len(self._offsets) + 1          # len(self.types): ids from n on are out of range
+        words, str_end, first = self._words, self._str_end, self._first_id
+        table = _VALIDATE
+        for i, w in enumerate(self._offsets):
+            info = words[w + 1]
+            how = table[(info >> 24) & 0x1F]
+            if how is None:                 # INT, FWD, FLOAT: only the name (UNKN: refused)
+                if words[w] >= str_end or not info & 0x1F000000:
+                    self._decode(first + i)             # raises the decoder's error
+                continue
+            refs, step, name_at, ref_at = how
+            start, end = w + 3, w + 3 + step * (info & 0xFFFF)
+            # the strings first, as the decoder reads them: the name, then the items'
+            if words[w] >= str_end or (name_at >= 0 and any(
+                    words[j] >= str_end for j in range(start + name_at, end, step))):
+                self._decode(first + i)
+            for j in refs:
+                if words[w + j] >= n:
+                    self._bad_ref(first + i, words[w + j], n)
+            if ref_at >= 0:
+                for j in range(start + ref_at, end, step):
+                    if words[j] >= n:
+                        self._bad_ref(first + i, words[j], n)
+
+    def _bad_ref(self, type_id: int, ref: int, n: int):
+        t = self[type_id]
+        raise self._fail(f"type [{t.id}] {t.kind.name} '{t.name}' refers to type id {ref}, "
+                         f"but there are only {n - 1} types")
 
     # -- lookup --------------------------------------------------------------------
 

@@ -65,12 +65,20 @@ class ELF:
         self.structs.create_advanced_structs(self.header["e_type"], self.header["e_machine"],
                                              self.header["e_ident"]["EI_OSABI"])
         self._headers = None
+        self._sizes: dict = {}
+
+    def _size(self, struct) -> int:
+        """``struct.sizeof()``, once per struct (pyelftools computes it field by field each time)."""
+        size = self._sizes.get(id(struct))
+        if size is None:
+            size = self._sizes[id(struct)] = struct.sizeof()
+        return size
 
     def __getitem__(self, name: str):
         return self.header[name]
 
     def _read(self, struct, offset: int, what: str):
-        if offset + struct.sizeof() > len(self.data):
+        if offset + self._size(struct) > len(self.data):
             raise ObjectError(f"{what} at offset {offset} runs past the end of the file "
                               f"({len(self.data)} bytes): the file is truncated")
         return self._parse(struct, self._stream, offset)
@@ -83,9 +91,9 @@ class ELF:
             if shoff == 0:
                 self._headers = []
                 return self._headers
-            if entsize < shdr.sizeof():
+            if entsize < self._size(shdr):
                 raise ObjectError(f"section header size e_shentsize {entsize} is too small "
-                                  f"(a section header is {shdr.sizeof()} bytes)")
+                                  f"(a section header is {self._size(shdr)} bytes)")
             first = self._read(shdr, shoff, "section header 0")
             # e_shnum 0: the count is in section 0's sh_size (gABI, for 0xff00 sections or more)
             count = self["e_shnum"] or first["sh_size"]
@@ -150,16 +158,17 @@ class ELF:
         headers = self.section_headers()
         sh = headers[symtab_index]
         sym = self.structs.Elf_Sym
-        if sh["sh_entsize"] != sym.sizeof():
-            raise ObjectError(f"symbol table entries are {sh['sh_entsize']} bytes, not {sym.sizeof()}")
+        size = self._size(sym)
+        if sh["sh_entsize"] != size:
+            raise ObjectError(f"symbol table entries are {sh['sh_entsize']} bytes, not {size}")
         link = sh["sh_link"]
         if not 0 < link < len(headers) or headers[link]["sh_type"] != "SHT_STRTAB":
             raise ObjectError(f"the symbol table's string table (section {link}) is not a string table")
         strings = self.body(headers[link])
         self.body(sh, ".symtab")    # its entries lie inside the file
-        base, count = sh["sh_offset"], sh["sh_size"] // sym.sizeof()
+        base, count = sh["sh_offset"], sh["sh_size"] // size
         out = []
         for i in range(count):
-            s = self._read(sym, base + i * sym.sizeof(), f"symbol {i}")
+            s = self._read(sym, base + i * size, f"symbol {i}")
             out.append((self.string(strings, s["st_name"]), s))
         return out

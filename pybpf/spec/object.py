@@ -25,7 +25,6 @@ from . import insn as I
 from .btf import (BTF, INT_BOOL, INT_SIGNED, LINKAGE_EXTERN, LINKAGE_GLOBAL, LINKAGE_STATIC,
                   MAX_RESOLVE_DEPTH, Kind, VarSecinfo)
 from .btf_ext import BTFExt, parse_btf_ext
-from .elf import ELF, malformed_is_object_error
 from .sections import SectionDef, attach_target, match_section
 
 # ELF constants
@@ -636,6 +635,9 @@ class ObjectSpec:
         if len(data) < 4 or data[:4] != b"\x7fELF":
             raise ObjectError("not an ELF file (no \\x7fELF magic); expected a BPF object built with "
                               "clang -target bpf")
+        # imported here, with pyelftools: an object from the cache is never parsed (and contextlib,
+        # which only the ELF layer uses, stays out of a warm load)
+        from .elf import ELF, malformed_is_object_error
         with malformed_is_object_error():
             elf = ELF(data)
             if elf.elfclass != 64 or not elf.little_endian:
@@ -716,8 +718,8 @@ class ObjectSpec:
         btf = self.btf
         assert btf is not None
         sym_by_name = {s.name: s for s in self._symbols if s.type == STT_OBJECT and s.section > 0}
-        for t in btf:
-            if t.kind != Kind.DATASEC or t.name in (".kconfig", ".ksyms"):
+        for t in btf.by_kind(Kind.DATASEC):     # in id order, as iterating: only DATASECs are decoded
+            if t.name in (".kconfig", ".ksyms"):
                 continue
             size = t.size_or_type
             fixed_size = False
