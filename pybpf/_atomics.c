@@ -515,7 +515,8 @@ static PyTypeObject SampleBufferType = {
 /* new_sample(cls, mapping, offset, n, ring, pos): a `cls` (a SampleBuffer
  * subclass) over bytes [offset, offset + n) of `mapping` (a writable buffer:
  * the mmap of the producer page and data), whose 8-byte header is at
- * offset - 8. One call per reserve(). */
+ * offset - 8. One call per reserve() that the Python slow path
+ * (UserRingBuffer._reserve_slow) does; Producer.reserve makes its own. */
 static PyObject *new_sample(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
 	PyTypeObject *cls;

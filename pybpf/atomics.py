@@ -5,8 +5,11 @@ orders them with ``smp_store_release``/``smp_load_acquire``/``xchg``.  Python
 cannot express that ordering, so a tiny C helper (``pybpf/_atomics.c``, built by
 ``pip install .``) provides it and this module loads it with ctypes on first
 use.  :func:`module` imports the same file as the extension module
-``pybpf._atomics`` (its ``SampleBuffer`` type: a reserved user ring buffer
-sample with the buffer protocol).
+``pybpf._atomics``: its ``SampleBuffer`` type (a reserved user ring buffer
+sample with the buffer protocol), and ``Producer`` and ``Mutex``, the base
+class of ``UserRingBuffer`` with the C fast paths of reserve/submit/write/
+write_batch, and the mutex those fast paths can see is held (no ctypes call
+per sample there).
 
 Every function takes a raw address (an ``int``).  The caller must keep the
 memory mapped for the duration of the call.
@@ -125,7 +128,7 @@ def module():
                     spec = importlib.util.spec_from_file_location("pybpf._atomics", path, loader=loader)
                     mod = importlib.util.module_from_spec(spec)
                     loader.exec_module(mod)
-                    mod.SampleBuffer  # noqa: B018  (an old build has no such type)
+                    mod.SampleBuffer, mod.Producer, mod.Mutex  # noqa: B018  (an old build has no such types)
                 except (ImportError, AttributeError) as exc:
                     raise Error(f"pybpf's C helper at {path} is unusable ({exc}): "
                                 "rebuild it with 'pip install .' in the pybpf source tree") from exc

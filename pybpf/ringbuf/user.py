@@ -214,7 +214,7 @@ class UserRingBuffer(_ProducerBase, Resource):
         fd, self.name, size = _check_map(map, MapType.USER_RINGBUF)
         self._resolve_type(map, type)
         lib = atomics.library()  # fails clearly if the C helper is not built
-        atomics.module()  # and an old build without SampleBuffer
+        atomics.module()  # and an old build without SampleBuffer or Producer
         self._load_u64 = lib.pybpf_load_acquire_u64
         self._store_u64 = lib.pybpf_store_release_u64
         self._fill = lib.pybpf_user_ringbuf_fill  # write_array
