@@ -77,6 +77,14 @@ _sys.modules[__name__].__class__ = _Package
 from .errors import *  # noqa: F401,F403,E402
 from .errors import __all__ as _errors_all  # noqa: E402
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # for type checkers only: at run time these are the lazy attributes below
+    from .collection import Object, Variable  # noqa: F401
+    from .maps import Map  # noqa: F401
+    from .programs import Program, TestRunResult  # noqa: F401
+    from .spec.object import MapSpec, ObjectSpec, ProgramSpec, VariableSpec  # noqa: F401
+del TYPE_CHECKING
+
 # The rest is imported on first use, to keep 'import pybpf' short (a front end that lists
 # programs, or a script that only parses, needs no runtime classes): name -> its module.
 _LAZY = {
@@ -111,8 +119,7 @@ def __getattr__(name):
     # helper, links perf_event_open and tracefs
     module = _LAZY.get(name)
     if module is not None:
-        import importlib
-        value = getattr(importlib.import_module("." + module, __name__), name)
+        value = getattr(_submodule_import(module), name)
         globals()[name] = value     # found directly from now on
         return value
     if name == "Link":
@@ -128,16 +135,22 @@ def __getattr__(name):
         from . import live
         return getattr(live, name)
     if name in ("maps", "programs", "links"):  # modules, callable (see _ListingModule): pybpf.maps()
-        import importlib
-        return importlib.import_module("." + name, __name__)
+        return _submodule_import(name)
     if name == "LinkInfo":
         from .links.base import LinkInfo
         return LinkInfo
-    if name.isidentifier() and not name.startswith("__") and _submodule(name):
+    if name.isidentifier() and not name.startswith("_") and _submodule(name):
         # pybpf.kernel, pybpf.loader...: importing pybpf used to import many of them on the way
-        import importlib
-        return importlib.import_module("." + name, __name__)
+        # (private ones are left to the import system: 'from . import _cache' asks here first)
+        return _submodule_import(name)
     raise AttributeError(f"module 'pybpf' has no attribute {name!r}")
+
+
+def _submodule_import(name: str):
+    # __import__, not importlib.import_module: the importlib package costs ~0.5 ms to import
+    full = f"{__name__}.{name}"
+    __import__(full)
+    return _sys.modules[full]
 
 
 def _submodule(name: str) -> bool:

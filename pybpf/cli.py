@@ -20,11 +20,8 @@ chooses what is written.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import selectors
 import signal
-import socket
 import sys
 import threading
 import time
@@ -32,8 +29,10 @@ import time
 import pybpf
 from pybpf.kernel.constants import MapType, ProgType
 from pybpf.spec.btf import BTF, Kind
-from pybpf.spec.typed import factory_for
 from pybpf.kernel.syscall import bpf_capable
+
+# json, selectors, socket and pybpf.spec.typed are imported where they are used: a command
+# that needs none of them starts sooner
 
 PRIVILEGE_MESSAGE = ("pybpf: loading BPF programs needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): "
                      "run it with sudo")
@@ -103,6 +102,7 @@ def _event_label(links: list, fallback: str) -> str:
 def _fmt(v) -> str:
     if isinstance(v, str):
         return v
+    import json
     return json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else str(v)
 
 
@@ -129,6 +129,7 @@ class RecordPrinter:
         """The record's fields as a dict (strings for char arrays, enum names), or None when
         it has no known type or is shorter than it."""
         if self.rtype is not None and len(record) >= self.rtype.size:
+            from pybpf.spec.typed import factory_for
             typed = factory_for(self.btf).from_bytes(self.rtype.id, record)
             value = typed.to_python() if hasattr(typed, "to_python") else {"value": typed}
             return value if isinstance(value, dict) else {"value": value}
@@ -140,6 +141,7 @@ class RecordPrinter:
             value = self.decode(record)
         if value is None:
             value = {"map": self.map_name, "size": len(record), "hex": bytes(record).hex()}
+        import json
         return json.dumps(value, separators=(",", ":"), default=str)
 
     def line(self, record, value=None) -> str:
@@ -174,6 +176,8 @@ def parse_feed(text: str, btf: BTF | None, stype) -> bytes:
     if stype is None or btf is None:
         raise pybpf.Error("--feed: the sample type of this user ring buffer is unknown; give hex:... or @file, "
                           "or name the type with --type MAP='struct NAME'")
+    import json
+    from pybpf.spec.typed import factory_for
     try:
         value = json.loads(text)
     except ValueError:
@@ -194,6 +198,7 @@ def default_sample(btf: BTF | None, stype, n: int) -> bytes | None:
             value[m.name] = os.getpid()
         elif t.kind == Kind.ARRAY and btf.size_of(t.elem_type) == 1:
             value[m.name] = str(n)[:t.nelems - 1]
+    from pybpf.spec.typed import factory_for
     return factory_for(btf).encode(stype.id, value)
 
 
@@ -378,6 +383,7 @@ def cmd_load(args) -> int:
             if not rings:
                 print(f"pybpf: {args.object} loaded; it has no ring or perf buffer to stream. Ctrl-C to unload.",
                       file=sys.stderr, flush=True)
+            import selectors
             sel = selectors.DefaultSelector()
             for r in rings:
                 sel.register(r.fileno(), selectors.EVENT_READ, r)
@@ -586,6 +592,7 @@ def _attach_packet_socket(prog, iface):
     AF_PACKET raw socket for every protocol bound to the interface, with the program on it
     (SO_ATTACH_BPF).  The link holds its own duplicate of the socket, so closing the link
     detaches the program and closes the socket."""
+    import socket
     try:
         name = socket.if_indextoname(iface) if isinstance(iface, int) else iface
         socket.if_nametoindex(name)
@@ -764,6 +771,7 @@ def _attach_all(args, obj, iface, filtering: bool = False) -> list:
 
 
 def cmd_inspect(args) -> int:
+    import json
     from pybpf import inspect as insp
     spec = pybpf.open(args.object)
     if args.kernel and not args.core:

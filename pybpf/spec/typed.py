@@ -19,12 +19,16 @@ values (ints, dicts, tuples, lists, strings for char arrays and enum names).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import weakref
 import enum
 
 from ..errors import BTFError, Error
 from .btf import BTF, INT_BOOL, INT_CHAR, MAX_RESOLVE_DEPTH, MAX_TYPE_SIZE, Kind
+
+try:  # blake2b without hashlib, whose import loads OpenSSL (~3 ms of a process)
+    from _blake2 import blake2b as _hash
+except ImportError:  # pragma: no cover - other Pythons
+    from hashlib import blake2b as _hash
 
 _INTS = {(1, False): ctypes.c_uint8, (1, True): ctypes.c_int8, (2, False): ctypes.c_uint16,
          (2, True): ctypes.c_int16, (4, False): ctypes.c_uint32, (4, True): ctypes.c_int32,
@@ -644,7 +648,7 @@ _factories: dict[bytes, TypeFactory] = {}
 def _content_key(btf: BTF) -> bytes:
     key = btf.__dict__.get("_content_key")
     if key is None:
-        h = hashlib.sha256(btf.raw)
+        h = _hash(btf.raw, digest_size=32)
         if btf.base is not None:       # split BTF: its ids and types continue its base's
             h.update(_content_key(btf.base))
         key = btf.__dict__["_content_key"] = h.digest()
