@@ -1054,15 +1054,19 @@ static PyMemberDef producer_members[] = {
 
 static PyMethodDef producer_methods[] = {
 	{"reserve", (PyCFunction)(void (*)(void))producer_reserve, METH_FASTCALL | METH_KEYWORDS,
-	 "reserve(n=None): reserves an n-byte sample (a Sample: a writable buffer into the ring), or with no\n"
-	 "size a typed sample; see UserRingBuffer._reserve_slow for the whole story."},
+	 "reserve($self, n=None)\n--\n\n"
+	 "Reserves an n-byte sample (a Sample: a writable buffer into the ring), or with no size a typed\n"
+	 "sample; the rules: UserRingBuffer._reserve_slow, where all but the common case go."},
 	{"submit", (PyCFunction)(void (*)(void))producer_submit, METH_FASTCALL | METH_KEYWORDS,
-	 "submit(sample): commits a reserved sample; see UserRingBuffer._submit_slow."},
+	 "submit($self, sample)\n--\n\n"
+	 "Commits a reserved sample; the rules: UserRingBuffer._submit_slow."},
 	{"write", (PyCFunction)(void (*)(void))producer_write, METH_FASTCALL | METH_KEYWORDS,
-	 "write(data, timeout_ms=0): copies data into the ring as one sample; see UserRingBuffer._write_slow."},
+	 "write($self, data, timeout_ms=0)\n--\n\n"
+	 "Copies data into the ring as one sample; the rules: UserRingBuffer._write_slow."},
 	{"write_batch", (PyCFunction)(void (*)(void))producer_write_batch, METH_FASTCALL | METH_KEYWORDS,
-	 "write_batch(samples, timeout_ms=0) -> count: one sample each, one release of producer_pos;\n"
-	 "see UserRingBuffer._write_batch_slow."},
+	 "write_batch($self, samples, timeout_ms=0)\n--\n\n"
+	 "Copies each of samples into the ring as one sample, one release of producer_pos for all; returns\n"
+	 "how many were written. The rules: UserRingBuffer._write_batch_slow."},
 	{"_attach", (PyCFunction)(void (*)(void))producer_attach, METH_FASTCALL, NULL},
 	{"_detach", (PyCFunction)producer_detach, METH_NOARGS, NULL},
 	{NULL}
