@@ -21,7 +21,7 @@ import pytest
 import pybpf
 from conftest import ROOT, program
 from test_live import BPFTOOL, normalized
-from test_ringbuf import produce
+from ringbuf_common import produce
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(not os.path.exists(BPFTOOL), reason="needs bpftool")]
 

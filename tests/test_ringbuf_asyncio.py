@@ -18,7 +18,7 @@ import pybpf
 from pybpf.ringbuf import RingBuffer
 
 from conftest import program
-from test_ringbuf import FILL, produce, record
+from ringbuf_common import FILL, produce, record
 
 WAIT = 20  # seconds: only hit when something is broken
 

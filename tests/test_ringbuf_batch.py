@@ -2,7 +2,7 @@
 busy records at the head, and UserRingBuffer.write/write_batch.
 
 Kernel side: programs/ringbuf_test.bpf.c (16 KiB rings, records of any size:
-see tests/test_ringbuf.py) and programs/bench_ringbuf.bpf.c (64 MiB rings,
+see tests/ringbuf_common.py) and programs/bench_ringbuf.bpf.c (64 MiB rings,
 24-byte ``struct bench_event`` records; ``hold`` keeps a record BUSY at the
 head).  A fake ring in a memfd covers the exact BUSY/DISCARD cases the kernel
 cannot be made to show on demand.
@@ -27,7 +27,7 @@ from pybpf.kernel.constants import MapType
 from pybpf.ringbuf import Ring, RingBuffer, SampleSizeError, UserRingBuffer
 
 from conftest import program
-from test_ringbuf import FILL, MAX_RECORD, SIZE, Collect, drain, produce, record, seen, var
+from ringbuf_common import FILL, MAX_RECORD, SIZE, Collect, drain, produce, record, seen, var
 
 PAGE = mmap.PAGESIZE
 

@@ -12,7 +12,7 @@ fast one did the work.
 
 Kernel side: programs/ringbuf_test.bpf.c (16 KiB rings; ``drain`` counts the
 samples it drains, keeps their first u32s in ``seen`` and can echo them into
-``rb``), as in tests/test_ringbuf.py.
+``rb``), as in tests/ringbuf_common.py.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pybpf import atomics
 from pybpf.ringbuf import RingBuffer, Sample, SampleExportedError, SampleSizeError, UserRingBuffer
 
 from conftest import program
-from test_ringbuf import FILL, SIZE, drain, seen, var
+from ringbuf_common import FILL, SIZE, drain, seen, var
 
 
 @pytest.fixture

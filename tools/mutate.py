@@ -149,7 +149,7 @@ SETS["core"] = {"tests": ["tests/test_core.py", "tests/test_relocate.py", "tests
 SETS["typed"] = {"tests": ["tests/test_typed.py", "tests/test_maps.py", "tests/test_map_types.py",
                            "tests/test_percpu_sizes.py", "tests/test_kernel_layouts.py", "tests/test_externs.py",
                            "tests/test_cli.py", "tests/test_btf_limits.py", "tests/test_ringbuf_batch.py",
-                           "tests/test_perfbuf.py", "tests/test_arena.py", "tests/test_load.py"],
+                           "tests/test_ringbuf_perf.py", "tests/test_arena.py", "tests/test_load.py"],
                  "mutants": [
  M("T1", "bitfield bytes rounded down", TYPED, "nbytes = (bit_off + bits + 7) // 8", "nbytes = (bit_off + bits) // 8"),
  M("T2", "signed bitfield: sign bit one too high", TYPED, "if signed and v >> (bits - 1):", "if signed and v >> bits:"),
@@ -268,8 +268,8 @@ SETS["maps"] = {"tests": ["tests/test_maps.py", "tests/test_map_types.py", "test
 
 _A, _R, _MP, _U, _PB = "pybpf/_atomics.c", "pybpf/ringbuf/reader.py", "pybpf/ringbuf/_mapping.py", \
     "pybpf/ringbuf/user.py", "pybpf/ringbuf/perf.py"
-SETS["ringbuf"] = {"tests": ["tests/test_ringbuf.py", "tests/test_ringbuf_batch.py", "tests/test_ringbuf_asyncio.py",
-                             "tests/test_perfbuf.py", "tests/test_atomics.py"],
+SETS["ringbuf"] = {"tests": ["tests/test_ringbuf_reader.py", "tests/test_ringbuf_user.py", "tests/test_ringbuf_mapping.py", "tests/test_ringbuf_producer.py", "tests/test_ringbuf_arrays.py", "tests/test_ringbuf_batch.py", "tests/test_ringbuf_asyncio.py",
+                             "tests/test_ringbuf_perf.py", "tests/test_atomics.py"],
                    "mutants": [
  M("C1", "scan: record size rounded down", _A, "((size + RINGBUF_HDR_SZ + 7) & ~7ULL)", "((size + RINGBUF_HDR_SZ) & ~7ULL)"),
  M("C2", "scan: BUSY ignored", _A, "if ((len & RINGBUF_BUSY_BIT) || next > prod)", "if (next > prod)"),
