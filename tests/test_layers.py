@@ -109,8 +109,6 @@ KNOWN_UPWARD = {
     ("pybpf.spec.object", "pybpf.kernel.constants"),
     # ObjectSpec._fixup_extern_btf patches the object's BTF with the loader's (pure) BTFPatcher
     ("pybpf.spec.object", "pybpf.loader.sanitize"),
-    # the loader's pin_root handling (_Pins) uses pybpf.live's fd_kind, make_pin_dir, pin_fd
-    ("pybpf.loader", "pybpf.live"),
     # notebook views (_repr_html_, _repr_pretty_, layout, histogram) of specs, typed values,
     # maps and objects are drawn by the front end pybpf.display
     ("pybpf.spec.object", "pybpf.display"),

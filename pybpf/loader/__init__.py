@@ -506,7 +506,7 @@ class _Pins:
     def reuse(self, mspec: MapSpec, path: str) -> int:
         """The fd of the map pinned at ``path`` (-1 when nothing is), after the compatibility
         check; call it inside a deferred-signals section (the caller owns the fd)."""
-        from ..live import fd_kind
+        from ..kernel.bpffs import fd_kind
         try:
             fd = sc.obj_get(path)
         except SyscallError as e:
@@ -526,7 +526,7 @@ class _Pins:
 
     def pin(self, mspec: MapSpec, fd: int, path: str) -> None:
         """Pin a map this load created (in the section that made it, so that undo() knows it)."""
-        from ..live import make_pin_dir, pin_fd
+        from ..kernel.bpffs import make_pin_dir, pin_fd
         if not self.pinned and not self.made_root:
             self.made_root = make_pin_dir(path)
         pin_fd(fd, path, f"map {mspec.name!r}")
