@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -106,8 +107,18 @@ def test_lab_notebook(no_fd_leak, tmp_path):
         with pytest.raises(pybpf.Error, match="no BPF program with id"):
             pybpf.Program.from_id(prog_id)
     for map_id in map_ids:
-        with pytest.raises(pybpf.Error, match="no BPF map with id|no map with id"):
-            pybpf.Map.from_id(map_id)
+        # a map's id goes when its last reference does, and the program's reference is dropped
+        # only when the program is freed, after an RCU grace period (kernel/bpf/syscall.c
+        # __bpf_prog_put_noref -> call_rcu): give that up to 2 s
+        deadline = time.monotonic() + 2
+        while True:
+            try:
+                pybpf.Map.from_id(map_id).close()
+            except pybpf.Error as e:
+                assert re.search("no BPF map with id|no map with id", str(e)), e
+                break
+            assert time.monotonic() < deadline, f"map {map_id} still in the kernel 2 s after its process exited"
+            time.sleep(0.02)
 
     lat = out["latency"]["html"]
     assert "getppid latency" in lat
