@@ -107,8 +107,6 @@ KNOWN_UPWARD = {
     ("pybpf.spec.disasm", "pybpf.kernel.helpers"),
     ("pybpf.spec.insn", "pybpf.kernel.constants"),
     ("pybpf.spec.object", "pybpf.kernel.constants"),
-    # ObjectSpec._fixup_extern_btf patches the object's BTF with the loader's (pure) BTFPatcher
-    ("pybpf.spec.object", "pybpf.loader.sanitize"),
     # notebook views (_repr_html_, _repr_pretty_, layout, histogram) of specs, typed values,
     # maps and objects are drawn by the front end pybpf.display
     ("pybpf.spec.object", "pybpf.display"),

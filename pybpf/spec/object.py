@@ -813,7 +813,7 @@ class ObjectSpec:
         self._fixup_extern_btf()
 
     def _fixup_extern_btf(self) -> None:
-        from ..loader.sanitize import BTFPatcher
+        from .btf_patch import BTFPatcher
         btf = self.btf
         p = BTFPatcher(btf)
         for sec in btf.by_kind(Kind.DATASEC):
