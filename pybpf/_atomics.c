@@ -179,6 +179,17 @@ PYBPF_API uint64_t pybpf_ringbuf_copy(const uint64_t *producer_pos, const uint8_
 	return n;
 }
 
+/* An 8-byte record header at `pos`: len (with BUSY, or committed), pg_off 0 (a user
+ * ring's samples carry no page offset).  Plain stores: the release of producer_pos
+ * (or the commit's xchg of len) publishes them. */
+static inline void ring_header(uint8_t *data, uint64_t mask, uint64_t pos, uint32_t len)
+{
+	uint32_t *hdr = (uint32_t *)(data + (pos & mask));
+
+	hdr[1] = 0;	/* pg_off */
+	hdr[0] = len;
+}
+
 /* write_array (pybpf/ringbuf/user.py): writes `count` committed samples of
  * `size` bytes from src (back to back) into a USER_RINGBUF data area `data`
  * (mapped twice) from producer position `prod`, each after its header
@@ -191,11 +202,8 @@ PYBPF_API uint64_t pybpf_user_ringbuf_fill(uint8_t *data, uint64_t mask, uint64_
 	uint64_t stride = (size + RINGBUF_HDR_SZ + 7) & ~7ULL;
 
 	for (uint64_t i = 0; i < count; i++, prod += stride) {
-		uint8_t *hdr = data + (prod & mask);
-
-		((uint32_t *)hdr)[0] = size;
-		((uint32_t *)hdr)[1] = 0;
-		memcpy(hdr + RINGBUF_HDR_SZ, src + i * size, size);
+		ring_header(data, mask, prod, size);
+		memcpy(data + (prod & mask) + RINGBUF_HDR_SZ, src + i * size, size);
 	}
 	return prod;
 }
@@ -835,10 +843,7 @@ static inline int producer_room(Producer *self, unsigned long long total)
 
 static inline void producer_header(Producer *self, unsigned long long pos, uint32_t len)
 {
-	uint32_t *hdr = (uint32_t *)(self->data + (pos & self->mask));
-
-	hdr[1] = 0;	/* pg_off */
-	hdr[0] = len;
+	ring_header((uint8_t *)self->data, self->mask, pos, len);
 }
 
 static inline void producer_publish(Producer *self)
@@ -1021,12 +1026,9 @@ static PyObject *producer_write_batch(Producer *self, PyObject *const *args, siz
 		goto slow;	/* not all of them fit now: the slow path writes what does, or waits */
 	pos = self->prod;
 	for (i = 0; i < count; i++, pos += stride) {
-		char *hdr = self->data + (pos & self->mask);
-
-		((uint32_t *)hdr)[1] = 0;
-		((uint32_t *)hdr)[0] = (uint32_t)len;
+		producer_header(self, pos, (uint32_t)len);
 		/* the data area is mapped twice: a sample across its end is contiguous */
-		memcpy(hdr + RINGBUF_HDR_SZ, PyBytes_AS_STRING(items[i]), (size_t)len);
+		memcpy(self->data + (pos & self->mask) + RINGBUF_HDR_SZ, PyBytes_AS_STRING(items[i]), (size_t)len);
 	}
 	self->prod = pos;
 	producer_publish(self);

@@ -27,6 +27,10 @@ from .kernel import syscall as sc
 from .kernel.attrs import BtfInfo as _BtfInfoStruct
 from .kernel.attrs import MapInfo as _MapInfoStruct
 from .kernel.attrs import ProgInfo as _ProgInfoStruct
+# the kind of a BPF fd, pins, fds by path or id: the kernel layer's (importable from here too)
+from .kernel.bpffs import (  # noqa: F401
+    _BY_ID, BPF_FS_MAGIC, fd_kind, make_pin_dir, on_bpffs, open_id, open_pinned, pin_fd, unpin_path,
+)
 from .kernel.constants import Cmd, MapType, ProgType
 from .resource import Resource, deferred_signals
 
@@ -51,15 +55,6 @@ def _enum(enum_type, value: int):
 def _type_name(value) -> str:
     """``hash`` for MapType.HASH, ``sched_cls`` for ProgType.SCHED_CLS (libbpf's names)."""
     return value.name.lower() if hasattr(value, "name") else str(value)
-
-
-# -- the kind of a BPF fd -------------------------------------------------------------------------
-
-# the anon inode names the kernel gives BPF fds (kernel/bpf/syscall.c bpf_map_new_fd,
-# bpf_prog_new_fd, bpf_link_settle; kernel/bpf/btf.c btf_new_fd)
-from .kernel.bpffs import (  # noqa: F401,E402  (pybpf.live's names before they moved down)
-    _BY_ID, BPF_FS_MAGIC, fd_kind, make_pin_dir, on_bpffs, open_id, open_pinned, pin_fd, unpin_path,
-)
 
 
 # -- records ---------------------------------------------------------------------------------------

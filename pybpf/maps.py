@@ -683,12 +683,10 @@ class Map(Resource):
         """``n`` values in ``raw`` as an array of ``dt`` without copying: shape (n,), or
         (n, possible CPUs) for per-CPU maps, whose values sit in 8-byte slots
         (kernel/bpf/syscall.c bpf_map_copy_value: round_up(value_size, 8) per CPU)."""
-        from .spec.dtypes import numpy
-        np = numpy()
         if self._ncpus:
-            slot = (self.value_size + 7) & ~7
-            return np.ndarray((n, self._ncpus), dt, buffer=raw, strides=(slot * self._ncpus, slot))
-        return np.ndarray((n,), dt, buffer=raw)
+            stride = self._value_stride()
+            return _ndarray_over(raw, (n, self._ncpus), dt, strides=(stride, stride // self._ncpus))
+        return _ndarray_over(raw, n, dt)
 
     def items_array(self, *, dtype=None, key_dtype=None) -> tuple:
         """All (keys, values) as two numpy arrays, read in batches (BPF_MAP_LOOKUP_BATCH):
@@ -701,8 +699,8 @@ class Map(Resource):
             key_dtype = "<u4"       # array keys are u32 indexes
         kdt = self._dtype(key_dtype, self.spec.key_type_id, self.key_size, "items_array()", "key")
         raw_keys, raw_values, n = self._read_batches_raw(Cmd.MAP_LOOKUP_BATCH, None, None, "lookup_batch")
-        from .spec.dtypes import numpy
-        return numpy().ndarray((n,), kdt, buffer=raw_keys), self._values_ndarray(raw_values, n, vdt)
+        keys = _ndarray_over(raw_keys, n, kdt)
+        return keys, self._values_ndarray(raw_values, n, vdt)
 
     def values_array(self, dtype=None):
         """All values as one numpy array, read in batches (BPF_MAP_LOOKUP_BATCH), then one
@@ -726,9 +724,7 @@ class Map(Resource):
         KeyError.  ``dtype`` as for :meth:`values_array`."""
         dt = self._dtype(dtype, self.spec.value_type_id, self.value_size, "lookup_array()", "value")
         if self.type in _ARRAY_TYPES:
-            everything = self._values_ndarray(
-                self._read_batches_raw(Cmd.MAP_LOOKUP_BATCH, None, None, "lookup_batch")[1],
-                self.max_entries, dt)
+            everything = self.values_array(dt)
             if keys is None:
                 return everything
             from .spec.dtypes import numpy
@@ -738,7 +734,7 @@ class Map(Resource):
                 raise Error(f"map {self.name!r}: lookup_array() takes a sequence of integer indexes, "
                             f"not {type(keys).__name__} of {index.dtype}")
             index = index.astype(np.int64, copy=False)
-            bad = (index < 0) | (index >= self.max_entries)
+            bad = (index < 0) | (index >= len(everything))
             if bad.any():
                 raise KeyError(int(index[bad][0]))
             return everything[index]
@@ -919,6 +915,12 @@ def _pack_ints(fmt: str, values: list) -> bytes | None:
         return array.array(fmt, values).tobytes()
     except (OverflowError, TypeError):
         return None
+
+
+def _ndarray_over(raw: bytearray, shape, dt, strides=None):
+    """A numpy array of ``dt`` over the bytes of ``raw`` (no copy)."""
+    from .spec.dtypes import numpy
+    return numpy().ndarray(shape, dt, buffer=raw, strides=strides)
 
 
 def _kernel_lacks_cmd(command: str) -> bool:

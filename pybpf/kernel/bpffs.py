@@ -13,7 +13,9 @@ from ..errors import Error, SyscallError
 from . import syscall as sc
 from .constants import Cmd
 
-# bpf_link_new_fd (BPF_OBJ_GET, BPF_LINK_GET_FD_BY_ID) names a link "bpf-link", bpf_link_settle "bpf_link"
+# the anon inode names the kernel gives BPF fds (kernel/bpf/syscall.c bpf_map_new_fd,
+# bpf_prog_new_fd, bpf_link_settle; kernel/bpf/btf.c btf_new_fd); bpf_link_new_fd
+# (BPF_OBJ_GET, BPF_LINK_GET_FD_BY_ID) names a link "bpf-link", bpf_link_settle "bpf_link"
 _FD_KINDS = {"anon_inode:bpf-map": "map", "anon_inode:bpf-prog": "program", "anon_inode:bpf_link": "link",
              "anon_inode:bpf-link": "link", "anon_inode:btf": "btf"}
 _OPEN_WITH = {"map": "pybpf.Map.from_pinned", "program": "pybpf.Program.from_pinned",

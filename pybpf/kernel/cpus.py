@@ -24,10 +24,15 @@ def _cpu_list(name: str) -> list[int] | None:
     return cpus
 
 
+_possible: list[int] = []     # read once: the possible CPUs are fixed at boot (cpu_possible_mask)
+
+
 def possible_cpus() -> int:
     """Number of possible CPUs: one past the highest possible CPU's number."""
-    cpus = _cpu_list("possible")
-    return max(cpus) + 1 if cpus else os.cpu_count() or 1
+    if not _possible:
+        cpus = _cpu_list("possible")
+        _possible.append(max(cpus) + 1 if cpus else os.cpu_count() or 1)
+    return _possible[0]
 
 
 def online_cpus() -> list[int]:

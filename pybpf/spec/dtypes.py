@@ -59,7 +59,7 @@ def c_strings(a):
     if a.dtype.kind != "S":
         raise Error(f"c_strings() takes an array of bytes strings (dtype S<n>), not {a.dtype}")
     width = a.dtype.itemsize
-    out = np.ascontiguousarray(a).copy()
+    out = np.array(a, order="C")  # a copy, contiguous
     if not width or not out.size:
         return out
     raw = out.view(np.uint8).reshape(out.size, width)
