@@ -13,12 +13,27 @@ ever run in the main thread, so other threads need no section.
 
 from __future__ import annotations
 
-import _signal       # signal's own core: signal.signal/getsignal wrap every call in enum
-import signal        # conversions (~5 us each, ~16 us a section, 20+ sections a load)
-import threading
+# _signal and _thread, the cores of signal and threading: signal.signal/getsignal wrap every
+# call in enum conversions (~5 us each, ~16 us a section, 20+ sections a load), and importing
+# signal and threading (with enum) took ~3 ms of every process
+import _signal
+import _thread
+import sys
 
 #: the signals whose Python handlers a section defers (SIGTERM: the CLI raises KeyboardInterrupt on it)
-DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DEFERRED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM)
+
+#: the thread that imported pybpf: the main thread unless ``threading`` says otherwise.  Python
+#: runs signal handlers only in the main thread; ``threading`` records it the same way, as the
+#: thread that first imported it, and a program that starts threads has imported it.
+_IMPORTING_THREAD = _thread.get_ident()
+
+
+def _in_main_thread() -> bool:
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        return _thread.get_ident() == threading.main_thread().ident
+    return _thread.get_ident() == _IMPORTING_THREAD
 
 
 class Resource:
@@ -88,7 +103,7 @@ class deferred_signals:
     __slots__ = ("_main", "_made")
 
     def __init__(self):
-        self._main = threading.get_ident() == threading.main_thread().ident
+        self._main = _in_main_thread()
         self._made = []
 
     def on_interrupt(self, resource) -> None:

@@ -268,6 +268,25 @@ def test_each_cache_keeps_the_most_recently_used_entries(cache, monkeypatch):
     assert sorted(p.name[:2] for p in (cache / "spec").iterdir()) == ["e0", "e3", "e4", "e5", "e6"]
 
 
+def test_a_full_folder_loses_its_oldest_eighth_at_once(cache, monkeypatch):
+    """Over its bound, a folder is trimmed to 7/8 of it, oldest first: the pass that stats
+    every entry then runs once per bound/8 writes, not on every write."""
+    monkeypatch.setitem(_cache.LIMITS, "spec", 16)
+    base = 1_000_000_000
+    for i in range(16):
+        _cache.write("spec", f"e{i:02}.pickle", b"x")
+        os.utime(cache / "spec" / f"e{i:02}.pickle", ns=(base + i, base + i))
+    stats = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(_cache.os, "scandir", lambda fd: stats.append(fd) or real_scandir(fd))
+    _cache.write("spec", "e16.pickle", b"x")                 # 17 > 16: down to 14, the newest
+    assert sorted(p.name for p in (cache / "spec").iterdir()) == [f"e{i:02}.pickle" for i in range(3, 17)]
+    assert len(stats) == 1
+    _cache.write("spec", "e17.pickle", b"x")                  # 15 <= 16: no pass at all
+    _cache.write("spec", "e18.pickle", b"x")
+    assert len(stats) == 1 and len(list((cache / "spec").iterdir())) == 16
+
+
 def test_an_object_that_cannot_be_pickled_is_just_not_cached(cache, tmp_path, monkeypatch):
     path = copy_object("globals_test", tmp_path)
     original = ObjectSpec._parse

@@ -10,9 +10,9 @@ them against the running kernel's BTF and the installed UAPI headers.
 
 from __future__ import annotations
 
-import enum
+from .._enum import IntEnum
 
-class Cmd(enum.IntEnum):
+class Cmd(IntEnum):
     """bpf(2) commands (``enum bpf_cmd``)."""
 
     MAP_CREATE = 0
@@ -56,7 +56,7 @@ class Cmd(enum.IntEnum):
     PROG_STREAM_READ_BY_FD = 37
 
 
-class MapType(enum.IntEnum):
+class MapType(IntEnum):
     """Map types (``enum bpf_map_type``)."""
 
     UNSPEC = 0
@@ -97,7 +97,7 @@ class MapType(enum.IntEnum):
     ARENA = 33
 
 
-class ProgType(enum.IntEnum):
+class ProgType(IntEnum):
     """Program types (``enum bpf_prog_type``)."""
 
     UNSPEC = 0
@@ -135,7 +135,7 @@ class ProgType(enum.IntEnum):
     NETFILTER = 32
 
 
-class AttachType(enum.IntEnum):
+class AttachType(IntEnum):
     """Attach types (``enum bpf_attach_type``): ``expected_attach_type`` at load, ``attach_type`` at attach."""
 
     CGROUP_INET_INGRESS = 0
@@ -199,7 +199,7 @@ class AttachType(enum.IntEnum):
     TRACE_FSESSION = 58
 
 
-class LinkType(enum.IntEnum):
+class LinkType(IntEnum):
     """Link types (``enum bpf_link_type``), as reported in ``bpf_link_info.type``."""
 
     UNSPEC = 0

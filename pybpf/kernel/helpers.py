@@ -5,10 +5,10 @@ measurable part of process start-up and only the disassembler needs it
 
 from __future__ import annotations
 
-import enum
+from .._enum import IntEnum
 
 
-class Helper(enum.IntEnum):
+class Helper(IntEnum):
     """Helper function ids (``enum bpf_func_id``), the ``imm`` of a helper ``call``.
 
     Names are the helper names without the ``bpf_`` prefix."""

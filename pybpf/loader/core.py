@@ -43,9 +43,9 @@ from __future__ import annotations
 import bisect
 import struct
 import weakref
-from enum import IntEnum
 from collections.abc import Callable
 
+from .._enum import IntEnum
 from .._record import Record
 from .. import _cache
 from ..errors import BTFError, Error, NotSupportedError, ObjectError

@@ -15,11 +15,11 @@ loading most objects.
 from __future__ import annotations
 
 import bisect
-import enum
 import struct
 from collections import namedtuple
 from collections.abc import Iterator
 
+from .._enum import IntEnum
 from .._record import Record
 from ..errors import BTFError
 
@@ -59,7 +59,7 @@ BTF_HEADER = Header("btf_header", [  # struct btf_header, include/uapi/linux/btf
 BTF_HEADER_SIZE = BTF_HEADER.size
 
 
-class Kind(enum.IntEnum):
+class Kind(IntEnum):
     """BTF_KIND_* values."""
 
     UNKN = 0
