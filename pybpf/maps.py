@@ -32,13 +32,9 @@ _NO_ELEMENTS = frozenset({MapType.RINGBUF, MapType.USER_RINGBUF})
 _MAP_FIXED = 0x10
 _MAP_ANONYMOUS = 0x20
 _MAP_FIXED_NOREPLACE = 0x100000
-_MAP_FAILED = (1 << 64) - 1
-_libc_mmap = sc.libc["mmap"]
-_libc_mmap.restype = ctypes.c_void_p
-_libc_mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
-_libc_munmap = sc.libc["munmap"]
-_libc_munmap.restype = ctypes.c_int
-_libc_munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_MAP_FAILED = sc.MAP_FAILED
+_libc_mmap = sc.libc_mmap
+_libc_munmap = sc.libc_munmap
 
 
 def _type_name(t: int) -> str:

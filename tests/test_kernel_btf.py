@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import os
+import struct
 
 import pytest
 
@@ -55,6 +56,55 @@ def test_disk_index_cache_is_used_and_checked(tmp_path, monkeypatch):
     third = kbtf.vmlinux_btf()
     assert len(third) == len(fresh)
     assert third[len(fresh)].name == fresh[len(fresh)].name
+
+
+def _kernel_maps_vmlinux() -> bool:
+    """What this kernel says: can its vmlinux BTF be mapped (private, read-only; Linux 6.16+)?"""
+    import mmap
+    with open(VMLINUX, "rb") as f:
+        try:
+            mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ).close()
+            return True
+        except OSError:
+            return False
+
+
+@needs_vmlinux
+def test_vmlinux_is_mapped_where_the_kernel_allows_it(tmp_path, monkeypatch):
+    """No 5 MB read: the kernel's BTF pages are mapped, no fd is kept for the mapping, the same
+    types come out as from a read, and the mapping is made once per process."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    kbtf.forget()
+    before = len(os.listdir("/proc/self/fd"))
+    mapped = kbtf.vmlinux_btf()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert isinstance(mapped.raw, memoryview if _kernel_maps_vmlinux() else bytearray)
+    with open(VMLINUX, "rb") as f:
+        read = BTF(f.read())
+    assert bytes(mapped.raw) == bytes(read.raw) and len(mapped) == len(read)
+    for name, kind in (("task_struct", Kind.STRUCT), ("bpf_map_type", Kind.ENUM), ("vfs_read", Kind.FUNC)):
+        ours = mapped.first_own(name, kind)
+        assert ours is not None and ours.type_id == read.first_own(name, kind).type_id
+        assert ours.type_id in [t.type_id for t in read.by_name(name, kind)]
+    if isinstance(mapped.raw, memoryview):
+        assert mapped.raw.readonly
+        kbtf.forget()
+        assert kbtf.vmlinux_btf().raw is mapped.raw          # mapped once per process
+
+
+def test_records_named_finds_a_hit_behind_an_unaligned_one():
+    """The scan for a record's name offset tries every byte: the name offset 0x00050005 is
+    bytes 05 00 05 00, and a match two bytes before the record (the last two bytes of the
+    record before it, 05 00) must not hide the aligned one.  Raw kept as a bytearray (an
+    object's BTF) and as a read-only memoryview (mapped vmlinux BTF) alike."""
+    b = BTFBuilder()
+    b.int_("int", 4, bit_off=5)                          # its last word ends in bytes 05 00
+    b.add("", 1, 0, 4, struct.pack("<I", 32), name_off=0x00050005)
+    blob = b.to_bytes()
+    for raw in (bytearray(blob), memoryview(bytes(blob)).toreadonly()):
+        btf = BTF(raw, copy=False)
+        assert list(btf.records_named(0x00050005)) == [1]
+        assert list(btf.records_named(b.s("int"))) == [0]
 
 
 def test_split_btf_continues_ids_and_strings():

@@ -29,6 +29,16 @@ _bpf_syscall = libc["syscall"]   # a separate function object: own argtypes
 _bpf_syscall.restype = ctypes.c_long
 _bpf_syscall.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint)
 
+#: libc's mmap and munmap, for mappings the mmap module cannot make: at a given address (arena
+#: maps), or without keeping a duplicate of the file's fd open (vmlinux BTF)
+libc_mmap = libc["mmap"]
+libc_mmap.restype = ctypes.c_void_p
+libc_mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+libc_munmap = libc["munmap"]
+libc_munmap.restype = ctypes.c_int
+libc_munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+MAP_FAILED = (1 << 64) - 1 if ctypes.sizeof(ctypes.c_void_p) == 8 else (1 << 32) - 1
+
 # System call numbers differ per architecture; these two are the ones we run on.
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}
 

@@ -762,22 +762,10 @@ class _NameIndex:
             offs += self.base.string_offsets(ess)
         ids = set()
         if offs:
-            # a regex literal search of the type section (it skips ahead on the needle's first byte,
-            # the offset's low byte), keeping the hits that start a record
             btf = self.btf
-            records, first = btf._offsets, btf.first_id
-            view = memoryview(btf.raw)[btf.type_off:btf.type_off + btf.type_len]
-            import re
-            try:
-                for so in offs:
-                    for m in re.finditer(re.escape(struct.pack("<I", so)), view):
-                        w = m.start() >> 2
-                        if not m.start() & 3:
-                            k = bisect.bisect_left(records, w)
-                            if k < len(records) and records[k] == w:
-                                ids.add(first + k)
-            finally:
-                view.release()
+            first = btf.first_id
+            for so in offs:
+                ids.update(first + k for k in btf.records_named(so))
         found = sorted(ids)
         self._types[ess] = found
         if self._disk_name:

@@ -289,8 +289,9 @@ class BTF:
                  validate: bool = False, index=None, copy: bool = True):
         self.source = source
         self.base = base
-        # copy=False: ``raw`` is a bytearray given away to this BTF (fix-ups patch it in place)
-        self.raw = raw if not copy and isinstance(raw, bytearray) else bytearray(raw)
+        # copy=False: ``raw`` is a bytearray given away to this BTF (fix-ups patch it in place),
+        # or a read-only memoryview (mapped vmlinux BTF, pybpf.kernel.btf), kept as it is
+        self.raw = raw if not copy and isinstance(raw, (bytearray, memoryview)) else bytearray(raw)
         self._first_id = len(base.types) if base is not None else 1
         self._parse_header()
         self._cache: dict[int, Type] = {}
@@ -318,6 +319,8 @@ class BTF:
         # strings are left out (they are decoded again on demand, faster than unpickled)
         state = self.__dict__.copy()
         del state["_words"], state["_cache"], state["_str_cache"]
+        if isinstance(self.raw, memoryview):
+            state["raw"] = bytearray(self.raw)     # a mapping is not pickled: its bytes are
         state.pop("_typed_factory", None)      # ctypes types (spec/typed.py): made again on use
         state.pop("_content_key", None)
         return state
@@ -573,23 +576,43 @@ class BTF:
         offsets = self._string_offsets(name)
         if self.base is not None:
             offsets += self.base._string_offsets(name)
-        raw, start, end = self.raw, self.type_off, self.type_off + self.type_len
-        records, words = self._offsets, self._words
+        words, records = self._words, self._offsets
         best = None
         for so in offsets:
-            needle = struct.pack("<I", so)
-            pos = raw.find(needle, start, end)
-            while pos >= 0:
-                rel = pos - start
-                if not rel & 3:
-                    w = rel >> 2
-                    k = bisect.bisect_left(records, w)
-                    if (k < len(records) and records[k] == w and (words[w + 1] >> 24) & 0x1F == kind):
-                        if best is None or k < best:
-                            best = k
-                        break           # records come in id order: the first hit is this name's first
-                pos = raw.find(needle, pos + 1, end)
+            for k in self.records_named(so):
+                if (words[records[k] + 1] >> 24) & 0x1F == kind:
+                    if best is None or k < best:
+                        best = k
+                    break           # records come in id order: the first hit is this name's first
         return None if best is None else self[self._first_id + best]
+
+    def records_named(self, name_off: int) -> Iterator[int]:
+        """The positions (in id order, 0 for :attr:`first_id`) of this BTF's own records whose
+        name is at string offset ``name_off``: a C-speed scan of the type section for the u32,
+        keeping the hits where a record starts (every byte offset is tried: a hit one to three
+        bytes before an aligned one must not hide it)."""
+        raw, start, end = self.raw, self.type_off, self.type_off + self.type_len
+        needle = struct.pack("<I", name_off)
+        if isinstance(raw, memoryview):         # mapped vmlinux BTF: no find(); re scans buffers
+            import re
+            search = re.compile(re.escape(needle)).search
+
+            def find(at: int) -> int:
+                m = search(raw, at, end)
+                return m.start() if m else -1
+        else:
+            def find(at: int) -> int:
+                return raw.find(needle, at, end)
+        records = self._offsets
+        pos = find(start)
+        while pos >= 0:
+            rel = pos - start
+            if not rel & 3:
+                w = rel >> 2
+                k = bisect.bisect_left(records, w)
+                if k < len(records) and records[k] == w:
+                    yield k
+            pos = find(pos + 1)
 
     def _string_offsets(self, name: str) -> list:
         """Absolute offsets in this BTF's own string section where ``name`` is stored whole
