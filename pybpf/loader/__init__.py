@@ -376,7 +376,7 @@ def load_program(prog: ProgramSpec, linked: LinkedProgram, insns: bytearray, btf
         if not log.strip():
             raise failure
     reason, details = _verifier_summary(log, linked, btf)
-    from .core import failure_in_log
+    from .core_relo import failure_in_log
     core = failure_in_log(log, linked)
     if core is not None:
         # the verifier reached an instruction CO-RE poisoned: name the relocation, not "unknown#195896080"

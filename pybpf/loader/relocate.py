@@ -188,5 +188,5 @@ class _Linker:
         if core:
             # CO-RE: patch this program's copy of each function (libbpf patches before linking,
             # then copies subprograms: the same result)
-            from .core import apply_core_relocations
+            from .core_relo import apply_core_relocations
             linked.core_failures = apply_core_relocations(self.spec, self.prog, linked, core, self.facts)
