@@ -518,7 +518,7 @@ class stats(Resource):  # noqa: N801 - used as a function: ``with pybpf.stats():
 
 
 def _kernel_lacks(enum: str, member: str) -> bool:
-    from .loader.refusals import enum_names, running_btf
+    from .kernel.btf import enum_names, running_btf
     names = enum_names(running_btf(None), enum)
     return names is not None and member not in names
 

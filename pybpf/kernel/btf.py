@@ -7,7 +7,6 @@ hash, so a second process opening the same vmlinux skips the index pass.
 
 from __future__ import annotations
 
-import array
 import ctypes
 import os
 
@@ -54,6 +53,7 @@ def parse_cached(raw: bytes, *, source: str, base: BTF | None = None, identity: 
     btf = _memo.get(key)
     if btf is not None:
         return btf
+    import array       # here: importing it (it registers with collections.abc) costs every load ~0.2 ms
     name = f"{digest}.idx"
     cached = _cache.read("btf", name)
     offsets = None

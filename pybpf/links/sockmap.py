@@ -35,7 +35,7 @@ _ATTACH_TYPES = {
 def _lacks(enum: str, member: str) -> bool:
     """True when the running kernel's BTF has ``enum`` without ``member`` (False when there
     is no BTF to tell)."""
-    from ..loader.refusals import enum_names, running_btf
+    from ..kernel.btf import enum_names, running_btf
     names = enum_names(running_btf(None), enum)
     return names is not None and member not in names
 

@@ -30,7 +30,7 @@ def kernel_has(enum: str, member: str) -> bool | None:
     ``bpf_link_type``, ``BPF_LINK_TYPE_TCX``); None when there is no kernel BTF to ask."""
     from ..errors import Error as _Error
     from ..kernel.btf import vmlinux_btf
-    from ..loader.refusals import enum_names
+    from ..kernel.btf import enum_names
     try:
         names = enum_names(vmlinux_btf(), enum)
     except _Error:

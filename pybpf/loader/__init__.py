@@ -280,7 +280,7 @@ def program_load_request(spec: ObjectSpec, name: str, facts=None) -> ProgLoadReq
         from .attach_btf import resolve_attach_btf
         attach_btf_id = resolve_attach_btf(pspec, facts).btf_id
     elif pspec.prog_type == ProgType.STRUCT_OPS:
-        from .refusals import running_btf
+        from ..kernel.btf import running_btf
         from .struct_ops import plan
         _, st_progs = plan(spec, running_btf(facts))
         attach_btf_id, expected = st_progs.get(name, (0, None))
@@ -423,7 +423,7 @@ def load_spec(spec: ObjectSpec, *, btf: bool = True, facts=None, target_btf=None
     struct_ops = None
     if any(m.struct_ops is not None for m in spec.maps.values()):
         # the kernel values, laid out by the kernel's BTF, and each program's member
-        from .refusals import running_btf
+        from ..kernel.btf import running_btf
         from .struct_ops import plan
         try:
             struct_ops = plan(spec, running_btf(facts))

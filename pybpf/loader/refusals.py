@@ -12,9 +12,6 @@ from __future__ import annotations
 import os
 
 from ..errors import Error, NotSupportedError
-# what this kernel knows lives in the kernel layer (links and maps use it too); the
-# names stay importable from here
-from ..kernel.btf import enum_names, running_btf  # noqa: F401
 from ..kernel.constants import MapType, ProgType
 from ..spec import sections as S
 from ..spec.btf import BTF, Kind
@@ -83,6 +80,7 @@ def check_program_kinds(spec, facts) -> None:
         if not prog.autoload or sec.stem not in S.FEATURES:
             continue
         if btf is None:
+            from ..kernel.btf import enum_names, running_btf
             btf = running_btf(facts)
             if btf is None:
                 return
@@ -110,6 +108,7 @@ def check_struct_ops(spec, facts) -> None:
     if not st_maps:
         return
     types = sorted({tname for _, tname in st_maps.values()})
+    from ..kernel.btf import running_btf
     btf = running_btf(facts)
     parts = ", ".join(f"struct {tname} {var!r} (section {section})" for var, (section, tname) in st_maps.items())
     if btf is None:
@@ -248,6 +247,7 @@ def lockdown_refusal(log: str, prog, where: str, facts=None, mode_info=None) -> 
     if helper == "bpf_probe_write_user" and prog.prog_type not in _WRITE_USER_TYPES:
         return None          # never offered to this program type: the verifier's words stand
     reason = LOCKDOWN_HELPERS[helper]
+    from ..kernel.btf import running_btf
     needed = _reason_mode(reason, running_btf(facts))
     mode, source, exact = mode_info if mode_info is not None else lockdown_mode()
     if mode is not None and _MODES.index(mode) < _MODES.index(needed):
@@ -272,3 +272,12 @@ def lockdown_refusal(log: str, prog, where: str, facts=None, mode_info=None) -> 
 __all__ = ["check_object", "check_max_entries", "check_struct_ops", "check_program_kinds",
            "unset_max_entries", "lockdown_mode", "lockdown_refusal", "parse_lockdown", "refused_helper",
            "LOCKDOWN", "LOCKDOWN_HELPERS"]
+
+
+def __getattr__(name):
+    # what this kernel knows lives in the kernel layer (links and maps use it too); these names
+    # stay importable from here, without importing pybpf.kernel.btf into every load
+    if name in ("enum_names", "running_btf"):
+        from ..kernel import btf
+        return getattr(btf, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
