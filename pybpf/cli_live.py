@@ -17,7 +17,6 @@ OBJECT DIR pinmaps DIR``), so it stays loaded after the command ends.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import mmap
 import os
@@ -258,7 +257,6 @@ class _Dumper:
             return None
         k = t.kind
         if bits:                                  # a bitfield: bits from bit_offset (little endian)
-            size = t.size if k in (Kind.INT, Kind.ENUM, Kind.ENUM64) else 8
             nbytes = (bit_offset + bits + 7) // 8
             raw = int.from_bytes(data[:max(nbytes, 1)].ljust(max(nbytes, 1), b"\0"), "little")
             value = (raw >> bit_offset) & ((1 << bits) - 1)

@@ -201,6 +201,15 @@ def test_exitsnoop_iterator_lists_a_live_child(no_fd_leak):
     spec.variables["targ_ppid"].set(os.getpid())
     child = subprocess.Popen(["sleep", "10"])
     try:
+        # Popen returns once exec closed the child's close-on-exec pipe, which the kernel does
+        # before it renames the task (fs/exec.c begin_new_exec: do_close_on_exec, then
+        # __set_task_comm): wait (bounded) until the task is called sleep, as the iterator sees it
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            with open(f"/proc/{child.pid}/comm") as f:
+                if f.read().strip() == "sleep":
+                    break
+            time.sleep(0.001)
         with spec.load() as obj:
             it = obj.programs["list_children"].iterate()
             try:

@@ -70,17 +70,26 @@ def parse_cached(raw: bytes, *, source: str, base: BTF | None = None, identity: 
 _by_path: dict[str, tuple] = {}
 
 
+def _file_key(st: os.stat_result) -> tuple:
+    """What changes when a file's content can have: its size, times and inode."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _memo_hit(memo: dict, path: str, key: tuple):
+    hit = memo.get(path)
+    return hit[1] if hit is not None and hit[0] == key else None
+
+
 def vmlinux_btf(path: str = VMLINUX) -> BTF:
     """The running kernel's BTF (or another vmlinux BTF file).
 
     Within a process the parsed BTF is reused while the file's size and times are
     unchanged (no re-read, no re-hash); otherwise it is looked up by content hash."""
     try:
-        st = os.stat(path)
-        key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        hit = _by_path.get(path)
-        if hit is not None and hit[0] == key:
-            return hit[1]
+        key = _file_key(os.stat(path))
+        hit = _memo_hit(_by_path, path, key)
+        if hit is not None:
+            return hit
     except OSError:
         key = None
     btf = _read_vmlinux(path)
@@ -108,10 +117,10 @@ def _map_readonly(path: str) -> memoryview | None:
         return None
     try:
         st = os.fstat(fd)
-        key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        hit = _mapped.get(path)
-        if hit is not None and hit[0] == key:
-            return hit[1]
+        key = _file_key(st)
+        hit = _memo_hit(_mapped, path, key)
+        if hit is not None:
+            return hit
         if st.st_size <= 0:
             return None
         addr = sc.libc_mmap(None, st.st_size, 0x1, 0x02, fd, 0)       # PROT_READ, MAP_PRIVATE
