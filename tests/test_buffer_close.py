@@ -147,7 +147,8 @@ def test_an_interrupted_ring_buffer_close_is_finished_by_the_next(obj, interrupt
     interrupter.patch(reader.Ring, "_teardown")
     interrupter.patch(_mapping._Mapping, "close")
     interrupter.patch(_mapping._Waiter, "close", "_release")
-    interrupter.patch(reader, "_release_quietly", "_unclaim")
+    interrupter.patch(reader, "_release_quietly")
+    interrupter.patch(_mapping, "_unclaim")                   # the consumers' shared teardown
     interrupter.patch(reader.RingBuffer, "_try_teardown")
     got = []
 
@@ -208,7 +209,7 @@ def test_an_interrupted_perf_buffer_close_is_finished_by_the_next(interrupter):
         interrupter.patch(perfbuf._CpuRing, "_clear_slot", "_disable", "_unmap")
         interrupter.patch(_mapping._Mapping, "close")
         interrupter.patch(_mapping._Waiter, "close", "_release")
-        interrupter.patch(perfbuf, "_unclaim")
+        interrupter.patch(_mapping, "_unclaim")               # the consumers' shared teardown
         interrupter.patch(perfbuf.sc, "map_delete_elem")
         interrupter.patch(perfbuf.perf, "ioctl")
         interrupter.patch(perfbuf.perf, "perf_event_open")

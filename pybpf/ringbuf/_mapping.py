@@ -19,6 +19,7 @@ import threading
 import weakref
 
 from ..errors import ClosedError, Error, InUseError, PermissionError, SyscallError
+from ..resource import Resource
 from ..kernel.constants import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ, MapType
 
 _BUSY = BPF_RINGBUF_BUSY_BIT
@@ -168,6 +169,68 @@ def _run_all(steps) -> None:
             raise first
         finally:
             first = None
+
+
+class _Consumer(Resource):
+    """What RingBuffer and PerfBuffer share: one consumer at a time (``_lock``, held while a
+    consume reads the rings), the waiter close() wakes, the map claims, and a teardown that
+    runs now, or when the consume that holds the lock returns (it checks ``_closed`` after
+    releasing it, so one of the two always does).
+
+    A subclass names itself in ``_KIND`` (for messages), lists in :meth:`_lock_holders` the
+    objects whose running methods hold the lock and in :meth:`_lock_codes` those methods'
+    code, and returns from :meth:`_release_steps` the idempotent steps that release its rings
+    and waiter; the claims go last (a new consumer is accepted once nothing reads the rings).
+    """
+
+    _KIND = "buffer"
+
+    def _lock_holders(self) -> tuple:
+        return (self,)
+
+    def _lock_codes(self) -> frozenset:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def _release_steps(self) -> list:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def _try_teardown(self) -> None:
+        if self._lock.acquire(blocking=False):
+            try:
+                self._teardown()
+            finally:
+                self._lock.release()
+        elif not _inside(self._lock_holders(), self._lock_codes()):
+            # held by no running method: lost to an interrupt between its acquire and the try
+            # that releases it (see _inside); nothing can take it meanwhile (consumes refuse
+            # once closed)
+            try:
+                self._teardown()
+            finally:
+                try:
+                    self._lock.release()
+                except RuntimeError:
+                    pass  # released meanwhile
+
+    def _teardown(self) -> None:
+        # (no consume running) every step idempotent: see close()
+        _run_all(self._release_steps() + [(lambda key=key: _unclaim(key, self)) for key in self._claims])
+        self._rings = []
+        self._by_fd = {}
+        self._claims = []
+
+    def __del__(self) -> None:
+        if getattr(self, "_rings", None) or getattr(self, "_claims", None):
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{self._KIND} '{self.name}' is closed")
 
 
 class _Waiter:

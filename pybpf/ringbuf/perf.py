@@ -29,14 +29,14 @@ import threading
 from collections.abc import Callable
 
 from .. import atomics
-from ..resource import Resource, deferred_signals
+from ..resource import deferred_signals
 from ..errors import ClosedError, Error
 from ..kernel import perf
 from ..kernel import syscall as sc
 from ..kernel.attrs import MapInfo
 from ..kernel.constants import MapType
 from ..kernel.cpus import online_cpus
-from ._mapping import _claim, _inside, _Mapping, _release_quietly, _run_all, _unclaim, _Waiter
+from ._mapping import _claim, _Consumer, _Mapping, _release_quietly, _run_all, _Waiter
 from .reader import _stops
 
 __all__ = ["PerfBuffer"]
@@ -108,7 +108,7 @@ class _CpuRing:
         self.data = None
 
 
-class PerfBuffer(Resource):
+class PerfBuffer(_Consumer):
     """Consumer of a ``BPF_MAP_TYPE_PERF_EVENT_ARRAY`` map: one perf ring per CPU.
 
     ``PerfBuffer(map, callback, lost_callback)`` opens a BPF output event on
@@ -229,41 +229,16 @@ class PerfBuffer(Resource):
         self._closed = True
         _run_all([self._waiter.close if self._waiter is not None else _nothing, self._try_teardown])
 
-    def _try_teardown(self) -> None:
-        # a consume running tears down when it returns (it checks _closed after the release)
-        if self._lock.acquire(blocking=False):
-            try:
-                self._teardown()
-            finally:
-                self._lock.release()
-        elif not _inside((self,), _consumer_codes()):
-            # held by no running method: lost to an interrupt after its acquire
-            # (see pybpf.ringbuf._mapping._inside); _consume refuses once closed
-            try:
-                self._teardown()
-            finally:
-                try:
-                    self._lock.release()
-                except RuntimeError:
-                    pass
+    _KIND = "perf buffer"
 
-    def _teardown(self) -> None:
+    def _lock_codes(self) -> frozenset:
+        return _consumer_codes()
+
+    def _release_steps(self) -> list:
         steps = [(lambda r=r: r.close(self._map_fd)) for r in self._rings]
         if self._waiter is not None:
             steps.append(self._waiter.close)
-        steps += [(lambda key=key: _unclaim(key, self)) for key in self._claims]
-        _run_all(steps)
-        self._rings = []
-        self._by_fd = {}
-        self._claims = []
-
-    def __del__(self) -> None:
-        if getattr(self, "_rings", None) or getattr(self, "_claims", None):
-            self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+        return steps
 
     @property
     def cpus(self) -> list[int]:
@@ -273,10 +248,6 @@ class PerfBuffer(Resource):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._rings)} CPUs x {self.page_count} pages"
         return f"<PerfBuffer '{self.name}' {state}>"
-
-    def _check(self) -> None:
-        if self._closed:
-            raise ClosedError(f"perf buffer '{self.name}' is closed")
 
     def fileno(self) -> int:
         """An fd that is readable when a CPU's ring has samples (for select/asyncio)."""

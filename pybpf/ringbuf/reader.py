@@ -14,12 +14,11 @@ from collections.abc import Callable
 
 from .. import atomics
 from . import arrays as _arrays
-from ..resource import Resource
 from ..errors import ClosedError, Error
 from ..kernel.constants import MapType
 from ._mapping import (
-    _ALIGN, _DISCARD, _HDR, _LEN_MASK, _ROUND, _UNPACK_RUN, _claim, _inside, _Mapping, _check_map,
-    _release_quietly, _run_all, _unclaim, _Waiter,
+    _ALIGN, _DISCARD, _HDR, _LEN_MASK, _ROUND, _UNPACK_RUN, _claim, _Consumer, _Mapping,
+    _check_map, _release_quietly, _run_all, _unclaim, _Waiter,
 )
 
 __all__ = ["RingBuffer", "Ring"]
@@ -429,7 +428,7 @@ class Ring:
         return (ctype * total).from_buffer(buf) if total else (ctype * 0)()
 
 
-class RingBuffer(Resource):
+class RingBuffer(_Consumer):
     """Consumer of ``BPF_MAP_TYPE_RINGBUF`` maps.
 
     ``RingBuffer(map, callback)`` maps the ring; :meth:`consume` and
@@ -579,58 +578,27 @@ class RingBuffer(Resource):
         except RuntimeError:  # loop closed
             pass
 
-    def _try_teardown(self) -> None:
-        # If a consume is running, it tears down when it is done (it checks
-        # _closed after releasing the lock, so one of the two always does).
-        if self._lock.acquire(blocking=False):
-            try:
-                self._teardown()
-            finally:
-                self._lock.release()
-        elif not _inside((self, *self._rings), _consumer_codes()):
-            # Held, but by no running method: lost to an interrupt between its
-            # acquire and the try that releases it (see _inside).  Nothing can
-            # take it meanwhile (_enter refuses once closed).
-            try:
-                self._teardown()
-            finally:
-                try:
-                    self._lock.release()
-                except RuntimeError:
-                    pass  # released meanwhile
+    _KIND = "ring buffer"
 
-    def _teardown(self) -> None:
-        # (no consume running) every step idempotent: see close()
+    def _lock_holders(self) -> tuple:
+        return (self, *self._rings)
+
+    def _lock_codes(self) -> frozenset:
+        return _consumer_codes()
+
+    def _release_steps(self) -> list:
         steps = [ring._teardown for ring in self._rings]
         if self._waiter is not None:
             steps.append(self._waiter.close)  # the fds go now, or when the last poll() leaves
         if getattr(self, "_outv", None) is not None:
             steps.append(self._outv.release)
-        # the claims last: a new consumer is accepted once nothing here reads the rings
-        steps += [(lambda key=key: _unclaim(key, self)) for key in self._claims]
-        _run_all(steps)
-        self._rings = []
-        self._by_fd = {}
-        self._claims = []
-
-    def __del__(self) -> None:
-        if getattr(self, "_rings", None) or getattr(self, "_claims", None):
-            self.close()
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
+        return steps
 
     def __repr__(self) -> str:
         if self._closed:
             return f"<RingBuffer '{self.name}' closed>"
         more = f" + {len(self._rings) - 1} more rings" if len(self._rings) > 1 else ""
         return f"<RingBuffer '{self.name}' {self.size} bytes{more}>"
-
-    def _check(self) -> None:
-        if self._closed:
-            raise ClosedError(f"ring buffer '{self.name}' is closed")
 
     def _enter(self) -> None:
         """Takes the consumer lock (one consumer at a time), or raises."""
