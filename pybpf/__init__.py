@@ -41,9 +41,10 @@ class _ListingModule(_types.ModuleType):
 
 
 def _load_spec(spec, **kwargs):
-    """``ObjectSpec.load()`` until pybpf.collection is imported (which then puts its own
-    ``load_object`` in this one's place): the spec layer imports nothing above it, and
-    ``import pybpf`` no longer imports the runtime classes, so a spec can exist first."""
+    """``ObjectSpec.load()``: :func:`pybpf.collection.load_object`, imported on the first
+    load.  The spec layer imports nothing above it, and ``import pybpf`` does not import the
+    runtime classes, so a spec can exist before them; this hook is the one way a spec finds
+    its loader (set on ObjectSpec when pybpf.spec.object is imported, below)."""
     from .collection import load_object
     return load_object(spec, **kwargs)
 

@@ -355,5 +355,3 @@ def load_object(spec: ObjectSpec, **kwargs) -> Object:
     from .loader import load_spec
     return load_spec(spec, new_object=Object, **kwargs)
 
-
-ObjectSpec._load_object = load_object

@@ -1289,9 +1289,9 @@ class ObjectSpec:
             return self._sections[sym.section][0]
         return ""
 
-    # pybpf.collection.load_object, set when pybpf.collection is imported (with the package,
-    # before any spec exists): the runtime layer makes the Object and has the loader fill
-    # it, so this layer imports neither
+    # the runtime layer's loader (pybpf.collection.load_object, through pybpf._load_spec), set
+    # by the pybpf package when this module is imported: the runtime layer makes the Object
+    # and has the loader fill it, so this layer imports neither
     _load_object = None
 
     def load(self, **kwargs):
