@@ -5,7 +5,7 @@
   ``dir(pybpf)``, ``pybpf.maps()``), as does ``ObjectSpec.load()`` on a spec made before
   ``pybpf.collection`` was imported;
 - a load whose object is in the spec cache imports no pyelftools, nor enum, signal or threading,
-  nor the CO-RE matching engine;
+  nor the CO-RE matching engine, nor the layouts of attaching and links;
 - BTF feature probes are kept for the boot in the authenticated ``core`` cache, and an entry
   that is not exactly what pybpf writes is never used;
 - ``BTF.validate`` (now read from the record words) raises what decoding every type did.
@@ -85,11 +85,12 @@ def test_cached_object_loads_without_pyelftools(tmp_path):
     code = ("import sys, pybpf\n"
             f"pybpf.load({program('tools_runqlat')!r}).close()\n"
             "print('elftools' in sys.modules)\n"
-            "print(sorted(m for m in ('enum', 'signal', 'threading', 'pybpf.loader.core') if m in sys.modules))")
+            "print(sorted(m for m in ('enum', 'signal', 'threading', 'pybpf.loader.core', 'pybpf.kernel.link_attrs') if m in sys.modules))")
     assert run_python(code, env).splitlines()[0] == "True"          # parsed: pyelftools
     # from the spec cache: no pyelftools, none of the stdlib modules whose import cost ~5 ms
     # (pybpf's enums are pybpf._enum's; signal deferral uses _signal and _thread), and not the
-    # CO-RE matching engine (the resolutions are cached: pybpf.loader.core_relo applies them)
+    # CO-RE matching engine (the resolutions are cached: pybpf.loader.core_relo applies them),
+    # nor the ctypes layouts of attaching and links
     assert run_python(code, env).splitlines() == ["False", "[]"]
 
 

@@ -14,8 +14,8 @@ import os
 from ..resource import Resource, deferred_signals
 from ..errors import ClosedError, Error, NotSupportedError, SyscallError
 from ..kernel import syscall as sc
-from ..kernel.attrs import LinkDetachAttr, LinkUpdateAttr
-from ..kernel.attrs import LinkInfo as _LinkInfoStruct
+from ..kernel.link_attrs import LinkDetachAttr, LinkUpdateAttr
+from ..kernel.link_attrs import LinkInfo as _LinkInfoStruct
 from ..kernel.constants import BPF_F_REPLACE as _BPF_F_REPLACE
 from ..kernel.constants import AttachType, Cmd, LinkType
 

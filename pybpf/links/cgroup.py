@@ -23,7 +23,8 @@ import os
 
 from ..errors import ClosedError, Error, NotSupportedError, SyscallError
 from ..kernel import syscall as sc
-from ..kernel.attrs import LinkCreateAttr, ProgAttachAttr, ProgInfo, ProgQueryAttr
+from ..kernel.attrs import ProgInfo
+from ..kernel.link_attrs import LinkCreateAttr, ProgAttachAttr, ProgQueryAttr
 from ..kernel.constants import (BPF_F_AFTER, BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BPF_F_BEFORE, BPF_F_ID,
                                 BPF_F_LINK, BPF_F_REPLACE, AttachType, Cmd, ProgType)
 from ..resource import deferred_signals

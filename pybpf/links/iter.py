@@ -21,7 +21,7 @@ from collections.abc import Iterator as _Iter
 
 from ..errors import Error, SyscallError
 from ..kernel import syscall as sc
-from ..kernel.attrs import IterCreateAttr, LinkCreateAttr
+from ..kernel.link_attrs import IterCreateAttr, LinkCreateAttr
 from ..kernel.constants import AttachType, Cmd
 from .base import Link
 

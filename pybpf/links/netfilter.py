@@ -19,7 +19,7 @@ import errno as _errno
 
 from ..errors import Error, NotSupportedError, SyscallError
 from ..kernel import syscall as sc
-from ..kernel.attrs import LinkCreateAttr
+from ..kernel.link_attrs import LinkCreateAttr
 from ..kernel.constants import AttachType, Cmd, ProgType
 from .base import Link, _fd_link
 

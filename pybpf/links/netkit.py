@@ -9,7 +9,7 @@ import os
 from ..errors import Error, NotSupportedError, SyscallError
 from ..kernel import netlink as nl
 from ..kernel import syscall as sc
-from ..kernel.attrs import LinkCreateAttr
+from ..kernel.link_attrs import LinkCreateAttr
 from ..kernel.constants import AttachType, Cmd, ProgType
 from .base import Link, _fd_link
 from .xdp import kernel_has

@@ -13,7 +13,7 @@ from ..resource import deferred_signals
 from ..errors import Error, NotSupportedError, SyscallError
 from ..kernel import perf, tracefs
 from ..kernel import syscall as sc
-from ..kernel.attrs import LinkCreateAttr
+from ..kernel.link_attrs import LinkCreateAttr
 from ..kernel.constants import AttachType, Cmd, ProgType
 from .base import Link
 

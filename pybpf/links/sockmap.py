@@ -20,7 +20,8 @@ import os
 
 from ..errors import Error, NotSupportedError, SyscallError
 from ..kernel import syscall as sc
-from ..kernel.attrs import LinkCreateAttr, ProgAttachAttr, ProgInfo, ProgQueryAttr
+from ..kernel.attrs import ProgInfo
+from ..kernel.link_attrs import LinkCreateAttr, ProgAttachAttr, ProgQueryAttr
 from ..kernel.constants import AttachType, Cmd, MapType, ProgType
 from ..resource import deferred_signals
 from .base import Link, _fd_link

@@ -16,7 +16,7 @@ import os
 
 from ..errors import Error, NotSupportedError, SyscallError
 from ..kernel import syscall as sc
-from ..kernel.attrs import LinkCreateAttr, LinkUpdateAttr
+from ..kernel.link_attrs import LinkCreateAttr, LinkUpdateAttr
 from ..kernel.constants import BPF_F_LINK, BPF_F_REPLACE, AttachType, Cmd
 from ..resource import deferred_signals
 from .base import Link

@@ -24,7 +24,8 @@ import threading
 from ..errors import ClosedError, Error, NotSupportedError, SyscallError
 from ..kernel import netlink as nl
 from ..kernel import syscall as sc
-from ..kernel.attrs import LinkCreateAttr, ProgInfo
+from ..kernel.attrs import ProgInfo
+from ..kernel.link_attrs import LinkCreateAttr
 from ..kernel.constants import AttachType, Cmd, ProgType
 from ..resource import deferred_signals
 from .base import Link, _fd_link

@@ -8,7 +8,7 @@ import errno as _errno
 
 from ..errors import Error, SyscallError
 from ..kernel import syscall as sc
-from ..kernel.attrs import LinkCreateAttr, RawTracepointOpenAttr
+from ..kernel.link_attrs import LinkCreateAttr, RawTracepointOpenAttr
 from ..kernel.constants import Cmd
 from .base import Link, _fd_link
 

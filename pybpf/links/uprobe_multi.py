@@ -10,7 +10,7 @@ import os
 
 from ..errors import Error, NotSupportedError, SyscallError
 from ..kernel import syscall as sc
-from ..kernel.attrs import LinkCreateAttr
+from ..kernel.link_attrs import LinkCreateAttr
 from ..kernel.constants import AttachType, Cmd, ProgType
 from ..resource import deferred_signals
 from .base import Link

@@ -36,7 +36,7 @@ import weakref
 from ..errors import ClosedError, Error, NotSupportedError, SyscallError
 from ..kernel import perf, tracefs
 from ..kernel import syscall as sc
-from ..kernel.attrs import LinkCreateAttr
+from ..kernel.link_attrs import LinkCreateAttr
 from ..kernel.constants import AttachType, Cmd
 from ..resource import deferred_signals
 from .base import Link
