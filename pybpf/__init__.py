@@ -102,8 +102,10 @@ def open(path) -> ObjectSpec:  # noqa: A001 - the public name the API promises
 
     Parsed objects are kept in pybpf's disk cache (``~/.cache/pybpf``; ``PYBPF_CACHE=0``
     turns it off), so opening the same file again costs ~1 ms instead of a parse."""
-    from .spec.object import ObjectSpec
-    return ObjectSpec.from_file(_os.fspath(path))
+    from ._gcpause import gc_paused
+    with gc_paused():       # the spec layer's first import too: pybpf._gcpause
+        from .spec.object import ObjectSpec
+        return ObjectSpec.from_file(_os.fspath(path))
 
 
 def load(path, **kwargs) -> Object:
@@ -112,7 +114,9 @@ def load(path, **kwargs) -> Object:
     ``target_btf=`` (a BTF file or object) sets the CO-RE target instead of the
     running kernel's BTF; ``facts=`` (a ``pybpf.loader.facts.KernelFacts``) sets
     every kernel fact (BTF, kconfig, version, kernel symbols)."""
-    return open(path).load(**kwargs)
+    from ._gcpause import gc_paused
+    with gc_paused():       # one section for both steps: pybpf._gcpause
+        return open(path).load(**kwargs)
 
 
 def __getattr__(name):

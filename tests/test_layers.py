@@ -21,8 +21,9 @@ import pytest
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pybpf")
 
-# modules below every layer: exceptions, records, integer enums, the disk cache, signal deferral
-BASE = ("pybpf.errors", "pybpf._record", "pybpf._enum", "pybpf._cache", "pybpf.resource")
+# modules below every layer: exceptions, records, integer enums, the GC pause, the disk cache,
+# signal deferral
+BASE = ("pybpf.errors", "pybpf._record", "pybpf._enum", "pybpf._gcpause", "pybpf._cache", "pybpf.resource")
 FRONT_ENDS = ("pybpf.cli", "pybpf.cli_live", "pybpf.display", "pybpf.inspect", "pybpf.__main__")
 
 

@@ -17,6 +17,7 @@ import mmap
 import os
 import struct
 
+from .._gcpause import gc_paused
 from .._record import Record
 from .. import _cache
 from .._cache import pickle
@@ -602,7 +603,11 @@ class ObjectSpec:
         A parsed object is kept in pybpf's disk cache (``spec/``, see
         :mod:`pybpf._cache`) under the hash of its path, content and pybpf's
         parser code, so parsing the same file again only unpickles it."""
-        path = os.fspath(path)
+        with gc_paused():   # an allocation burst, all of it live or freed by refcount: pybpf._gcpause
+            return cls._from_file(os.fspath(path))
+
+    @classmethod
+    def _from_file(cls, path: str) -> ObjectSpec:
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -1296,7 +1301,8 @@ class ObjectSpec:
 
     def load(self, **kwargs):
         """Create the maps and load the programs into the kernel; returns a :class:`pybpf.Object`."""
-        return ObjectSpec._load_object(self, **kwargs)
+        with gc_paused():   # an allocation burst, all of it live or freed by refcount: pybpf._gcpause
+            return ObjectSpec._load_object(self, **kwargs)
 
     def __repr__(self) -> str:
         return (f"<ObjectSpec {self.path}: {len(self.programs)} programs, {len(self.maps)} maps, "
