@@ -565,7 +565,7 @@ class _NameIndex:
 
     def _haystack(self) -> bytes:
         if self._hay is None:
-            self._hay = b"\0" + self.btf._strings      # hay[p] is the string at offset p - 1
+            self._hay = b"\0" + self.btf.string_bytes()   # hay[p] is the string at offset p - 1
         return self._hay
 
     def string_offsets(self, ess: str) -> list:

@@ -321,6 +321,7 @@ class BTF:
         del state["_words"], state["_cache"], state["_str_cache"]
         if isinstance(self.raw, memoryview):
             state["raw"] = bytearray(self.raw)     # a mapping is not pickled: its bytes are
+            state["_strings"] = self.string_bytes()
         state.pop("_typed_factory", None)      # ctypes types (spec/typed.py): made again on use
         state.pop("_content_key", None)
         return state
@@ -370,7 +371,11 @@ class BTF:
         self.type_len = hdr.type_len
         self.str_off = base + hdr.str_off
         self.str_len = hdr.str_len
-        strings = bytes(memoryview(raw)[self.str_off:self.str_off + self.str_len])   # one copy, not two
+        strings = memoryview(raw)[self.str_off:self.str_off + self.str_len]
+        if not isinstance(raw, memoryview):
+            strings = bytes(strings)        # one copy, not two
+        # else mapped vmlinux BTF: its 2.5 MB of strings are read in place (string()), and
+        # copied only for a search over all of them (string_bytes())
         if strings and strings[-1] != 0:
             raise self._fail("string section must end with a NUL byte")
         if self.base is None and strings and strings[0] != 0:
@@ -421,12 +426,28 @@ class BTF:
         s = self._str_cache.get(offset)
         if s is None:
             local = offset - self._str_base
-            if local >= len(self._strings):
+            strings = self._strings
+            if local >= len(strings):
                 raise self._fail(f"string offset {offset} is outside the string section")
-            end = self._strings.index(b"\0", local)
-            s = self._strings[local:end].decode("utf-8", "replace")
+            if type(strings) is bytes:
+                s = strings[local:strings.index(b"\0", local)].decode("utf-8", "replace")
+            else:                           # a mapping: a window, widened until it holds the NUL
+                width = 64
+                while True:
+                    chunk = bytes(strings[local:local + width])
+                    end = chunk.find(b"\0")
+                    if end >= 0:
+                        break
+                    width *= 4              # the section ends with a NUL: this ends
+                s = chunk[:end].decode("utf-8", "replace")
             self._str_cache[offset] = s
         return s
+
+    def string_bytes(self) -> bytes:
+        """This BTF's own string section as bytes (for searches over all of it)."""
+        if type(self._strings) is not bytes:
+            self._strings = bytes(self._strings)    # a mapping: copied once, on the first search
+        return self._strings
 
     def _decode(self, type_id: int) -> Type:
         words = self._words
@@ -621,7 +642,7 @@ class BTF:
         if not enc or b"\0" in enc:
             return []
         needle = enc + b"\0"
-        strings, found = self._strings, []
+        strings, found = self.string_bytes(), []
         pos = strings.find(needle)
         while pos >= 0:
             found.append(self._str_base + pos)
