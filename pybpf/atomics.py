@@ -128,7 +128,7 @@ def module():
                     spec = importlib.util.spec_from_file_location("pybpf._atomics", path, loader=loader)
                     mod = importlib.util.module_from_spec(spec)
                     loader.exec_module(mod)
-                    mod.SampleBuffer, mod.Producer, mod.Mutex  # noqa: B018  (an old build has no such types)
+                    mod.SampleBuffer, mod.Producer, mod.Mutex, mod.deliver  # noqa: B018  (an old build lacks them)
                 except (ImportError, AttributeError) as exc:
                     raise Error(f"pybpf's C helper at {path} is unusable ({exc}): "
                                 "rebuild it with 'pip install .' in the pybpf source tree") from exc

@@ -216,6 +216,7 @@ class Ring:
                         "or give one to RingBuffer()/add()")
         store = owner._store_u64
         res, out, outv = owner._res, owner._out, owner._outv
+        deliver, at, at_addr = owner._deliver, owner._at, owner._at_addr
         data, mask, cons_addr = self._data, self._mask, self._cons_addr
         total = 0
         cons = owner._load_u64(cons_addr)  # only we write it
@@ -238,47 +239,32 @@ class Ring:
                 stop = first + n * stride
                 starts = range(first, stop, stride)
                 ends = range(first + common, stop + common, stride)
+                offsets_addr = 0
             else:
                 offsets = outv[:2 * n].tolist()
                 starts, ends = offsets[0::2], offsets[1::2]
-            # One view at a time, each gone before the next: a list of them
-            # would survive into older GC generations and make the collector
-            # walk them (and everything else) again and again.
-            start = None
-            view = None
-            stopped = None
+                first = stride = common = 0
+                offsets_addr = owner._out_addr
+            # the loop is the C helper's (deliver): callback(batch[start:end]) per record, each
+            # view released when the callback kept it (else just freed), a kept export refused
             try:
-                for start, stop in zip(starts, ends):
-                    view = batch[start:stop]
-                    ret = callback(view)
-                    try:
-                        view.release()  # a reference kept past the callback cannot read the ring
-                    except BufferError:
-                        raise _KeptExport from None
-                    if ret is not None and _stops(ret):  # as libbpf's ring_buffer__consume
-                        stopped = ret
-                        break
-                    if owner._closed:  # close() from the callback or another thread stops here
-                        break
-                else:
-                    start = None
-            except BaseException as exc:
-                if view is not None:
-                    _release_quietly(view)
+                done, stopped = deliver(batch, first, stride, common, n, offsets_addr, callback, owner,
+                                        _stops, at_addr)
+            except BaseException:
                 batch.release()
-                if start is not None:  # else interrupted before the first record
-                    total += self._stop_at(starts.index(start), cons, starts, ends)
-                if isinstance(exc, _KeptExport):
+                if at[0]:       # the records handed over, the one whose callback raised included
+                    total += self._stop_at(at[0] - 1, cons, starts, ends)
+                if at[1]:
                     raise Error(f"ring buffer '{self.name}': the callback kept a buffer export of "
                                 "its record (e.g. numpy.frombuffer); copy it with bytes(record)") from None
                 raise
             batch.release()
-            if start is not None:  # stopped by the callback's return value, or closed
-                total += self._stop_at(starts.index(start), cons, starts, ends)
+            if done < n or stopped is not None:    # stopped by the callback's return value, or closed
+                total += self._stop_at(done - 1, cons, starts, ends)
                 return stopped if stopped is not None else total
             total += n
             self.records += n
-            self.bytes += n * common if common != _NOT_UNIFORM else sum(ends) - sum(starts)
+            self.bytes += n * common if offsets_addr == 0 else sum(ends) - sum(starts)
             self.discards += res[3]
             # Only positions read from headers go here (CVE-2024-41009).
             store(cons_addr, end)
@@ -495,6 +481,9 @@ class RingBuffer(_Consumer):
         self._res = (ctypes.c_uint64 * 4)()
         self._out_addr = ctypes.addressof(self._out)
         self._res_addr = ctypes.addressof(self._res)
+        self._deliver = atomics.module().deliver  # consume()'s per-record loop
+        self._at = (ctypes.c_uint64 * 2)()        # deliver's record index, kept-export flag
+        self._at_addr = ctypes.addressof(self._at)
         self._lock = threading.Lock()  # held while consuming: the mappings stay alive
         self._closed = True  # until fully set up: close() then undoes what exists
         self._rings: list[Ring] = []
