@@ -221,6 +221,44 @@ def test_record_views_are_released_after_the_callback(obj):
 
 
 @pytest.mark.kernel
+def test_each_record_reads_as_itself_whatever_the_callback_did_with_the_last(obj):
+    """consume() moves a view nobody kept on to the next record (no object per record): what a
+    callback did with its view (hashed it, sliced it, made a weak reference, released it, kept
+    it) never shows in the next record's view, and what it kept shows its own record."""
+    import weakref
+    seen, hashes, slices, weak, kept = [], [], [], [], []
+
+    def callback(view):
+        i = len(seen)
+        seen.append(bytes(view))
+        hashes.append(hash(view) == hash(bytes(view)))     # a hash cached for another record: False
+        if i % 5 == 0:
+            slices.append(view[0:4])                        # a slice of it lives on
+        elif i % 5 == 1:
+            weak.append(weakref.ref(view))                  # a weak reference to it
+        elif i % 5 == 2:
+            view.release()                                  # released by the callback
+        elif i % 5 == 3:
+            kept.append(view)                               # kept: released after the callback
+
+    sizes = [8, 20, 31, 64, 5, 100, 12]
+    with RingBuffer(obj.maps["rb"], callback) as rb:
+        seq = 0
+        for size in sizes:                                  # records of several sizes: non-uniform batches
+            assert produce(obj, 10, size, start_seq=seq) == 10
+            seq += 10
+        assert rb.consume() == 70
+        want = [record(10 * k + j, size) for k, size in enumerate(sizes) for j in range(10)]
+        assert seen == want and all(hashes)
+        assert [bytes(s) for s in slices] == [w[:4] for w in want[0::5]]
+        assert all(r() is None or bytes(r()) == want[1 + 5 * k] for k, r in enumerate(weak))
+        for view in kept:
+            with pytest.raises(ValueError):
+                bytes(view)
+        del slices
+
+
+@pytest.mark.kernel
 def test_record_views_are_read_only_memoryviews_of_the_payload(obj):
     checks = []
 
