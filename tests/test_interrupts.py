@@ -221,11 +221,21 @@ def _interpreter_start_up() -> float:
 def test_cli_ctrl_c_during_start_up_and_load(delay):
     """From the first line of pybpf on, Ctrl-C exits with 130 and no traceback, through
     imports, load and attach.  ``delay`` counts from the end of the interpreter's own
-    start-up (~45 ms on a quiet machine, measured now: a loaded machine takes longer, and a
+    start-up (~20 ms on a quiet machine, measured now: a loaded machine takes longer, and a
     SIGINT before pybpf's first line is CPython's to handle)."""
     # twice the measured start-up: one start-up can take much longer than the median of three
-    # on a busy machine, and a SIGINT before pybpf's first line is CPython's, not pybpf's
-    r = _cli("load", program("user_ringbuf"), delay=2 * _interpreter_start_up() + delay)
+    # on a busy machine, and a SIGINT before pybpf's first line is CPython's, not pybpf's.  A
+    # trial that provably ended there (killed by the signal's default action with nothing
+    # printed: before CPython installed its handler; or a traceback with no pybpf frame) says
+    # nothing about pybpf: it is run again, at most three times (as tools/sigint_trials.py
+    # counts such trials apart)
+    for _ in range(3):
+        r = _cli("load", program("user_ringbuf"), delay=2 * _interpreter_start_up() + delay)
+        frames = [line for line in r.stderr.splitlines() if line.lstrip().startswith("File ")]
+        before_pybpf = ((r.returncode == -signal.SIGINT and not r.stderr.strip())
+                        or ("Traceback" in r.stderr and not any(os.sep + "pybpf" + os.sep in f for f in frames)))
+        if not before_pybpf:
+            break
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode == 130, r.stderr
 

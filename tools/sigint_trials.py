@@ -14,7 +14,7 @@ seeded random delay:
 * CLI trials (``--cli N``): ``python -m pybpf load OBJECT`` gets SIGINT at a
   random moment from its start: the exit code must be 130, stderr must hold no
   traceback, and no program of the object may stay in the kernel once it exits.
-  A SIGINT in the interpreter's own start-up (the first ~45 ms: site, runpy),
+  A SIGINT in the interpreter's own start-up (the first ~20 ms: site, runpy),
   before any pybpf code runs, gets CPython's traceback (or, in the first few ms,
   the default action of SIGINT); those are counted apart
   (``interpreter_startup``), and ``tracebacks`` / ``not_130`` count the rest.
