@@ -848,14 +848,27 @@ def main(argv: list | None = None) -> int:
     old = {}
     if threading.current_thread() is threading.main_thread():   # signal.signal works there only
         old = {s: signal.signal(s, _interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
+    # CPython reports an exception it has to drop (raised in a __del__ or a weak reference
+    # callback, e.g. importlib's module-lock callback) as "Exception ignored ... Traceback": a
+    # Ctrl-C landing there is not dropped here (the handler keeps its signum, and the command
+    # raises it again: _Interrupts.check), so it is not reported either
+    default_unraisable = sys.unraisablehook
+
+    def unraisable(info):
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            default_unraisable(info)
+    sys.unraisablehook = unraisable
     try:
         try:
-            return _main(argv)
+            code = _main(argv)
+            # a Ctrl-C that CPython dropped on its way (see above) still ends the command as one
+            return 128 + _interrupts.signum if _interrupts.signum else code
         except KeyboardInterrupt:
             return 128 + (_interrupts.signum or signal.SIGINT)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            sys.unraisablehook = default_unraisable
     except KeyboardInterrupt:      # a signal while the handlers were put back
         return 128 + (_interrupts.signum or signal.SIGINT)
 
