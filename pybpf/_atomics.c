@@ -24,12 +24,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdint.h>
+#include <string.h>
 
 #ifndef PySet_CheckExact		/* Python 3.9 */
 #define PySet_CheckExact(op) Py_IS_TYPE(op, &PySet_Type)
 #endif
-#include <stdint.h>
-#include <string.h>
 
 #define PYBPF_API __attribute__((visibility("default")))
 
@@ -1212,14 +1212,13 @@ static PyObject *deliver(PyObject *module, PyObject *const *args, Py_ssize_t nar
 
 		at[0] = i;				/* not handed over yet */
 		if (start > end || end > (unsigned long long)batch_len) {
-			Py_XDECREF(spare);
 			PyErr_SetString(PyExc_ValueError, "deliver(): a record outside its batch");
-			return NULL;
+			goto fail;
 		}
 		view = record_view(batch, spare, start, end);
 		spare = NULL;
 		if (view == NULL)
-			return NULL;
+			goto fail;
 		at[0] = i + 1;				/* handed over: consumed, whatever the callback does */
 		ret = PyObject_CallOneArg(callback, view);
 		if (Py_REFCNT(view) > 1) {		/* kept: release it, or refuse a kept export */
@@ -1227,30 +1226,26 @@ static PyObject *deliver(PyObject *module, PyObject *const *args, Py_ssize_t nar
 				release_view_in_error(view);
 			} else if (release_view(view) < 0) {
 				at[1] = PyErr_ExceptionMatches(PyExc_BufferError);
-				Py_DECREF(ret);
-				ret = NULL;
+				Py_CLEAR(ret);
 			}
 		}
 		if (ret != NULL && view_reusable(view))
 			spare = view;			/* the next record's */
 		else
 			Py_DECREF(view);
-		if (ret == NULL) {
-			Py_XDECREF(spare);
-			return NULL;
-		}
+		if (ret == NULL)
+			goto fail;
 		if (ret != Py_None) {
 			PyObject *stop = PyObject_CallOneArg(stops, ret);
 
 			truth = stop ? PyObject_IsTrue(stop) : -1;
 			Py_XDECREF(stop);
-			if (truth < 0) {
-				Py_DECREF(ret);
+			if (truth) {			/* stops (1) or an error (-1) */
 				Py_XDECREF(spare);
-				return NULL;
-			}
-			if (truth) {
-				Py_XDECREF(spare);
+				if (truth < 0) {
+					Py_DECREF(ret);
+					return NULL;
+				}
 				return Py_BuildValue("(KN)", i + 1, ret);
 			}
 		}
@@ -1258,19 +1253,21 @@ static PyObject *deliver(PyObject *module, PyObject *const *args, Py_ssize_t nar
 		closed = PyObject_GetAttr(owner, closed_name);
 		truth = closed ? PyObject_IsTrue(closed) : -1;
 		Py_XDECREF(closed);
-		if (truth) {				/* closed (1) or an error (-1) */
-			Py_XDECREF(spare);
-			return truth < 0 ? NULL : Py_BuildValue("(KO)", i + 1, Py_None);
-		}
+		if (truth < 0)
+			goto fail;
+		if (truth)
+			break;				/* closed: stop after this record */
 		/* a callback that never runs Python code (a builtin) never reaches the eval loop's
 		 * signal check: make one every 4096 records */
-		if ((i & 4095) == 4095 && PyErr_CheckSignals() < 0) {
-			Py_XDECREF(spare);
-			return NULL;
-		}
+		if ((i & 4095) == 4095 && PyErr_CheckSignals() < 0)
+			goto fail;
 	}
 	Py_XDECREF(spare);
-	return Py_BuildValue("(KO)", n, Py_None);
+	return Py_BuildValue("(KO)", i < n ? i + 1 : n, Py_None);
+
+fail:
+	Py_XDECREF(spare);
+	return NULL;
 }
 
 static PyMethodDef module_methods[] = {

@@ -206,6 +206,15 @@ def _cli(*args, delay: float) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
+def _sigint_trials():
+    """tools/sigint_trials.py as a module (its rule for a trial CPython ended on its own)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sigint_trials", os.path.join(ROOT, "tools", "sigint_trials.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _interpreter_start_up() -> float:
     """How long this machine takes, now, to start an interpreter up to its first line of
     user code (site and all): the median of three ``python -c pass``."""
@@ -231,10 +240,7 @@ def test_cli_ctrl_c_during_start_up_and_load(delay):
     # counts such trials apart)
     for _ in range(3):
         r = _cli("load", program("user_ringbuf"), delay=2 * _interpreter_start_up() + delay)
-        frames = [line for line in r.stderr.splitlines() if line.lstrip().startswith("File ")]
-        before_pybpf = ((r.returncode == -signal.SIGINT and not r.stderr.strip())
-                        or ("Traceback" in r.stderr and not any(os.sep + "pybpf" + os.sep in f for f in frames)))
-        if not before_pybpf:
+        if not _sigint_trials().ended_before_pybpf(r.returncode, r.stderr):
             break
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode == 130, r.stderr

@@ -232,6 +232,18 @@ def _object_prog_names(path: str) -> set[str]:
     return {p.name[:15] for p in pybpf.open(path).programs.values()}
 
 
+def ended_before_pybpf(returncode: int, stderr: str) -> bool:
+    """Did a CLI process that got SIGINT end before the first line of pybpf ran?  Then its
+    outcome is CPython's: in the interpreter's own start-up (site, runpy finding the package)
+    the signal gets CPython's traceback, with no pybpf frame in it; earlier still, before
+    CPython installs its SIGINT handler, the signal's default action ends the process (what a
+    shell reports as 130), with nothing printed."""
+    if "Traceback" in stderr:
+        frames = [line for line in stderr.splitlines() if line.lstrip().startswith("File ")]
+        return not any(os.sep + "pybpf" + os.sep in f for f in frames)
+    return returncode == -signal.SIGINT and not stderr.strip()
+
+
 def run_cli_trial(rng: random.Random, max_delay: float, python: str, name: str, names: set[str]) -> dict:
     delay = rng.uniform(0.0, max_delay)
     before = max(_prog_ids(), default=0)
@@ -256,13 +268,7 @@ def run_cli_trial(rng: random.Random, max_delay: float, python: str, name: str, 
             break
         time.sleep(0.1)
     traceback_printed = "Traceback" in err
-    # a SIGINT in the interpreter's own start-up (site, runpy finding the package), before the
-    # first line of pybpf runs, gets CPython's traceback: no pybpf code can be there to stop it
-    frames = [line for line in err.splitlines() if line.lstrip().startswith("File ")]
-    before_pybpf = traceback_printed and not any(os.sep + "pybpf" + os.sep in f for f in frames)
-    # earlier still, before CPython installs its SIGINT handler, the signal's default action
-    # ends the process (what a shell reports as 130), with nothing printed
-    before_pybpf = before_pybpf or (proc.returncode == -signal.SIGINT and not err.strip())
+    before_pybpf = ended_before_pybpf(proc.returncode, err)
     report = {"delay": delay, "object": name, "rc": proc.returncode, "traceback": traceback_printed,
               "before_pybpf": before_pybpf, "left_in_kernel": sorted(left.values()), "swallowed": False}
     if traceback_printed:

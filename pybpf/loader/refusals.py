@@ -272,12 +272,3 @@ def lockdown_refusal(log: str, prog, where: str, facts=None, mode_info=None) -> 
 __all__ = ["check_object", "check_max_entries", "check_struct_ops", "check_program_kinds",
            "unset_max_entries", "lockdown_mode", "lockdown_refusal", "parse_lockdown", "refused_helper",
            "LOCKDOWN", "LOCKDOWN_HELPERS"]
-
-
-def __getattr__(name):
-    # what this kernel knows lives in the kernel layer (links and maps use it too); these names
-    # stay importable from here, without importing pybpf.kernel.btf into every load
-    if name in ("enum_names", "running_btf"):
-        from ..kernel import btf
-        return getattr(btf, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

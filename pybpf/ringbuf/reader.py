@@ -89,10 +89,6 @@ def _stops(ret) -> bool:
     return isinstance(ret, int) and not isinstance(ret, bool) and ret < 0
 
 
-class _KeptExport(Exception):
-    """A record view could not be released after its callback (internal)."""
-
-
 class Ring:
     """One ring of a :class:`RingBuffer`: a mapped ``RINGBUF`` map, its callback and counters.
 
