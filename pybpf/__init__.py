@@ -13,8 +13,6 @@ runtime objects (``Object``, ``Map``, ``Program``, ``Link``, ``RingBuffer``,
 ``UserRingBuffer``, ``PerfBuffer``) -> front ends (``python -m pybpf``).
 """
 
-from __future__ import annotations
-
 __version__ = "0.1.0"   # kept equal to pyproject.toml's version by tests/test_cli_session.py
 
 import os as _os
@@ -23,9 +21,14 @@ import sys as _sys
 if _sys.argv[:1] == ["-m"] and __name__ == "pybpf":
     # `python -m pybpf` is starting (runpy imports the package first, sys.argv[0] is "-m"
     # meanwhile): until pybpf.cli.main() installs its handler, nothing is in the kernel,
-    # and Ctrl-C exits at once with 130 instead of a KeyboardInterrupt traceback
-    import signal as _signal
-    _signal.signal(_signal.SIGINT, lambda signum, frame: _os._exit(128 + signum))
+    # and Ctrl-C exits at once with 130 instead of a KeyboardInterrupt traceback.
+    # - _signal, not signal: CPython imported it at start-up, while 'import signal' builds
+    #   its enums first (~2 ms, which a Ctrl-C then met as a traceback in enum.py);
+    # - an ignored SIGINT stays ignored (a background job of a shell script starts so, and
+    #   CPython then installs no handler of its own either).
+    import _signal
+    if _signal.getsignal(_signal.SIGINT) != _signal.SIG_IGN:
+        _signal.signal(_signal.SIGINT, lambda signum, frame: _os._exit(128 + signum))
 
 import types as _types
 
@@ -97,7 +100,7 @@ _LAZY = {
 }
 
 
-def open(path) -> ObjectSpec:  # noqa: A001 - the public name the API promises
+def open(path) -> "ObjectSpec":  # noqa: A001 - the public name the API promises
     """Parse a BPF object file; nothing is put in the kernel yet.
 
     Parsed objects are kept in pybpf's disk cache (``~/.cache/pybpf``; ``PYBPF_CACHE=0``
@@ -108,7 +111,7 @@ def open(path) -> ObjectSpec:  # noqa: A001 - the public name the API promises
         return ObjectSpec.from_file(_os.fspath(path))
 
 
-def load(path, **kwargs) -> Object:
+def load(path, **kwargs) -> "Object":
     """Parse and load a BPF object: ``pybpf.open(path).load(**kwargs)``.
 
     ``target_btf=`` (a BTF file or object) sets the CO-RE target instead of the

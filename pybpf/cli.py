@@ -847,7 +847,11 @@ def main(argv: list | None = None) -> int:
     _interrupts = _Interrupts()
     old = {}
     if threading.current_thread() is threading.main_thread():   # signal.signal works there only
-        old = {s: signal.signal(s, _interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
+        # a signal the command was started with ignored (SIGINT in a shell script's background
+        # job, nohup) stays ignored, as CPython leaves it (it installs its SIGINT handler only
+        # over the default action)
+        old = {s: signal.signal(s, _interrupts) for s in (signal.SIGINT, signal.SIGTERM)
+               if signal.getsignal(s) != signal.SIG_IGN}
     # CPython reports an exception it has to drop (raised in a __del__ or a weak reference
     # callback, e.g. importlib's module-lock callback) as "Exception ignored ... Traceback": a
     # Ctrl-C landing there is not dropped here (the handler keeps its signum, and the command

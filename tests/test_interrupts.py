@@ -246,6 +246,83 @@ def test_cli_ctrl_c_during_start_up_and_load(delay):
     assert r.returncode == 130, r.stderr
 
 
+_AT_IMPORT = r"""
+import os, runpy, signal, sys
+at = int(sys.argv[1])
+seen = []
+def hook(event, args):
+    # the at-th module imported (found, not already in sys.modules) since 'import pybpf'
+    # began gets a real SIGINT as its import starts
+    if event == "import" and "pybpf" in sys.modules and len(seen) <= at:
+        seen.append(args[0])
+        if len(seen) == at + 1:
+            os.write(2, f"sigint at import {at}: {args[0]}\n".encode())
+            os.kill(os.getpid(), signal.SIGINT)
+sys.addaudithook(hook)
+sys.argv = ["-m", *sys.argv[2:]]    # as 'python -m pybpf ...' has it while runpy imports the package
+runpy._run_module_as_main("pybpf")
+"""
+
+
+def test_cli_ctrl_c_at_every_import_ends_with_130():
+    """A Ctrl-C as each module ``python -m pybpf load`` imports begins to load, from the
+    package's first line to the end of the load, ends the command with 130 and no traceback,
+    and leaves no program in the kernel.  Aimed by an audit hook, not by timing: the child
+    sends itself SIGINT at its Nth import.  (The package's own early handler once needed
+    'import signal' first, ~2 ms of enum building that a Ctrl-C met as a traceback.)"""
+    names = {p.name for p in pybpf.open(program("user_ringbuf")).programs.values()}
+    before = max((p.id for p in pybpf.programs()), default=0)
+    bad, at = [], 0
+    while at < 400:
+        p = subprocess.Popen([sys.executable, "-c", _AT_IMPORT, str(at), "load", program("user_ringbuf")],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            out, err = p.communicate(timeout=3)
+            reached = True
+        except subprocess.TimeoutExpired:       # fewer imports than at: the load is done
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=30)
+            reached = f"sigint at import {at}:" in err
+        if p.returncode != 130 or "Traceback" in err or "Exception ignored" in err:
+            bad.append((at, p.returncode, err[-400:]))
+        if not reached:
+            break
+        at += 1
+    assert at >= 20, f"only {at} imports seen: the audit hook did not see the load"
+    assert not bad, bad
+    for _ in range(20):     # an exited process's programs go within moments
+        left = [p for p in pybpf.programs() if p.id > before and p.name in names]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, left
+
+
+def test_cli_started_with_sigint_ignored_keeps_it_ignored():
+    """A command started with SIGINT ignored (as POSIX shells start a script's background
+    jobs) keeps ignoring it, as CPython does: from the package's first lines (a SIGINT at
+    its first import) to the running session; SIGTERM still ends it, with 143."""
+    p = subprocess.Popen([sys.executable, "-c", _AT_IMPORT, "0", "load", program("user_ringbuf")],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        time.sleep(1.0)
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        running = p.poll() is None
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert "sigint at import 0:" in err, err
+    assert running, (p.returncode, err)
+    assert p.returncode == 143, err
+    assert "Traceback" not in err, err
+
+
 def test_cli_ctrl_c_while_loading_ends_with_130_every_time():
     """40 Ctrl-Cs spread over the load of the tutorial's object (20-70 ms after the
     interpreter's start-up): each ends with 130 and no traceback.  Before the CLI left with
