@@ -523,7 +523,8 @@ class Map(Resource):
             if os.path.abspath(path) == os.path.abspath(self._pin_path) and os.path.exists(path):
                 return
             raise Error(f"map {self.name!r} is pinned at {self._pin_path} already: unpin() it first")
-        self._pin_path = pin_fd(self.fd, path, f"map {self.name!r}")
+        with deferred_signals():    # the pin and its record in one step: a Ctrl-C comes after both
+            self._pin_path = pin_fd(self.fd, path, f"map {self.name!r}")
 
     def unpin(self, path=None) -> None:
         """Remove the pin (``path``, default: where it was pinned from here); the map goes once
@@ -533,9 +534,10 @@ class Map(Resource):
             path = self._pin_path
             if path is None:
                 raise Error(f"map {self.name!r} is not pinned from here: give the path to unpin")
-        unpin_path(path, f"map {self.name!r}")
-        if self._pin_path is not None and os.path.abspath(os.fspath(path)) == os.path.abspath(self._pin_path):
-            self._pin_path = None
+        with deferred_signals():    # the unpin and its record in one step
+            unpin_path(path, f"map {self.name!r}")
+            if self._pin_path is not None and os.path.abspath(os.fspath(path)) == os.path.abspath(self._pin_path):
+                self._pin_path = None
 
     # -- lookup and delete -----------------------------------------------------------------
 

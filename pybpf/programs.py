@@ -355,7 +355,8 @@ class Program(Resource):
         """Pin the program at ``path`` on a bpffs mount (BPF_OBJ_PIN): it stays loaded after this
         process ends, until the pin is removed; the directory is made if missing (as libbpf)."""
         from .live import pin_fd
-        self._pin_path = pin_fd(self.fd, path, f"program {self.name!r}")
+        with deferred_signals():    # the pin and its record in one step: a Ctrl-C comes after both
+            self._pin_path = pin_fd(self.fd, path, f"program {self.name!r}")
 
     def unpin(self, path=None) -> None:
         """Remove the pin at ``path`` (default: where :meth:`pin` put it)."""
@@ -364,6 +365,7 @@ class Program(Resource):
             path = self.pin_path
             if path is None:
                 raise Error(f"program {self.name!r} is not pinned from here: give the path to unpin")
-        unpin_path(path, f"program {self.name!r}")
-        if self.pin_path is not None and os.path.abspath(os.fspath(path)) == os.path.abspath(self.pin_path):
-            self._pin_path = None
+        with deferred_signals():    # the unpin and its record in one step
+            unpin_path(path, f"program {self.name!r}")
+            if self.pin_path is not None and os.path.abspath(os.fspath(path)) == os.path.abspath(self.pin_path):
+                self._pin_path = None

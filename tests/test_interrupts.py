@@ -96,6 +96,116 @@ def test_sigint_as_attach_makes_a_link(cmd, sigint_default, interrupt_after_sysc
         obj.close()
 
 
+@pytest.mark.parametrize("kind", ["map", "program", "link"])
+def test_sigint_as_pin_is_made_leaves_the_pin_known(kind, sigint_default, interrupt_after_syscall, no_fd_leak,
+                                                    monkeypatch):
+    """A Ctrl-C just as BPF_OBJ_PIN made the pin: pin() raises KeyboardInterrupt, and the
+    object knows where it is pinned (pin_path), so unpin() removes it; before, the pin was
+    made but nothing said so, and it kept the object in the kernel after the process.  The
+    same for a Ctrl-C just as unpin() removed the pin."""
+    import tempfile
+    d = tempfile.mkdtemp(dir="/sys/fs/bpf", prefix="pybpf-t-")
+    path = os.path.join(d, kind)
+    try:
+        with pybpf.load(program("tracepoint_test")) as obj:
+            prog = next(iter(obj.programs.values()))
+            target = {"map": lambda: next(iter(obj.maps.values())), "program": lambda: prog,
+                      "link": lambda: prog.attach()}[kind]()
+            interrupt_after_syscall(Cmd.OBJ_PIN)
+            with pytest.raises(KeyboardInterrupt):
+                target.pin(path)
+            assert os.path.exists(path)
+            assert target.pin_path == path
+            # and a Ctrl-C just as unpin() removed it: pin_path says it is gone
+            real_unlink = os.unlink
+
+            def unlink(p, *args, **kwargs):
+                real_unlink(p, *args, **kwargs)
+                _interrupt_self()
+            monkeypatch.setattr(os, "unlink", unlink)
+            with pytest.raises(KeyboardInterrupt):
+                target.unpin()
+            monkeypatch.undo()
+            assert not os.path.exists(path)
+            assert target.pin_path is None
+    finally:
+        for name in os.listdir(d):
+            os.unlink(os.path.join(d, name))
+        os.rmdir(d)
+
+
+def test_sigint_as_link_update_swaps_leaves_the_link_saying_so(sigint_default, interrupt_after_syscall,
+                                                                no_fd_leak):
+    """A Ctrl-C just as BPF_LINK_UPDATE swapped the program (an sk_lookup link in a namespace
+    of the test's own): update() raises KeyboardInterrupt, and link.program is the program
+    the kernel now runs, not the one it ran before."""
+    from netns import Netns
+    obj_path = program("net_sock")
+    with Netns() as ns, pybpf.load(obj_path) as obj, pybpf.load(obj_path) as obj2:
+        with obj.programs["steer"].attach_netns(ns.path) as link:
+            interrupt_after_syscall(Cmd.LINK_UPDATE)
+            with pytest.raises(KeyboardInterrupt):
+                link.update(obj2.programs["steer"])
+            assert link.info().prog_id == obj2.programs["steer"].id
+            assert link.program is obj2.programs["steer"]
+
+
+def test_sigint_as_struct_ops_link_update_swaps_leaves_the_link_saying_so(sigint_default,
+                                                                           interrupt_after_syscall, no_fd_leak):
+    """The same for a struct_ops link: after the interrupted update(), link.map is the map
+    the kernel now runs."""
+    with pybpf.load(program("tcp_cc")) as obj:
+        try:
+            link = obj.maps["cc_link"].attach_struct_ops()
+        except pybpf.NotSupportedError as e:
+            pytest.skip(str(e))
+        with link:
+            interrupt_after_syscall(Cmd.LINK_UPDATE)
+            with pytest.raises(KeyboardInterrupt):
+                link.update(obj.maps["cc_link_v2"])
+            assert link.info().map_id == obj.maps["cc_link_v2"].id
+            assert link.map is obj.maps["cc_link_v2"]
+
+
+def test_cli_pin_interrupted_as_a_pin_is_made_leaves_nothing(sigint_default, interrupt_after_syscall,
+                                                            no_fd_leak, capsys):
+    """``pybpf pin OBJECT DIR`` with a Ctrl-C just as one of its pins was made (the first,
+    then each later one): 130, the pins it made removed and DIR, which it made, gone; no
+    program or map of the object stays in the kernel."""
+    from pybpf import cli
+    import tempfile
+    parent = tempfile.mkdtemp(dir="/sys/fs/bpf", prefix="pybpf-t-")
+    d = os.path.join(parent, "pins")
+    obj = program("user_ringbuf")
+    count = len(pybpf.open(obj).maps) + len(pybpf.open(obj).programs)
+    try:
+        for nth in range(count):
+            real = sc._bpf_syscall
+            seen = [0]
+
+            def fake(nr, cmd, addr, size):
+                r = real(nr, cmd, addr, size)
+                if r >= 0 and cmd == Cmd.OBJ_PIN:
+                    seen[0] += 1
+                    if seen[0] == nth + 1:
+                        _interrupt_self()
+                return r
+            sc._bpf_syscall = fake
+            try:
+                code = cli.main(["pin", obj, d])
+            finally:
+                sc._bpf_syscall = real
+            assert seen[0] == nth + 1
+            assert code == 130, capsys.readouterr().err
+            assert not os.path.exists(d), (nth, os.listdir(d))
+    finally:
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                os.unlink(os.path.join(d, name))
+            os.rmdir(d)
+        os.rmdir(parent)
+
+
 def test_sigint_as_perf_event_opens(monkeypatch, sigint_default, no_fd_leak):
     real = perf._perf_event_open
     armed = [True]

@@ -92,7 +92,9 @@ class Link(Resource):
             attr.old_prog_fd = old.fd
             attr.flags = _BPF_F_REPLACE
         try:
-            sc.bpf(Cmd.LINK_UPDATE, attr)
+            with deferred_signals():    # the swap and its record in one step: a Ctrl-C comes after both
+                sc.bpf(Cmd.LINK_UPDATE, attr)
+                self.program = program
         except SyscallError as e:
             hint = ""
             if e.errno == _errno.EPERM and old is not None:
@@ -103,7 +105,6 @@ class Link(Resource):
                 hint = " (this kind of link cannot swap its program)"
             raise type(e)(e.command, e.errno, f"link {self.kind}:{self.target}: cannot swap in program "
                                               f"{program.name!r}{hint}") from None
-        self.program = program
 
     def detach(self) -> None:
         """Detach the program now (BPF_LINK_DETACH) while the link fd stays open, also for
@@ -166,7 +167,8 @@ class Link(Resource):
         ``close()`` and after this process ends, until the pin is removed (:meth:`unpin`)."""
         from ..live import pin_fd
         fd = self._link_fd("pin (only BPF links can be pinned)")
-        self._pin_path = pin_fd(fd, path, f"link {self.kind}:{self.target}")
+        with deferred_signals():    # the pin and its record in one step: a Ctrl-C comes after both
+            self._pin_path = pin_fd(fd, path, f"link {self.kind}:{self.target}")
 
     def unpin(self) -> None:
         """Remove the link's pin (made by :meth:`pin`, or the one :meth:`from_pinned` opened): once
@@ -176,8 +178,9 @@ class Link(Resource):
         if path is None:
             raise Error(f"link {self.kind}:{self.target} is not pinned (pin() it, or open it with "
                         f"Link.from_pinned())")
-        unpin_path(path, f"link {self.kind}:{self.target}")
-        self._pin_path = None
+        with deferred_signals():    # the unpin and its record in one step
+            unpin_path(path, f"link {self.kind}:{self.target}")
+            self._pin_path = None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fds[0]}"

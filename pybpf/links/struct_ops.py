@@ -114,7 +114,10 @@ class StructOpsLink(Link):
             attr.old_map_fd = old.fd
             attr.flags = BPF_F_REPLACE
         try:
-            sc.bpf(Cmd.LINK_UPDATE, attr)
+            with deferred_signals():    # the swap and its record in one step: a Ctrl-C comes after both
+                sc.bpf(Cmd.LINK_UPDATE, attr)
+                self.map = map
+                self.target = map.name
         except SyscallError as e:
             hint = ""
             if e.errno == _errno.EPERM and old is not None:
@@ -123,8 +126,6 @@ class StructOpsLink(Link):
                 hint = " (the new map must be of the same struct type; a tcp congestion control must keep its name)"
             raise type(e)(e.command, e.errno, f"link struct_ops:{self.target}: cannot swap in map "
                                               f"{map.name!r}{hint}") from None
-        self.map = map
-        self.target = map.name
 
     def __repr__(self) -> str:
         return f"<StructOpsLink {self.target} {'closed' if self.closed else f'fd={self._fds[0]}'}>"
