@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """SIGINT at random moments of load / attach / poll / close: does anything leak?
 
-Two kinds of trial, each in a fresh subprocess, with the signal sent after a
-seeded random delay:
+Two kinds of random trial, each in a fresh subprocess, with the signal sent
+after a seeded random delay, and one sweep:
 
 * library trials (``--trials N``): the child loads several objects under
   ``programs/`` over and over (load, attach, ring/user ring/perf buffers,
@@ -18,8 +18,13 @@ seeded random delay:
   before any pybpf code runs, gets CPython's traceback (or, in the first few ms,
   the default action of SIGINT); those are counted apart
   (``interpreter_startup``), and ``tracebacks`` / ``not_130`` count the rest.
+* the syscall sweep (``--every-syscall``): one child runs the library cycle once
+  for each bpf() and perf_event_open call of a cycle, with a real SIGINT just as
+  that call returned (counted in the order the cycle makes them), then closes
+  everything; each run must see the KeyboardInterrupt and end holding what it
+  held before.  Deterministic: every syscall of the cycle gets its interrupt.
 
-    python tools/sigint_trials.py --trials 400 --cli 100 --seed 1
+    python tools/sigint_trials.py --trials 400 --cli 100 --every-syscall --seed 1
 
 Prints one line per failing trial and a summary; ``--json`` prints the
 summary as JSON (the tests read it).  Exit status 1 when any trial failed.
@@ -44,7 +49,7 @@ PROGRAMS = os.path.join(ROOT, "programs")
 # user ring buffer, a perf event array, syscall programs with test runs, mmap'ed globals
 CYCLE = ("tracepoint_test", "user_ringbuf", "perf_test", "ringbuf_test", "globals_test", "maps_test")
 
-_CHILD = r"""
+_CHILD_CYCLE = r"""
 import gc, os, sys, time, traceback
 sys.path.insert(0, ROOT)
 import pybpf
@@ -112,7 +117,36 @@ def cycle():
         held[-1].close()      # a user's 'with' block: what it holds stays held until close() returns
         held.pop()
 
+
+def close_all():
+    # what a user does after Ctrl-C: close everything they hold (a second close is allowed)
+    errors = []
+    for rounds in range(2):
+        for r in reversed(held):
+            try:
+                r.close()
+            except BaseException as e:
+                errors.append(f"{type(r).__name__}.close: {type(e).__name__}: {e}")
+    held.clear()
+    gc.collect()
+    return errors
+
+def difference(baseline):
+    now = bpf_handles()
+    return {k: now.get(k, 0) - baseline.get(k, 0) for k in set(now) | set(baseline)
+            if now.get(k, 0) != baseline.get(k, 0)}
+
+def interrupted_where():
+    tb = traceback.extract_tb(sys.exc_info()[2])
+    ours = [f for f in tb if "pybpf" in f.filename]
+    last = (ours or tb)[-1]
+    return f"{phase[0]} @ {os.path.relpath(last.filename, ROOT)}:{last.lineno} ({last.name})"
+
 cycle()                       # warm-up: kernel facts, caches, lazy imports
+"""
+
+# the random trial: SIGINT from the parent at a random moment of the cycles
+_CHILD_RANDOM = _CHILD_CYCLE + r"""
 t0 = time.monotonic()
 cycle()                       # one timed cycle: the parent spreads its delays over it
 gc.collect()
@@ -126,25 +160,50 @@ try:
         cycle()
 except KeyboardInterrupt:
     interrupted = True
-    tb = traceback.extract_tb(sys.exc_info()[2])
-    ours = [f for f in tb if "pybpf" in f.filename]
-    last = (ours or tb)[-1]
-    where = f"{phase[0]} @ {os.path.relpath(last.filename, ROOT)}:{last.lineno} ({last.name})"
-# what a user does after Ctrl-C: close everything they hold (a second close is allowed)
-errors = []
-for rounds in range(2):
-    for r in reversed(held):
-        try:
-            r.close()
-        except BaseException as e:
-            errors.append(f"{type(r).__name__}.close: {type(e).__name__}: {e}")
-held.clear()
-gc.collect()
-now = bpf_handles()
-leaked = {k: now.get(k, 0) - baseline.get(k, 0) for k in now if now.get(k, 0) > baseline.get(k, 0)}
+    where = interrupted_where()
+errors = close_all()
+leaked = {k: n for k, n in difference(baseline).items() if n > 0}
 import json
 print("REPORT " + json.dumps({"interrupted": interrupted, "where": where, "leaked": leaked,
                               "close_errors": errors, "swallowed_in": swallowed_where}), flush=True)
+"""
+
+# the sweep: one cycle per syscall of a cycle (every bpf() and perf_event_open that made or
+# changed something), each interrupted by a real SIGINT just as that syscall returned
+_CHILD_SWEEP = _CHILD_CYCLE + r"""
+import json, signal
+from pybpf.kernel import perf, syscall as sc
+from pybpf.kernel.constants import Cmd
+real_bpf, real_perf = sc._bpf_syscall, perf._perf_event_open
+count, target, fired = [0], [-1], [None]
+
+def after(result, what):
+    if result >= 0:
+        count[0] += 1            # before the signal: its KeyboardInterrupt leaves at once
+        if count[0] - 1 == target[0]:
+            fired[0] = what
+            os.kill(os.getpid(), signal.SIGINT)
+    return result
+
+sc._bpf_syscall = lambda nr, cmd, addr, size: after(real_bpf(nr, cmd, addr, size), f"bpf({Cmd(cmd).name})")
+perf._perf_event_open = lambda *args: after(real_perf(*args), "perf_event_open")
+cycle()
+count[0] = 0
+cycle()
+total = count[0]
+results = []
+for n in range(total):
+    count[0], target[0], fired[0], where = 0, n, None, None
+    gc.collect()
+    baseline = bpf_handles()     # each trial against what the process held just before it
+    try:
+        cycle()
+    except KeyboardInterrupt:
+        where = interrupted_where()
+    errors = close_all()
+    results.append({"syscall": n, "what": fired[0], "interrupted": where is not None, "where": where,
+                    "leaked": difference(baseline), "close_errors": errors})
+print("REPORT " + json.dumps({"total": total, "results": results}), flush=True)
 """
 
 
@@ -157,7 +216,7 @@ def _default_sigint() -> None:
 def run_library_trial(rng: random.Random, python: str, span: float = 1.0) -> dict:
     """One child; SIGINT after a delay drawn uniformly from [0, span x one cycle of the child]."""
     fraction = rng.uniform(0.0, span)
-    code = f"ROOT = {ROOT!r}\nPROGRAMS = {PROGRAMS!r}\nCYCLE = {CYCLE!r}\nDEADLINE = 10.0\n" + _CHILD
+    code = f"ROOT = {ROOT!r}\nPROGRAMS = {PROGRAMS!r}\nCYCLE = {CYCLE!r}\nDEADLINE = 10.0\n" + _CHILD_RANDOM
     proc = subprocess.Popen([python, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_default_sigint)
     ready = proc.stdout.readline().split()
@@ -179,6 +238,19 @@ def run_library_trial(rng: random.Random, python: str, span: float = 1.0) -> dic
     report["delay"] = delay
     report["swallowed"] = not report["interrupted"]
     report["ok"] = not report["leaked"] and report["interrupted"]
+    return report
+
+
+def run_sweep(python: str) -> dict:
+    """One child that runs a cycle once for each syscall of a cycle, interrupted just as that
+    syscall returned; each result says whether the interrupt reached the child and what the
+    child still held once it closed everything."""
+    code = f"ROOT = {ROOT!r}\nPROGRAMS = {PROGRAMS!r}\nCYCLE = {CYCLE!r}\n" + _CHILD_SWEEP
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=900,
+                          preexec_fn=_default_sigint)
+    report = next((json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("REPORT ")), None)
+    if report is None:
+        raise SystemExit(f"sweep child gave no report (rc {proc.returncode}): {proc.stderr[-3000:]}")
     return report
 
 
@@ -281,6 +353,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=400, help="library trials (default 400)")
     ap.add_argument("--cli", type=int, default=0, help="CLI trials (default 0)")
+    ap.add_argument("--every-syscall", action="store_true",
+                    help="also one cycle per syscall of a cycle, interrupted just as that syscall returned")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--span", type=float, default=1.2,
                     help="library: SIGINT within this many cycles of the child's start (default 1.2)")
@@ -320,6 +394,21 @@ def main(argv=None) -> int:
         summary["library"] = {"trials": args.trials, "span": args.span, "leaking": leaks,
                               "swallowed": swallowed, "errors": errors, "close_raised": close_errors,
                               "leaked_kinds": dict(kinds), "where": dict(by_where.most_common())}
+    if args.every_syscall:
+        report = run_sweep(args.python)
+        results = report["results"]
+        for r in results:
+            ok = r["interrupted"] and not r["leaked"] and not r["close_errors"]
+            if not ok or args.verbose:
+                line = "syscall sweep: " + json.dumps(r)
+                print(line, file=sys.stderr)
+                if not ok:
+                    failures.append(line)
+        summary["every_syscall"] = {
+            "syscalls": report["total"], "leaking": sum(bool(r["leaked"]) for r in results),
+            "swallowed": sum(not r["interrupted"] for r in results),
+            "close_raised": sum(bool(r["close_errors"]) for r in results),
+            "kinds": dict(collections.Counter(r["what"] for r in results).most_common())}
     if args.cli:
         objects = ("user_ringbuf", "tracepoint_test", "ringbuf_test")
         names = {o: _object_prog_names(os.path.join(PROGRAMS, o + ".o")) for o in objects}
@@ -347,8 +436,8 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        for part in ("library", "cli"):
-            if summary[part]:
+        for part in ("library", "every_syscall", "cli"):
+            if summary.get(part):
                 print(f"{part}: " + ", ".join(f"{k}={v}" for k, v in summary[part].items()))
     return 1 if failures else 0
 
