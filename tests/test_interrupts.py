@@ -57,20 +57,27 @@ def sigint_default():
 
 @pytest.fixture
 def interrupt_after_syscall(monkeypatch):
-    """arm(cmd): the next bpf(cmd) that succeeds is followed at once by a SIGINT, as if
-    Ctrl-C had come while the kernel worked; the handler runs before the fd is returned."""
+    """arm(cmd, skip=0): the next bpf(cmd) that succeeds (after ``skip`` more) is followed at
+    once by a SIGINT, as if Ctrl-C had come while the kernel worked; the handler runs before
+    the fd is returned."""
     real = sc._bpf_syscall
-    armed = set()
+    armed = {}          # cmd -> how many successful calls to let through first
 
     def fake(nr, cmd, addr, size):
         r = real(nr, cmd, addr, size)
         if r >= 0 and cmd in armed:
-            armed.discard(cmd)
-            _interrupt_self()
+            if armed[cmd] == 0:
+                del armed[cmd]
+                _interrupt_self()
+            else:
+                armed[cmd] -= 1
         return r
 
+    def arm(cmd, skip: int = 0) -> None:
+        armed[cmd] = skip
+
     monkeypatch.setattr(sc, "_bpf_syscall", fake)
-    return armed.add
+    return arm
 
 
 @pytest.mark.parametrize("cmd", [Cmd.BTF_LOAD, Cmd.MAP_CREATE, Cmd.PROG_LOAD])
@@ -177,27 +184,21 @@ def test_cli_pin_interrupted_as_a_pin_is_made_leaves_nothing(sigint_default, int
     parent = tempfile.mkdtemp(dir="/sys/fs/bpf", prefix="pybpf-t-")
     d = os.path.join(parent, "pins")
     obj = program("user_ringbuf")
-    count = len(pybpf.open(obj).maps) + len(pybpf.open(obj).programs)
+    spec = pybpf.open(obj)
+    count, names = len(spec.maps) + len(spec.programs), set(spec.programs)
+    before = max((p.id for p in pybpf.programs()), default=0)
     try:
         for nth in range(count):
-            real = sc._bpf_syscall
-            seen = [0]
-
-            def fake(nr, cmd, addr, size):
-                r = real(nr, cmd, addr, size)
-                if r >= 0 and cmd == Cmd.OBJ_PIN:
-                    seen[0] += 1
-                    if seen[0] == nth + 1:
-                        _interrupt_self()
-                return r
-            sc._bpf_syscall = fake
-            try:
-                code = cli.main(["pin", obj, d])
-            finally:
-                sc._bpf_syscall = real
-            assert seen[0] == nth + 1
+            interrupt_after_syscall(Cmd.OBJ_PIN, skip=nth)
+            code = cli.main(["pin", obj, d])
             assert code == 130, capsys.readouterr().err
             assert not os.path.exists(d), (nth, os.listdir(d))
+        for _ in range(20):     # a program goes once its last holder did, within moments
+            left = [p for p in pybpf.programs() if p.id > before and p.name in names]
+            if not left:
+                break
+            time.sleep(0.1)
+        assert not left, left
     finally:
         if os.path.isdir(d):
             for name in os.listdir(d):
