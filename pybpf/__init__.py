@@ -18,10 +18,55 @@ __version__ = "0.1.0"   # kept equal to pyproject.toml's version by tests/test_c
 import os as _os
 import sys as _sys
 
-if _sys.argv[:1] == ["-m"] and __name__ == "pybpf":
-    # `python -m pybpf` is starting (runpy imports the package first, sys.argv[0] is "-m"
-    # meanwhile): until pybpf.cli.main() installs its handler, nothing is in the kernel,
-    # and Ctrl-C exits at once with 130 instead of a KeyboardInterrupt traceback.
+def _command_starting() -> bool:
+    """Is this import the start of the command, ``python -m pybpf`` or the ``pybpf`` console
+    script?  Then nothing is in the kernel yet, and a Ctrl-C until pybpf.cli.main() installs
+    its handler may end the process at once, with 130, instead of a KeyboardInterrupt
+    traceback.  Any other importer keeps its KeyboardInterrupt."""
+    argv = getattr(_sys, "argv", None) or [""]
+    if argv[0] == "-m":
+        # runpy imports the package of 'python -m X' first, with sys.argv[0] "-m" meanwhile:
+        # X is pybpf only if the interpreter's own command line says so (3.10+: orig_argv;
+        # 3.9 cannot tell, and takes any -m)
+        orig = getattr(_sys, "orig_argv", None)
+        return True if orig is None else _run_module(orig) in ("pybpf", "pybpf.__main__")
+    if _os.path.basename(argv[0]) != "pybpf":
+        return False
+    # the console script, whose wrapper (made by pip from pyproject.toml) imports
+    # pybpf.__main__.run, and this package first
+    try:
+        with open(argv[0], "rb") as f:
+            return b"from pybpf.__main__ import run" in f.read(4096)
+    except OSError:
+        return False
+
+
+def _run_module(argv: list) -> "str | None":
+    """The module of ``python [options] -m MODULE ...`` (None for a script or -c): the
+    interpreter's options as CPython parses them (flags may be joined, as in ``-Bm``; -X, -W
+    and --check-hash-based-pycs take a value)."""
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--check-hash-based-pycs":
+            i += 2
+            continue
+        if arg == "-" or not arg.startswith("-") or arg.startswith("--"):
+            return None
+        for j, flag in enumerate(arg[1:], 1):
+            if flag == "m":
+                return arg[j + 1:] or (argv[i + 1] if i + 1 < len(argv) else None)
+            if flag == "c":
+                return None
+            if flag in "XW":
+                if j == len(arg) - 1:
+                    i += 1          # its value is the next argument
+                break
+        i += 1
+    return None
+
+
+if __name__ == "pybpf" and _command_starting():
     # - _signal, not signal: CPython imported it at start-up, while 'import signal' builds
     #   its enums first (~2 ms, which a Ctrl-C then met as a traceback in enum.py);
     # - an ignored SIGINT stays ignored (a background job of a shell script starts so, and

@@ -1,4 +1,4 @@
-"""``python -m pybpf``: see :mod:`pybpf.cli`.
+"""``python -m pybpf`` and the ``pybpf`` console script (:func:`run`): see :mod:`pybpf.cli`.
 
 Ctrl-C at any moment exits with 130 and no traceback: ``pybpf/__init__.py``
 covers the imports, :func:`pybpf.cli.main` the work (its handler turns the
@@ -19,17 +19,25 @@ of the kind.
 import os
 import sys
 
-try:
-    from pybpf.cli import main
-    code = main()
-except KeyboardInterrupt:
-    code = 130
-try:
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
-except KeyboardInterrupt:
-    code = 130
-except (OSError, ValueError):       # a closed or broken pipe: nothing more can be said
-    pass
-os._exit(code)
+
+def run():
+    """The command: ``python -m pybpf`` and the ``pybpf`` console script.  Never returns: the
+    process leaves with the command's exit code through ``os._exit`` (see above)."""
+    try:
+        from pybpf.cli import main
+        code = main()
+    except KeyboardInterrupt:
+        code = 130
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except KeyboardInterrupt:
+        code = 130
+    except (OSError, ValueError):       # a closed or broken pipe: nothing more can be said
+        pass
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    run()

@@ -357,37 +357,80 @@ def test_cli_ctrl_c_during_start_up_and_load(delay):
     assert r.returncode == 130, r.stderr
 
 
-_AT_IMPORT = r"""
-import os, runpy, signal, sys
-at = int(sys.argv[1])
-seen = []
-def hook(event, args):
-    # the at-th module imported (found, not already in sys.modules) since 'import pybpf'
-    # began gets a real SIGINT as its import starts
-    if event == "import" and "pybpf" in sys.modules and len(seen) <= at:
-        seen.append(args[0])
-        if len(seen) == at + 1:
-            os.write(2, f"sigint at import {at}: {args[0]}\n".encode())
-            os.kill(os.getpid(), signal.SIGINT)
-sys.addaudithook(hook)
-sys.argv = ["-m", *sys.argv[2:]]    # as 'python -m pybpf ...' has it while runpy imports the package
-runpy._run_module_as_main("pybpf")
+# a sitecustomize that aims a real SIGINT at one import: the Nth module imported (found, not
+# already in sys.modules) since 'import pybpf' began gets the signal as its import starts.  Only
+# modules CPython has imported already (sys, os, _signal): importing more here would hide them
+# from the count and change what the command imports itself.
+_SITECUSTOMIZE = r"""
+import os, sys, _signal
+_at = int(os.environ["PYBPF_TEST_SIGINT_AT"])
+_seen = []
+
+def _hook(event, args):
+    if event == "import" and "pybpf" in sys.modules and len(_seen) <= _at:
+        _seen.append(args[0])
+        if len(_seen) == _at + 1:
+            os.write(2, ("sigint at import %d: %s\n" % (_at, args[0])).encode())
+            os.kill(os.getpid(), _signal.SIGINT)
+sys.addaudithook(_hook)
+"""
+
+# the console script as pip writes it from pyproject.toml's [project.scripts]
+_CONSOLE_SCRIPT = """# -*- coding: utf-8 -*-
+import re
+import sys
+from pybpf.__main__ import run
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(run())
 """
 
 
-def test_cli_ctrl_c_at_every_import_ends_with_130():
-    """A Ctrl-C as each module ``python -m pybpf load`` imports begins to load, from the
-    package's first line to the end of the load, ends the command with 130 and no traceback,
-    and leaves no program in the kernel.  Aimed by an audit hook, not by timing: the child
-    sends itself SIGINT at its Nth import.  (The package's own early handler once needed
-    'import signal' first, ~2 ms of enum building that a Ctrl-C met as a traceback.)"""
+@pytest.fixture
+def command_at_import(tmp_path):
+    """start(at, *args, how="-m"|"script", sigint=SIG_DFL): ``python -m pybpf ARGS`` (or the
+    console script ``pybpf ARGS``), the repository's pybpf, with a SIGINT at its ``at``-th
+    import (a Popen)."""
+    (tmp_path / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pybpf").write_text(_CONSOLE_SCRIPT)
+
+    def start(at: int, *args: str, how: str = "-m", sigint=signal.SIG_DFL) -> subprocess.Popen:
+        env = dict(os.environ, PYBPF_TEST_SIGINT_AT=str(at),
+                   PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        argv = [sys.executable, "-m", "pybpf"] if how == "-m" else [sys.executable, str(bin_dir / "pybpf")]
+        return subprocess.Popen([*argv, *args], cwd="/", env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+    return start
+
+
+def test_console_script_is_the_one_the_package_recognises():
+    """The start-up handler knows the console script by its wrapper's import line: pip's
+    wrapper (here, where setup.sh installed pybpf) has it, as the tests' copy does."""
+    installed = os.path.join(os.path.dirname(sys.executable), "pybpf")
+    if not os.path.exists(installed):
+        pytest.fail(f"no console script at {installed}: tools/setup.sh installs pybpf into the venv")
+    with open(installed) as f:
+        text = f.read()
+    assert "from pybpf.__main__ import run" in text, text
+    assert "from pybpf.__main__ import run" in _CONSOLE_SCRIPT
+
+
+@pytest.mark.parametrize("how", ["-m", "script"])
+def test_cli_ctrl_c_at_every_import_ends_with_130(how, command_at_import):
+    """A Ctrl-C as each module ``python -m pybpf load`` (or the console script) imports
+    begins to load, from the package's first line to the end of the load, ends the command
+    with 130 and no traceback, and leaves no program in the kernel.  Aimed by an audit hook,
+    not by timing.  (The package's early handler once needed 'import signal' first, ~2 ms of
+    enum building that a Ctrl-C met as a traceback; the console script had no early handler,
+    and printed tracebacks 10-34 ms in.)"""
     names = {p.name for p in pybpf.open(program("user_ringbuf")).programs.values()}
     before = max((p.id for p in pybpf.programs()), default=0)
     bad, at = [], 0
     while at < 400:
-        p = subprocess.Popen([sys.executable, "-c", _AT_IMPORT, str(at), "load", program("user_ringbuf")],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        p = command_at_import(at, "load", program("user_ringbuf"), how=how)
         try:
             out, err = p.communicate(timeout=3)
             reached = True
@@ -410,13 +453,31 @@ def test_cli_ctrl_c_at_every_import_ends_with_130():
     assert not left, left
 
 
-def test_cli_started_with_sigint_ignored_keeps_it_ignored():
+def test_a_module_run_with_m_that_imports_pybpf_keeps_its_ctrl_c(tmp_path):
+    """``python -m othertool`` whose package imports pybpf is not the command: its Ctrl-C is
+    still its own KeyboardInterrupt (before, any -m importer got pybpf's start-up handler,
+    which ends the process at once with 130, and kept it)."""
+    pkg = tmp_path / "othertool"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import pybpf\n")
+    (pkg / "__main__.py").write_text(
+        "import os, signal\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    import time; time.sleep(1)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('own handler')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    r = subprocess.run([sys.executable, "-m", "othertool"], cwd="/", env=env, capture_output=True, text=True,
+                       timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (r.returncode, r.stdout.strip()) == (0, "own handler"), r.stderr
+
+
+def test_cli_started_with_sigint_ignored_keeps_it_ignored(command_at_import):
     """A command started with SIGINT ignored (as POSIX shells start a script's background
     jobs) keeps ignoring it, as CPython does: from the package's first lines (a SIGINT at
     its first import) to the running session; SIGTERM still ends it, with 143."""
-    p = subprocess.Popen([sys.executable, "-c", _AT_IMPORT, "0", "load", program("user_ringbuf")],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    p = command_at_import(0, "load", program("user_ringbuf"), sigint=signal.SIG_IGN)
     try:
         time.sleep(1.0)
         p.send_signal(signal.SIGINT)
