@@ -18,6 +18,7 @@ __version__ = "0.1.0"   # kept equal to pyproject.toml's version by tests/test_c
 import os as _os
 import sys as _sys
 
+
 def _command_starting() -> bool:
     """Is this import the start of the command, ``python -m pybpf`` or the ``pybpf`` console
     script?  Then nothing is in the kernel yet, and a Ctrl-C until pybpf.cli.main() installs
