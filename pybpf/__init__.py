@@ -27,10 +27,16 @@ def _command_starting() -> bool:
     argv = getattr(_sys, "argv", None) or [""]
     if argv[0] == "-m":
         # runpy imports the package of 'python -m X' first, with sys.argv[0] "-m" meanwhile:
-        # X is pybpf only if the interpreter's own command line says so (3.10+: orig_argv;
-        # 3.9 cannot tell, and takes any -m)
+        # X is pybpf only if the interpreter's own command line says so (sys.orig_argv, 3.10+;
+        # before, the kernel's copy of it)
         orig = getattr(_sys, "orig_argv", None)
-        return True if orig is None else _run_module(orig) in ("pybpf", "pybpf.__main__")
+        if orig is None:
+            try:
+                with open("/proc/self/cmdline", "rb") as f:
+                    orig = [_os.fsdecode(a) for a in f.read().split(b"\0")[:-1]]
+            except OSError:
+                return False
+        return _run_module(orig) in ("pybpf", "pybpf.__main__")
     if _os.path.basename(argv[0]) != "pybpf":
         return False
     # the console script, whose wrapper (made by pip from pyproject.toml) imports
