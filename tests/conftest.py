@@ -11,6 +11,7 @@ import atexit
 import os
 import pathlib
 import shutil
+import signal
 import tempfile
 
 import pytest
@@ -18,6 +19,14 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROGRAMS = ROOT / "programs"
 REQUIRE_KERNEL = os.environ.get("PYBPF_REQUIRE_KERNEL") == "1"
+
+# The tests send real SIGINTs, to this process and to the commands it starts, and check
+# what Ctrl-C does.  A shell starts its background jobs with SIGINT ignored, their children
+# inherit that, and CPython installs no KeyboardInterrupt handler then: the suite gives
+# itself the handler CPython would have, whatever started it.  (A handler, unlike SIG_IGN,
+# is not inherited across exec: the commands the tests start get the default action.)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # pybpf's disk caches (pybpf/_cache.py) start empty for every run, and the run never reads
 # or leaves entries in the user's own cache; subprocesses (the CLI tests) share it
