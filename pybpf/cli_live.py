@@ -609,8 +609,8 @@ def cmd_pin(args) -> int:
     if clash:
         raise pybpf.Error(f"{args.object}: a map and a program share the name(s) {', '.join(sorted(clash))}: "
                           f"their pins would be the same file")
-    # each pin and its record in one deferred-signals section, and the clean-up in one: a
-    # Ctrl-C between a pin and its record left that pin, and its object in the kernel
+    # what this command pinned is what says so (pin() records its pin in the step that makes
+    # it, pybpf.resource); the clean-up runs in one deferred-signals section
     from pybpf.resource import deferred_signals
     made_dir = False
     if not os.path.isdir(args.dir):
@@ -618,25 +618,24 @@ def cmd_pin(args) -> int:
             made_dir = live.make_pin_dir(os.path.join(args.dir, "x"))
     elif not live.on_bpffs(args.dir):
         raise pybpf.Error(f"{args.dir} is not on a BPF filesystem: pins live on a bpffs mount such as /sys/fs/bpf")
-    pinned = []
+    things = []
     try:
         with spec.load() as obj:
-            for name, thing in [*obj.maps.items(), *obj.programs.items()]:
-                path = os.path.join(args.dir, _pin_name(name))
-                with deferred_signals():
-                    thing.pin(path)
-                    pinned.append(path)
+            things = [*obj.maps.items(), *obj.programs.items()]
+            for name, thing in things:
+                thing.pin(os.path.join(args.dir, _pin_name(name)))
             lines = [f"pinned map {name} (id {m.id}) at {os.path.join(args.dir, _pin_name(name))}"
                      for name, m in obj.maps.items()]
             lines += [f"pinned program {name} (id {p.id}) at {os.path.join(args.dir, _pin_name(name))}"
                       for name, p in obj.programs.items()]
     except BaseException:
         with deferred_signals():
-            for path in pinned:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+            for _, thing in things:
+                if thing.pin_path is not None:
+                    try:
+                        os.unlink(thing.pin_path)
+                    except OSError:
+                        pass
             if made_dir:
                 try:
                     os.rmdir(args.dir)

@@ -213,6 +213,11 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _report(stdout: str) -> dict | None:
+    """The JSON a child printed on its ``REPORT`` line (None when it printed none)."""
+    return next((json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("REPORT ")), None)
+
+
 def run_library_trial(rng: random.Random, python: str, span: float = 1.0) -> dict:
     """One child; SIGINT after a delay drawn uniformly from [0, span x one cycle of the child]."""
     fraction = rng.uniform(0.0, span)
@@ -232,7 +237,7 @@ def run_library_trial(rng: random.Random, python: str, span: float = 1.0) -> dic
         proc.kill()
         out, err = proc.communicate()
         return {"ok": False, "delay": delay, "error": "child hung after SIGINT"}
-    report = next((json.loads(line[7:]) for line in out.splitlines() if line.startswith("REPORT ")), None)
+    report = _report(out)
     if report is None:
         return {"ok": False, "delay": delay, "error": f"no report (rc {proc.returncode}): {err[-2000:]}"}
     report["delay"] = delay
@@ -248,7 +253,7 @@ def run_sweep(python: str) -> dict:
     code = f"ROOT = {ROOT!r}\nPROGRAMS = {PROGRAMS!r}\nCYCLE = {CYCLE!r}\n" + _CHILD_SWEEP
     proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=900,
                           preexec_fn=_default_sigint)
-    report = next((json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("REPORT ")), None)
+    report = _report(proc.stdout)
     if report is None:
         raise SystemExit(f"sweep child gave no report (rc {proc.returncode}): {proc.stderr[-3000:]}")
     return report
